@@ -1,0 +1,81 @@
+"""Train-step throughput and MFU against the matmul peak measured in the same run.
+
+  python benchmarks/train_throughput.py                      # the issue's DiT-S/2 case
+  python benchmarks/train_throughput.py --config configs/quickstart.py --batch 32
+
+Prints examples/s, achieved FLOP/s (FLOPs from XLA's cost analysis of the compiled
+step) and MFU = achieved / measured fp32 matmul peak. Only same-run ratios are
+meaningful: machines of one kind differ by 2x in absolute speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from jaxgen import config as config_lib  # pylint: disable=wrong-import-position
+from jaxgen.train import loop  # pylint: disable=wrong-import-position
+
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
+                              "imagenet256_dit_xl2.py:variant=S/2")
+
+
+def measure(config, batch: int, iters: int):
+  exp = loop.build_abstract(config)
+  step_fn, jitted = loop.make_train_step(exp)
+  state = exp.init_state()
+  ex = exp.paradigm.example_batch(batch)
+  rng = np.random.default_rng(0)
+  data = {k: (rng.standard_normal(v.shape).astype(np.float32) if v.dtype == jnp.float32
+              else rng.integers(0, exp.paradigm.num_classes, v.shape).astype(np.int32))
+          for k, v in ex.items()}
+  from jaxgen.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  batch_arr = mesh_lib.global_batch(data, exp.mesh)
+  flops = bench_utils.flops_of(jitted, state, batch_arr)
+  holder = {"s": state}
+
+  def run():
+    holder["s"], m = step_fn(holder["s"], batch_arr)
+    return m["loss"]
+
+  sec = bench_utils.time_fn(run, iters=iters)
+  return sec, flops
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default=DEFAULT_CONFIG,
+                 help="config file[:arg]; default DiT-S/2 on 32x32x4 latents (random data)")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--iters", type=int, default=10)
+  args, rest = p.parse_known_args()
+  _, overrides = config_lib.split_overrides(rest)
+  config = config_lib.load_config_file(args.config)
+  config.train.batch_size = args.batch
+  config.train.compute_dtype = "float32"
+  config = config_lib.apply_overrides(config, overrides)
+  peak = bench_utils.matmul_peak()
+  sec, flops = measure(config, args.batch, args.iters)
+  achieved = flops / sec
+  print(f"devices          {jax.device_count()} x {jax.devices()[0].device_kind}")
+  print(f"model            {config.model.name} {config.model.get('variant', '')}, "
+        f"batch {args.batch}, {config.train.compute_dtype}")
+  print(f"matmul peak      {peak / 1e9:8.1f} GFLOP/s (fp32, measured now)")
+  print(f"train step       {sec * 1e3:8.1f} ms  ({args.batch / sec:.1f} examples/s)")
+  print(f"step FLOPs       {flops / 1e9:8.2f} GFLOP (XLA cost analysis)")
+  print(f"achieved         {achieved / 1e9:8.1f} GFLOP/s")
+  print(f"MFU              {100 * achieved / peak:8.1f} % of the measured peak")
+
+
+if __name__ == "__main__":
+  main()

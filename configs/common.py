@@ -1,0 +1,75 @@
+"""Shared presets for jaxgen configs: every field any experiment may override.
+
+A config file builds on ``base_config()`` and changes what its experiment needs.
+Fields are documented here once.
+"""
+
+import ml_collections  # re-exported for configs: common.ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="fashion_mnist",     # registered dataset (jaxgen.data.datasets)
+      data_dir="",              # prepared TFDS data; "" = $JAXGEN_DATA_DIR or ~/.cache/jaxgen/tfds
+      source_dir="",            # raw files (IDX for Fashion-MNIST); "" = Debian package path
+      pp="pad(32)|scale(-1, 1)",  # preprocessing ops, composed left to right
+      train_split="train",
+      eval_split="test",
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(name="unet", variant="small"))
+
+  c.paradigm = ml_collections.ConfigDict(dict(
+      name="flow",
+      time_sampling="logit_normal",  # uniform | logit_normal | mode (SD3)
+      time_mean=0.0,
+      time_std=1.0,
+      loss_weighting="none",    # none | logit_normal
+      label_dropout=0.1,        # p(label -> null class) for classifier-free guidance
+      time_scale=1000.0,        # t in [0, 1] is fed to the network as t * time_scale
+  ))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=2e-4,
+      warmup_steps=100,
+      schedule="constant",      # constant | cosine (to lr * final_lr_ratio)
+      final_lr_ratio=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,
+      grad_clip=1.0,            # global-norm clipping; 0 = off
+      ema_decay=0.9999,
+      ema_warmup=True,          # decay = min(ema_decay, (1 + step) / (10 + step))
+      grad_accum=1,             # micro-batches per step (batch_size must divide)
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      num_steps=1000,
+      batch_size=32,            # global batch, over all processes and devices
+      seed=0,
+      compute_dtype="float32",  # bfloat16 on TPU/GPU; params stay float32
+      log_every=50,
+      sample_every=500,         # PNG grid of EMA samples in <workdir>/samples; 0 = off
+      sample_grid=100,
+      ckpt_every=500,
+      keep_checkpoints=3,
+  ))
+
+  c.sample = ml_collections.ConfigDict(dict(
+      steps=20,                 # sampler steps (ODE steps for flows)
+      solver="heun",            # euler | heun | midpoint
+      cfg_scale=1.0,            # classifier-free guidance scale; 1 = conditional model
+      shift=1.0,                # SD3 time shift of the sampling grid; 1 = uniform
+      batch_size=500,           # examples per jitted sampling call
+  ))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      num_samples=10000,
+      classifier_dir="",        # cached feature classifier; "" = ~/.cache/jaxgen/classifiers
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  return c

@@ -1,0 +1,170 @@
+"""The ``jaxgen`` command: train, sample, eval, info, data.
+
+Examples:
+  jaxgen train --config configs/quickstart.py --workdir runs/qs
+  jaxgen train --workdir runs/qs --config.train.num_steps=3000   # continue longer
+  jaxgen sample --workdir runs/qs --num 1000 --seed 0 --out runs/qs/samples.npz
+  jaxgen eval --workdir runs/qs --samples runs/qs/samples.npz
+  jaxgen info --config configs/imagenet256_dit_xl2.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from jaxgen import config as config_lib
+
+
+def _load_config(args, overrides):
+  """Config from --config (file) or, when absent, the workdir's stored config.json."""
+  if args.config:
+    config = config_lib.load_config_file(args.config)
+  else:
+    from jaxgen.train import checkpoint  # pylint: disable=g-import-not-at-top
+    stored = checkpoint.read_config(args.workdir) if getattr(args, "workdir", None) else None
+    if stored is None:
+      raise config_lib.ConfigError(
+          "No --config given and no config.json in the workdir: pass "
+          "--config configs/<experiment>.py.")
+    config = config_lib.from_dict(stored)
+  return config_lib.apply_overrides(config, overrides)
+
+
+def cmd_train(args, overrides):
+  from jaxgen.train import loop  # pylint: disable=g-import-not-at-top
+  config = _load_config(args, overrides)
+  config_lib.validate(config)
+  t0 = time.time()
+  loop.train(config, args.workdir)
+  print(f"Training done in {time.time() - t0:.0f}s. Workdir: {args.workdir} "
+        f"(samples/, metrics.jsonl, tensorboard/, checkpoints/).")
+
+
+def cmd_sample(args, overrides):
+  from jaxgen import generate  # pylint: disable=g-import-not-at-top
+  exp, state, step = generate.load_run(args.workdir, overrides)
+  params = state.ema_params if args.params == "ema" else state.params
+  kwargs = {k: v for k, v in (("steps", args.steps), ("cfg_scale", args.cfg_scale),
+                              ("solver", args.solver), ("shift", args.shift)) if v is not None}
+  labels = None
+  if args.label is not None:
+    labels = [args.label] * args.num
+  t0 = time.time()
+  images, labels = generate.generate(exp, params, num=args.num, seed=args.seed, labels=labels,
+                                     batch_size=args.batch_size or exp.config.sample.batch_size,
+                                     **kwargs)
+  out = args.out or os.path.join(args.workdir, f"samples_step{step}_seed{args.seed}.npz")
+  nc = exp.paradigm.num_classes
+  png = generate.save_samples(out, images, labels, ncols=nc if args.num >= nc * nc else None)
+  print(f"Wrote {len(images)} samples from step {step} ({args.params} weights) in "
+        f"{time.time() - t0:.1f}s to {out} and a grid to {png}")
+
+
+def cmd_eval(args, overrides):
+  from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
+  from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
+  config = _load_config(args, overrides)
+  spec = datasets.get_dataset(config.data)
+  images, labels = evaluate.load_samples(args.samples)
+  images = evaluate.to_native(images, spec.image_shape, config.data.pp)
+  ev = evaluate.Evaluator(spec, config.eval.classifier_dir)
+  result = {"samples": ev.figures(images, labels)}
+  if not args.no_reference:
+    result["real_" + config.data.eval_split] = ev.reference(len(images), config.data.eval_split)
+  result["classifier_test_accuracy"] = ev.classifier.info.get("test_accuracy")
+  for name, figs in result.items():
+    if isinstance(figs, dict):
+      line = "  ".join(f"{k}={v:.4f}" if k != "num" else f"n={int(v)}" for k, v in figs.items())
+      print(f"{name:>12}: {line}")
+  print(json.dumps(result))
+  if args.json_out:
+    with open(args.json_out, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+def cmd_info(args, overrides):
+  from jaxgen import info  # pylint: disable=g-import-not-at-top
+  config = _load_config(args, overrides)
+  config_lib.validate(config)
+  print(info.format_info(info.model_info(config, batch=args.batch)))
+
+
+def cmd_data(args, overrides):
+  from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
+  config = _load_config(args, overrides)
+  spec = datasets.get_dataset(config.data)
+  print(f"{spec.name}: splits {spec.splits}, image {spec.image_shape}, "
+        f"{spec.num_classes} classes, prepared in "
+        f"{config.data.data_dir or datasets.default_data_dir()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="jaxgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="Any config field can be overridden: --config.train.num_steps=3000 "
+             "--config.model.variant=S/2 ...")
+  sub = p.add_subparsers(dest="command", required=True)
+
+  t = sub.add_parser("train", help="train (or resume) a model in a workdir")
+  t.add_argument("--config", help="config file, path.py[:arg]; default: workdir/config.json")
+  t.add_argument("--workdir", required=True, help="where checkpoints, logs and samples go")
+  t.set_defaults(fn=cmd_train)
+
+  s = sub.add_parser("sample", help="write samples (.npz in ADM layout + PNG grid)")
+  s.add_argument("--workdir", required=True)
+  s.add_argument("--num", type=int, default=100, help="number of samples")
+  s.add_argument("--seed", type=int, default=0, help="same seed, same samples")
+  s.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (1 = off)")
+  s.add_argument("--steps", type=int, default=None, help="sampler steps")
+  s.add_argument("--solver", default=None, help="ODE solver: euler | heun | midpoint")
+  s.add_argument("--shift", type=float, default=None, help="time-grid shift (1 = none)")
+  s.add_argument("--label", type=int, default=None, help="one class for all samples")
+  s.add_argument("--params", choices=("ema", "raw"), default="ema")
+  s.add_argument("--batch-size", type=int, default=None)
+  s.add_argument("--out", default=None, help="output .npz (a .png grid is written beside)")
+  s.set_defaults(fn=cmd_sample)
+
+  e = sub.add_parser("eval", help="Frechet distance and classifier accuracy of samples")
+  e.add_argument("--workdir", help="run whose config names the dataset")
+  e.add_argument("--config", help="or a config file naming the dataset")
+  e.add_argument("--samples", required=True, help=".npz written by `jaxgen sample`")
+  e.add_argument("--no-reference", action="store_true", help="skip the real-image line")
+  e.add_argument("--json-out", default=None)
+  e.set_defaults(fn=cmd_eval)
+
+  i = sub.add_parser("info", help="parameter count and forward GFLOPs, nothing allocated")
+  i.add_argument("--config", required=True)
+  i.add_argument("--batch", type=int, default=1)
+  i.set_defaults(fn=cmd_info)
+
+  d = sub.add_parser("data", help="prepare a config's dataset and print its splits")
+  d.add_argument("--config", required=True)
+  d.set_defaults(fn=cmd_data)
+  return p
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    rest, overrides = config_lib.split_overrides(argv)
+    args = build_parser().parse_args(rest)
+    args.fn(args, overrides)
+  except (config_lib.ConfigError, FileNotFoundError) as e:
+    print(f"jaxgen: error: {e}", file=sys.stderr)
+    return 2
+  except Exception as e:  # pylint: disable=broad-except
+    from jaxgen.data.idx import DataError  # pylint: disable=g-import-not-at-top
+    from jaxgen.train.checkpoint import CheckpointMismatchError  # pylint: disable=g-import-not-at-top
+    if isinstance(e, (DataError, CheckpointMismatchError)):
+      print(f"jaxgen: error: {e}", file=sys.stderr)
+      return 2
+    raise
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,179 @@
+"""Experiment configs: ``get_config(arg)`` Python files, command-line overrides, validation.
+
+A config file is a Python module with ``get_config(arg: str | None) -> ConfigDict``
+(big_vision style). ``path.py:key=value,key2=value2`` passes the part after the colon
+as ``arg``. Any field can be overridden with ``--config.a.b=value``; unknown fields and
+values of the wrong type stop with a message that names the field, before anything is
+compiled.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+import sys
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config that cannot work: names the field and says how to fix it."""
+
+
+def parse_arg(arg: Optional[str]) -> ml_collections.ConfigDict:
+  """Parses ``"variant=S/2,runlocal=True"`` into a ConfigDict of Python literals."""
+  out = ml_collections.ConfigDict()
+  if not arg:
+    return out
+  for item in arg.split(","):
+    if not item:
+      continue
+    key, _, value = item.partition("=")
+    out[key.strip()] = _literal(value.strip()) if value else True
+  return out
+
+
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads ``path/to/config.py[:arg]`` by calling its ``get_config(arg)``."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"Config file {path!r} does not exist (from --config {spec!r}).")
+  module_spec = importlib.util.spec_from_file_location("jaxgen_user_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  folder = os.path.dirname(os.path.abspath(path))
+  sys.path.insert(0, folder)  # so configs can `import common` beside them
+  shadow = sys.modules.get("common")
+  if shadow is not None and os.path.dirname(getattr(shadow, "__file__", "") or "") != folder:
+    del sys.modules["common"]  # another folder's `common`: load the one beside the config
+  try:
+    module_spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(folder)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"Config file {path!r} defines no get_config(arg) function.")
+  config = module.get_config(arg or None)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict.")
+  return config
+
+
+def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
+  """Separates ``--config.a.b=v`` / ``--config.a.b v`` overrides from other args."""
+  rest, overrides = [], []
+  argv = list(argv)
+  i = 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith("--config."):
+      key = a[len("--config."):]
+      if "=" in key:
+        key, value = key.split("=", 1)
+      elif i + 1 < len(argv):
+        i += 1
+        value = argv[i]
+      else:
+        raise ConfigError(f"Override {a} has no value; write {a}=VALUE.")
+      overrides.append((key, value))
+    else:
+      rest.append(a)
+    i += 1
+  return rest, overrides
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Iterable[Tuple[str, str]]) -> ml_collections.ConfigDict:
+  """Applies ``(dotted_key, text_value)`` overrides; unknown keys raise ConfigError."""
+  config = ml_collections.ConfigDict(config.to_dict())  # copy, keeps types
+  for key, text in overrides:
+    parts = key.split(".")
+    node = config
+    for depth, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        where = ".".join(parts[:depth]) or "<top level>"
+        known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(part, known, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"Unknown config field 'config.{key}': {where} has no field {part!r}.{hint} "
+            f"Fields there: {', '.join(sorted(known))}.")
+      if depth < len(parts) - 1:
+        node = node[part]
+    _set_typed(node, parts[-1], text, key)
+  return config
+
+
+def _set_typed(node: ml_collections.ConfigDict, field: str, text: str, key: str) -> None:
+  old = node[field]
+  value = _literal(text) if not isinstance(old, str) else text
+  if isinstance(old, bool):
+    if str(text).lower() in ("true", "1", "yes"):
+      value = True
+    elif str(text).lower() in ("false", "0", "no"):
+      value = False
+    else:
+      raise ConfigError(f"config.{key} is a bool; got {text!r}.")
+  elif isinstance(old, float) and isinstance(value, int):
+    value = float(value)
+  elif isinstance(old, (tuple, list)) and isinstance(value, (int, float, str)):
+    value = (value,)
+  elif old is not None and isinstance(value, str) and not isinstance(old, str):
+    raise ConfigError(
+        f"config.{key} expects a {type(old).__name__} (now {old!r}); got {text!r}.")
+  try:
+    node[field] = value
+  except TypeError as e:
+    raise ConfigError(f"config.{key}: cannot set {text!r}: {e}") from None
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def from_dict(d: dict) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(d)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the parts every experiment shares; the paradigm checks its own fields."""
+  from jaxgen import registry  # pylint: disable=g-import-not-at-top
+  for section in ("data", "model", "paradigm", "optim", "train", "sample", "mesh"):
+    if section not in config:
+      raise ConfigError(f"Config has no section config.{section}.")
+  for section, table in (("model", registry.MODELS), ("paradigm", registry.PARADIGMS)):
+    name = config[section].name
+    if name not in table:
+      close = difflib.get_close_matches(name, table.names(), n=3)
+      hint = f" Did you mean {', '.join(close)}?" if close else ""
+      raise ConfigError(f"config.{section}.name={name!r} is unknown.{hint} "
+                        f"Known: {', '.join(table.names())}.")
+  t = config.train
+  _positive(t, "train", ("num_steps", "batch_size", "log_every", "ckpt_every"))
+  if config.optim.schedule not in ("cosine", "constant"):
+    raise ConfigError(f"config.optim.schedule={config.optim.schedule!r}; "
+                      "use 'cosine' or 'constant'.")
+  if not 0.0 <= config.optim.ema_decay < 1.0:
+    raise ConfigError(f"config.optim.ema_decay={config.optim.ema_decay} must be in [0, 1).")
+  if config.optim.grad_accum < 1 or t.batch_size % config.optim.grad_accum:
+    raise ConfigError(f"config.optim.grad_accum={config.optim.grad_accum} must be >= 1 "
+                      f"and divide config.train.batch_size={t.batch_size}.")
+  if t.compute_dtype not in ("float32", "bfloat16", "float16"):
+    raise ConfigError(f"config.train.compute_dtype={t.compute_dtype!r}; use float32, "
+                      "bfloat16 or float16.")
+  registry.PARADIGMS.get(config.paradigm.name).validate_config(config)
+
+
+def _positive(node, name, fields):
+  for f in fields:
+    if node[f] <= 0:
+      raise ConfigError(f"config.{name}.{f}={node[f]} must be positive.")

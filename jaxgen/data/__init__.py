@@ -1,0 +1,2 @@
+"""Data: TFDS builders that need no TensorFlow (array_record), grain pipelines and
+registered preprocessing ops."""

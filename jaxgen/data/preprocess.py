@@ -1,0 +1,119 @@
+"""Preprocessing ops registered by name and composed from a string (big_vision's "pp").
+
+``"pad(32)|scale(-1, 1)|flip_lr"`` builds one function ``(example, rng) -> example``
+applied per example by grain. Each op is registered with ``@register_op(name)`` as a
+factory taking the op's arguments and returning ``fn(example, rng)``; ``rng`` is a
+``numpy.random.Generator`` that grain derives from the seed and the example index, so
+random ops are reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Callable, Dict, List
+
+import numpy as np
+from PIL import Image
+
+from jaxgen import registry
+
+Example = Dict[str, np.ndarray]
+Op = Callable[[Example, np.random.Generator], Example]
+
+
+def register_op(name: str):
+  return registry.PREPROCESS_OPS.register(name)
+
+
+_OP_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$")
+
+
+def parse(spec: str) -> Op:
+  """Builds the composed op of a ``"op1(args)|op2|..."`` spec."""
+  ops: List[Op] = []
+  for part in filter(str.strip, spec.split("|")):
+    m = _OP_RE.match(part)
+    if not m:
+      raise ValueError(f"Cannot parse preprocessing op {part!r} in {spec!r}.")
+    name, args = m.group(1), m.group(2)
+    try:
+      values = ast.literal_eval(f"({args},)") if args and args.strip() else ()
+    except (ValueError, SyntaxError):
+      raise ValueError(f"Arguments of preprocessing op {part!r} must be Python "
+                       "literals.") from None
+    ops.append(registry.PREPROCESS_OPS.get(name)(*values))
+
+  def apply(example: Example, rng: np.random.Generator) -> Example:
+    for op in ops:
+      example = op(example, rng)
+    return example
+
+  return apply
+
+
+@register_op("pad")
+def pad(size: int) -> Op:
+  """Zero-pads the image symmetrically to ``size`` x ``size`` (28 -> 32 for MNIST)."""
+  def op(ex, rng):
+    del rng
+    img = ex["image"]
+    h, w = img.shape[:2]
+    if h > size or w > size:
+      raise ValueError(f"pad({size}): image is already {h}x{w}.")
+    top, left = (size - h) // 2, (size - w) // 2
+    widths = ((top, size - h - top), (left, size - w - left)) + ((0, 0),) * (img.ndim - 2)
+    return {**ex, "image": np.pad(img, widths)}
+  return op
+
+
+@register_op("resize")
+def resize(size: int, method: str = "bilinear") -> Op:
+  """Resizes uint8 images to ``size`` x ``size`` with PIL."""
+  resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+              "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}[method]
+
+  def op(ex, rng):
+    del rng
+    img = ex["image"]
+    pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    out = np.asarray(pil.resize((size, size), resample))
+    return {**ex, "image": out[..., None] if img.shape[-1] == 1 else out}
+  return op
+
+
+@register_op("scale")
+def scale(lo: float = -1.0, hi: float = 1.0) -> Op:
+  """uint8 [0, 255] -> float32 [lo, hi]."""
+  def op(ex, rng):
+    del rng
+    img = ex["image"].astype(np.float32) / 255.0
+    return {**ex, "image": img * (hi - lo) + lo}
+  return op
+
+
+@register_op("flip_lr")
+def flip_lr(p: float = 0.5) -> Op:
+  """Random horizontal flip with probability ``p``."""
+  def op(ex, rng):
+    if rng.random() < p:
+      return {**ex, "image": np.ascontiguousarray(ex["image"][:, ::-1])}
+    return ex
+  return op
+
+
+@register_op("keep")
+def keep(*keys: str) -> Op:
+  """Keeps only ``keys`` of the example."""
+  def op(ex, rng):
+    del rng
+    return {k: ex[k] for k in keys}
+  return op
+
+
+@register_op("label_int32")
+def label_int32() -> Op:
+  def op(ex, rng):
+    del rng
+    return {**ex, "label": np.int32(ex["label"])}
+  return op

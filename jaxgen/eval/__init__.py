@@ -1,0 +1,1 @@
+"""Evaluation: Frechet distances in classifier / Inception features, accuracy."""

@@ -1,0 +1,142 @@
+"""A dataset classifier that jaxgen trains once and caches, used as a feature network.
+
+For datasets without a standard feature network (Fashion-MNIST: Inception features
+of 28x28 grey images mean little), the Frechet distance is computed in the
+penultimate features of a small CNN trained on the dataset's train split, as FID uses
+Inception. Its accuracy on class-conditional samples tells whether samples show the
+class they were asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+
+from jaxgen.data import datasets
+
+CLASSIFIER_VERSION = 2
+
+
+class FeatureCNN(nn.Module):
+  """[Conv3x3-ReLU-MaxPool] x (32, 64, 128) - Dense(256) = features - Dense(classes)."""
+  num_classes: int = 10
+  feature_dim: int = 256
+
+  @nn.compact
+  def __call__(self, x_uint8, train: bool = False):
+    x = x_uint8.astype(jnp.float32) / 127.5 - 1.0
+    for i, ch in enumerate((32, 64, 128)):
+      x = nn.relu(nn.Conv(ch, (3, 3), name=f"conv{i}")(x))
+      x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
+    x = nn.Dropout(0.25, deterministic=not train)(x)
+    x = x.reshape(x.shape[0], -1)
+    feats = nn.relu(nn.Dense(self.feature_dim, name="fc")(x))
+    h = nn.Dropout(0.5, deterministic=not train)(feats)
+    return nn.Dense(self.num_classes, name="head")(h), feats
+
+
+def default_dir() -> str:
+  return os.environ.get("JAXGEN_CLASSIFIER_DIR", os.path.join(
+      os.path.expanduser("~"), ".cache", "jaxgen", "classifiers"))
+
+
+class DatasetClassifier:
+  """Features and predictions of a trained FeatureCNN on native-size uint8 images."""
+
+  def __init__(self, params, num_classes: int, info: dict):
+    self.module = FeatureCNN(num_classes)
+    self.params = params
+    self.info = info
+    self._apply = jax.jit(lambda p, x: self.module.apply({"params": p}, x))
+
+  def features_and_logits(self, images_uint8: np.ndarray, batch: int = 1000
+                          ) -> Tuple[np.ndarray, np.ndarray]:
+    feats, logits = [], []
+    for i in range(0, len(images_uint8), batch):
+      chunk = images_uint8[i:i + batch]
+      n = len(chunk)
+      if n < batch and len(images_uint8) > batch:  # pad: one compiled shape
+        chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:], chunk.dtype)])
+      lo, fe = self._apply(self.params, jnp.asarray(chunk))
+      feats.append(np.asarray(fe)[:n])
+      logits.append(np.asarray(lo)[:n])
+    return np.concatenate(feats), np.concatenate(logits)
+
+
+def train_classifier(spec: datasets.DatasetSpec, *, epochs: int = 3, batch: int = 128,
+                     seed: int = 0, log=print) -> DatasetClassifier:
+  """Trains a FeatureCNN on the train split; reports test accuracy."""
+  x_train, y_train = datasets.load_arrays(spec, "train")
+  x_test, y_test = datasets.load_arrays(spec, "test")
+  module = FeatureCNN(spec.num_classes)
+  rng = jax.random.PRNGKey(seed)
+  params = module.init(rng, jnp.zeros((1,) + x_train.shape[1:], jnp.uint8))["params"]
+  steps_per_epoch = len(x_train) // batch
+  sched = optax.cosine_decay_schedule(2e-3, epochs * steps_per_epoch)
+  tx = optax.adam(sched)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, x, y, r):
+    def loss_fn(p):
+      logits, _ = module.apply({"params": p}, x, train=True, rngs={"dropout": r})
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  np_rng = np.random.default_rng(seed)
+  t0 = time.time()
+  for epoch in range(epochs):
+    perm = np_rng.permutation(len(x_train))
+    for i in range(steps_per_epoch):
+      idx = perm[i * batch:(i + 1) * batch]
+      x = x_train[idx]
+      flip = np_rng.random(len(idx)) < 0.5
+      x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+      params, opt_state, loss = step(params, opt_state, x, y_train[idx],
+                                     jax.random.fold_in(rng, epoch * steps_per_epoch + i))
+    log(f"classifier epoch {epoch + 1}/{epochs}: loss {float(loss):.3f} "
+        f"({time.time() - t0:.0f}s)")
+  clf = DatasetClassifier(params, spec.num_classes, {})
+  _, logits = clf.features_and_logits(x_test)
+  acc = float((logits.argmax(-1) == y_test).mean())
+  clf.info = dict(dataset=spec.name, version=CLASSIFIER_VERSION, test_accuracy=acc,
+                  epochs=epochs, seed=seed, image_shape=list(spec.image_shape))
+  log(f"classifier test accuracy {acc:.4f}")
+  return clf
+
+
+def load_or_train(spec: datasets.DatasetSpec, directory: str = "", log=print
+                  ) -> DatasetClassifier:
+  """The cached classifier of ``spec`` (trained and saved on first use)."""
+  directory = directory or default_dir()
+  base = os.path.join(directory, f"{spec.name}_v{CLASSIFIER_VERSION}")
+  if os.path.isfile(base + ".msgpack") and os.path.isfile(base + ".json"):
+    with open(base + ".json") as f:
+      info = json.load(f)
+    module = FeatureCNN(spec.num_classes)
+    template = module.init(jax.random.PRNGKey(0),
+                           jnp.zeros((1,) + tuple(info["image_shape"]), jnp.uint8))["params"]
+    with open(base + ".msgpack", "rb") as f:
+      params = serialization.from_bytes(template, f.read())
+    return DatasetClassifier(params, spec.num_classes, info)
+  log(f"Training the {spec.name} feature classifier once (cached in {directory}) ...")
+  clf = train_classifier(spec, log=log)
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
+    for ext, data, mode in ((".msgpack", serialization.to_bytes(clf.params), "wb"),
+                            (".json", json.dumps(clf.info, indent=2), "w")):
+      with open(base + ext + ".tmp", mode) as f:
+        f.write(data)
+      os.replace(base + ext + ".tmp", base + ext)
+  return clf

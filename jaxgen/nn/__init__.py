@@ -1,0 +1,1 @@
+"""Shared Flax Linen layers used by every architecture."""

@@ -1,0 +1,236 @@
+"""Shared Linen building blocks: dense/conv with logical axes, attention, MLP, adaLN,
+time/label embeddings, patch embedding and sin-cos position embeddings.
+
+Every parameter carries logical axis names (``nn.with_logical_partitioning``) so that
+`jaxgen.sharding` can place it on any mesh from one rules table; activations carry
+logical constraints, which are no-ops outside a mesh context.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = jnp.dtype
+xavier = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros
+
+
+def constrain(x, axes: Tuple[Optional[str], ...]):
+  """Logical sharding constraint on an activation (no-op without a mesh)."""
+  return nn.with_logical_constraint(x, axes)
+
+
+class Dense(nn.Module):
+  """``nn.Dense`` whose kernel and bias carry logical axis names."""
+  features: int
+  axes: Tuple[str, str] = ("embed", "mlp")
+  use_bias: bool = True
+  kernel_init: nn.initializers.Initializer = xavier
+  bias_init: nn.initializers.Initializer = zeros
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(
+        self.features,
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, self.axes),
+        bias_init=nn.with_logical_partitioning(self.bias_init, self.axes[-1:]),
+    )(x)
+
+
+class Conv(nn.Module):
+  """``nn.Conv`` (NHWC) with logical axes ``(kh, kw, conv_in, conv_out)``."""
+  features: int
+  kernel_size: Tuple[int, int] = (3, 3)
+  strides: Tuple[int, int] = (1, 1)
+  padding: str = "SAME"
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Conv(
+        self.features,
+        self.kernel_size,
+        strides=self.strides,
+        padding=self.padding,
+        dtype=self.dtype,
+        kernel_init=nn.with_logical_partitioning(
+            self.kernel_init, ("conv_h", "conv_w", "conv_in", "conv_out")),
+        bias_init=nn.with_logical_partitioning(zeros, ("conv_out",)),
+    )(x)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm in float32; ``affine=False`` gives the adaLN-style bare norm."""
+  affine: bool = True
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.LayerNorm(
+        epsilon=self.epsilon, use_bias=self.affine, use_scale=self.affine,
+        dtype=jnp.float32,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+        bias_init=nn.with_logical_partitioning(zeros, ("norm",)),
+    )(x).astype(x.dtype)
+
+
+class GroupNorm(nn.Module):
+  num_groups: int = 32
+
+  @nn.compact
+  def __call__(self, x):
+    groups = math.gcd(self.num_groups, x.shape[-1])
+    return nn.GroupNorm(
+        num_groups=groups, epsilon=1e-5, dtype=jnp.float32,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+        bias_init=nn.with_logical_partitioning(zeros, ("norm",)),
+    )(x).astype(x.dtype)
+
+
+def modulate(x_bld, shift_bd, scale_bd):
+  """adaLN modulation ``x * (1 + scale) + shift`` broadcast over tokens."""
+  return x_bld * (1 + scale_bd[:, None, :]) + shift_bd[:, None, :]
+
+
+def timestep_features(t_b, dim: int, max_period: float = 10000.0):
+  """Sinusoidal features of (possibly fractional) timesteps, as in DiT/ADM: [cos, sin]."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t_b.astype(jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+  return emb
+
+
+class TimestepEmbedder(nn.Module):
+  """Sinusoidal features -> MLP (Linear, SiLU, Linear)."""
+  hidden_size: int
+  frequency_size: int = 256
+  init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t_b):
+    init = nn.initializers.normal(self.init_std)
+    h = timestep_features(t_b, self.frequency_size).astype(self.dtype)
+    h = Dense(self.hidden_size, ("freq", "embed"), kernel_init=init, dtype=self.dtype,
+              name="mlp_in")(h)
+    h = nn.silu(h)
+    return Dense(self.hidden_size, ("embed", "embed_out"), kernel_init=init,
+                 dtype=self.dtype, name="mlp_out")(h)
+
+
+class LabelEmbedder(nn.Module):
+  """Class embedding table with one extra row: the null class used for CFG.
+
+  Label ``num_classes`` is the null (unconditional) label.
+  """
+  num_classes: int
+  hidden_size: int
+  init_std: float = 0.02
+
+  @nn.compact
+  def __call__(self, labels_b):
+    table = self.param(
+        "embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(self.init_std),
+                                     ("vocab", "embed")),
+        (self.num_classes + 1, self.hidden_size))
+    return jnp.take(table, labels_b, axis=0)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused qkv projection.
+
+  ``mask`` is boolean, broadcastable to (batch, heads, q_len, kv_len), True = attend.
+  """
+  num_heads: int
+  qkv_bias: bool = True
+  out_init: nn.initializers.Initializer = xavier
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_bld, mask=None):
+    b, l, d = x_bld.shape
+    if d % self.num_heads:
+      raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
+    head_dim = d // self.num_heads
+    qkv = Dense(3 * d, ("embed", "qkv"), use_bias=self.qkv_bias, dtype=self.dtype,
+                name="qkv")(x_bld)
+    qkv_blthk = qkv.reshape(b, l, 3, self.num_heads, head_dim)
+    q, k, v = (qkv_blthk[:, :, i] for i in range(3))
+    q = constrain(q, ("batch", "length", "act_heads", "kv"))
+    out_blhk = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    out = out_blhk.reshape(b, l, d)
+    return Dense(d, ("qkv", "embed"), kernel_init=self.out_init, dtype=self.dtype,
+                 name="proj")(out)
+
+
+class Mlp(nn.Module):
+  """Transformer MLP: Linear -> GELU (tanh) -> Linear."""
+  hidden_size: int
+  out_size: Optional[int] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    out = self.out_size or x.shape[-1]
+    h = Dense(self.hidden_size, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+    h = nn.gelu(h, approximate=True)
+    h = constrain(h, ("batch", "length", "act_mlp"))
+    return Dense(out, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+
+
+class PatchEmbed(nn.Module):
+  """Non-overlapping ``patch_size`` patches -> tokens (B, L, D); 2D (NHWC) or spacetime
+  (NTHWC, with ``patch_size`` a (pt, ph, pw) tuple)."""
+  hidden_size: int
+  patch_size: Sequence[int]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    p = tuple(self.patch_size)
+    kernel_axes = tuple(f"patch_{i}" for i in range(len(p))) + ("conv_in", "embed")
+    h = nn.Conv(
+        self.hidden_size, p, strides=p, padding="VALID", dtype=self.dtype,
+        kernel_init=nn.with_logical_partitioning(flat_xavier_uniform, kernel_axes),
+        bias_init=nn.with_logical_partitioning(zeros, ("embed",)))(x)
+    return h.reshape(h.shape[0], -1, self.hidden_size)
+
+
+def flat_xavier_uniform(key, shape, dtype=jnp.float32):
+  """Xavier-uniform of a conv kernel seen as a Linear layer on the flattened patch
+  (fan_in = prod(kernel) * in, fan_out = out), DiT's patch-embedding init."""
+  fan_in, fan_out = int(np.prod(shape[:-1])), shape[-1]
+  limit = math.sqrt(6.0 / (fan_in + fan_out))
+  return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+
+def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+  """1-D sin-cos embedding (MAE/DiT convention: [sin, cos])."""
+  omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+  out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
+  return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+  """2-D sin-cos position embedding (h*w, dim) as in MAE and DiT."""
+  if dim % 4:
+    raise ValueError(f"2-D sin-cos embedding needs dim % 4 == 0, got {dim}")
+  gw, gh = np.meshgrid(np.arange(grid_w, dtype=np.float64),
+                       np.arange(grid_h, dtype=np.float64))
+  emb_h = sincos_1d(dim // 2, gw)  # DiT embeds the first half with the w-grid
+  emb_w = sincos_1d(dim // 2, gh)
+  return np.concatenate([emb_h, emb_w], axis=1).astype(np.float32)

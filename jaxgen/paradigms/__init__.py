@@ -1,0 +1,1 @@
+"""Paradigms: each wires a model, a loss, a train step and a sampler step together."""

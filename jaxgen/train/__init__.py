@@ -1,0 +1,1 @@
+"""Shared training: train state, optimizer/EMA, the generic loop, checkpoints, metrics."""

@@ -1,0 +1,187 @@
+"""The single generic training loop, shared by every paradigm.
+
+Builds the mesh, data iterator, paradigm and sharded train state; resumes from the
+newest checkpoint in the workdir by itself; runs a jitted, sharded, state-donating
+step; logs metrics (JSONL + TensorBoard), writes sample grids, and checkpoints every
+``config.train.ckpt_every`` steps and on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jaxgen import config as config_lib
+from jaxgen import images as images_lib
+from jaxgen import registry
+from jaxgen.data import datasets, pipeline
+from jaxgen.sharding import distributed, mesh as mesh_lib
+from jaxgen.train import checkpoint, optim, preemption, state as state_lib
+from jaxgen.train.metrics import MetricWriter
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config, before any step runs."""
+  config: Any
+  mesh: Any
+  dataset: datasets.DatasetSpec
+  paradigm: Any
+  tx: Any
+  schedule: Any
+  init_state: Any          # () -> sharded TrainState
+  abstract_state: Any      # ShapeDtypeStructs with shardings
+  state_shardings: Any
+
+
+def build(config, devices=None, load_data: bool = True) -> Experiment:
+  """Validates ``config`` and builds mesh, data spec, paradigm and state factories.
+
+  With ``load_data=False`` the dataset is only described (shapes, classes), for
+  benchmarks, ahead-of-time compilation and ``info`` on machines without the data.
+  """
+  config_lib.validate(config)
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  dataset = (datasets.get_dataset(config.data) if load_data
+             else datasets.describe(config.data))
+  paradigm = registry.PARADIGMS.get(config.paradigm.name)(config, dataset)
+  tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+  rng = jax.random.PRNGKey(config.train.seed)
+  init_state, abstract, shardings = state_lib.sharded_state(paradigm.init_params, tx, mesh, rng)
+  return Experiment(config, mesh, dataset, paradigm, tx, schedule, init_state, abstract,
+                    shardings)
+
+
+def build_abstract(config, devices=None) -> Experiment:
+  return build(config, devices, load_data=False)
+
+
+def make_train_step(exp: Experiment):
+  """The paradigm's step under ``jax.jit`` with state/batch shardings, donating state."""
+  batch_sh = jax.tree.map(
+      lambda a: mesh_lib.batch_sharding(exp.mesh, len(a.shape)),
+      exp.paradigm.example_batch(exp.config.train.batch_size))
+  step = functools.partial(exp.paradigm.train_step, tx=exp.tx, schedule=exp.schedule)
+  jitted = jax.jit(step, in_shardings=(exp.state_shardings, batch_sh),
+                   out_shardings=(exp.state_shardings, mesh_lib.replicated(exp.mesh)),
+                   donate_argnums=(0,))
+
+  def run(state, batch):
+    with mesh_lib.activate(exp.mesh):
+      return jitted(state, batch)
+
+  return run, jitted
+
+
+def make_data_iterator(exp: Experiment):
+  cfg = exp.config
+  local_batch = pipeline.per_process_batch(
+      cfg.train.batch_size, jax.process_count(), mesh_lib.data_parallel_size(exp.mesh))
+  ds = pipeline.train_dataset(
+      exp.dataset, split=cfg.data.train_split, pp=cfg.data.pp, batch_size=local_batch,
+      seed=cfg.train.seed, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  return iter(ds)
+
+
+def make_sample_fn(exp: Experiment):
+  """Jitted ``(params, rng, labels) -> uint8-ready images`` with config sampling."""
+  return jax.jit(lambda params, rng, labels: exp.paradigm.sample(params, rng, labels))
+
+
+def grid_labels(num: int, num_classes: int) -> np.ndarray:
+  """Labels for a sample grid: each class in turn (a row per class when num = k*C)."""
+  return (np.arange(num) % max(num_classes, 1)).astype(np.int32)
+
+
+def train(config, workdir: str, devices=None, *, stop_after: Optional[int] = None,
+          progress: bool = True):
+  """Trains ``config`` in ``workdir`` until ``config.train.num_steps``; resumes from
+  the newest checkpoint there. ``stop_after`` stops (with a checkpoint) after that
+  many steps of this call, for tests of resumption. Returns the final state."""
+  distributed.maybe_initialize_distributed()
+  exp = build(config, devices)
+  cfg = exp.config
+  ckpt = checkpoint.Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
+  data_iter = make_data_iterator(exp)
+  start = ckpt.latest_step()
+  if start is not None:
+    state = ckpt.restore(exp.abstract_state, data_iter, step=start)
+    logging.info("Resumed from %s at step %d", ckpt.directory, start)
+    if progress and jax.process_index() == 0:
+      print(f"Resuming from step {start} in {workdir}")
+  else:
+    start = 0
+    state = exp.init_state()
+  checkpoint.write_config(workdir, cfg)
+  step_fn, _ = make_train_step(exp)
+  sample_fn = make_sample_fn(exp) if cfg.train.sample_every > 0 else None
+  writer = MetricWriter(workdir)
+  num_steps = cfg.train.num_steps
+  end = num_steps if stop_after is None else min(num_steps, start + stop_after)
+  pbar = tqdm(total=num_steps, initial=start, disable=not progress or jax.process_index() != 0,
+              unit="step", dynamic_ncols=True, desc="train")
+  pending, t_last, step = [], time.perf_counter(), start
+  with preemption.PreemptionGuard() as guard:
+    for step in range(start, end):
+      batch = mesh_lib.global_batch(next(data_iter), exp.mesh)
+      state, metrics = step_fn(state, batch)
+      pending.append(metrics)
+      done = step + 1
+      pbar.update(1)
+      if done % cfg.train.log_every == 0 or done == end:
+        t_last = _log(writer, pbar, pending, done, t_last, cfg.train.batch_size)
+        pending = []
+      if sample_fn is not None and (done % cfg.train.sample_every == 0 or done == num_steps):
+        _write_samples(exp, sample_fn, state, workdir, done, writer)
+      stop = guard.should_stop(done)
+      if done % cfg.train.ckpt_every == 0 or done == end or stop:
+        ckpt.save(done, state, data_iter, cfg, force=True)
+      if stop:
+        ckpt.wait()
+        msg = (f"Stopped by signal after step {done}; checkpoint saved in {ckpt.directory}."
+               " Run the same command again to resume.")
+        pbar.write(msg)
+        logging.warning(msg)
+        break
+  pbar.close()
+  ckpt.wait()
+  ckpt.close()
+  writer.close()
+  return state
+
+
+def _log(writer, pbar, pending, step, t_last, batch_size):
+  now = time.perf_counter()
+  metrics = jax.device_get(pending)
+  mean = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+  steps_per_s = len(pending) / max(now - t_last, 1e-9)
+  mean.update(steps_per_sec=steps_per_s, examples_per_sec=steps_per_s * batch_size)
+  writer.write_scalars(step, mean)
+  pbar.set_postfix(loss=f"{mean['loss']:.4f}", refresh=False)
+  return now
+
+
+def _write_samples(exp, sample_fn, state, workdir, step, writer):
+  cfg = exp.config
+  n = cfg.train.sample_grid
+  labels = grid_labels(n, exp.paradigm.num_classes)
+  rng = jax.random.PRNGKey(cfg.train.seed + 1)  # same noise every time: comparable grids
+  with mesh_lib.activate(exp.mesh):
+    x = sample_fn(state.ema_params, rng, jnp.asarray(labels))
+  if jax.process_index() != 0:
+    return
+  imgs = images_lib.to_uint8(jax.device_get(x))
+  grid = images_lib.save_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), imgs,
+                              ncols=max(exp.paradigm.num_classes, 1) if n % max(
+                                  exp.paradigm.num_classes, 1) == 0 else None)
+  writer.write_image(step, "samples", grid)

@@ -1,0 +1,38 @@
+"""Shared fixtures. The whole test session sees 8 fake CPU devices (set before any
+device is touched); single-device tests build their mesh from ``jax.devices()[:1]``."""
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+import pytest  # noqa: E402
+
+from helpers import ROOT, synthetic_fmnist, tiny_config, write_idx  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def fake_fmnist_dir(tmp_path_factory):
+  """A directory with the four Fashion-MNIST IDX files holding synthetic data."""
+  d = tmp_path_factory.mktemp("fmnist_idx")
+  for split, n, seed in (("train", 512, 0), ("t10k", 128, 1)):
+    images, labels = synthetic_fmnist(n, seed)
+    write_idx(str(d / f"{split}-images-idx3-ubyte.gz"), images)
+    write_idx(str(d / f"{split}-labels-idx1-ubyte.gz"), labels)
+  return str(d)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture
+def make_config(fake_fmnist_dir, data_dir):
+  def make(model="dit", **train):
+    return tiny_config(fake_fmnist_dir, data_dir, model, **train)
+  return make
+
+
+@pytest.fixture
+def one_device():
+  return jax.devices()[:1]

@@ -1,0 +1,59 @@
+"""Test helpers with no side effects on JAX (usable from worker subprocesses)."""
+
+import gzip
+import os
+import struct
+import sys
+
+import ml_collections
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+
+
+def write_idx(path, array):
+  """Writes a gzipped IDX file (uint8 data)."""
+  header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
+      ">" + "I" * array.ndim, *array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_fmnist(n, seed):
+  """Class-dependent 28x28 images: class k is a bright bar at row 2k+4 plus noise."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, n).astype(np.uint8)
+  images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+  for i, k in enumerate(labels):
+    images[i, 2 * k + 4:2 * k + 7, 4:24] = 220
+  return images, labels
+
+
+def tiny_config(source_dir, data_dir, model="dit", **train):
+  """A complete config with a tiny model that compiles and runs in seconds."""
+  import common  # configs/common.py
+  c = common.base_config()
+  c.data.source_dir = source_dir
+  c.data.data_dir = data_dir
+  if model == "dit":
+    c.model = ml_collections.ConfigDict(dict(
+        name="dit", variant=None, depth=2, hidden_size=32, num_heads=2, patch_size=4,
+        mlp_ratio=2.0, scan_blocks=False))
+  else:
+    c.model = ml_collections.ConfigDict(dict(
+        name="unet", variant="tiny", channels=8, channel_mult=(1, 2), num_res_blocks=1,
+        attn_resolutions=(16,), head_channels=8))
+  c.train.batch_size = 8
+  c.train.num_steps = 6
+  c.train.log_every = 2
+  c.train.ckpt_every = 3
+  c.train.sample_every = 0
+  c.optim.warmup_steps = 2
+  c.optim.ema_decay = 0.9
+  c.sample.steps = 3
+  c.sample.batch_size = 8
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
+  for k, v in train.items():
+    c.train[k] = v
+  return c

@@ -1,0 +1,156 @@
+"""The shared loop: sharded step == single device, stop/resume == uninterrupted,
+SIGTERM saves and stops, mismatched checkpoints are refused without damage."""
+
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxgen.sharding import mesh as mesh_lib
+from jaxgen.train import checkpoint, loop, preemption
+
+
+def _run_steps(config, devices, n):
+  exp = loop.build(config, devices)
+  state = exp.init_state()
+  step_fn, _ = loop.make_train_step(exp)
+  it = loop.make_data_iterator(exp)
+  losses = []
+  for _ in range(n):
+    state, m = step_fn(state, mesh_lib.global_batch(next(it), exp.mesh))
+    losses.append(float(m["loss"]))
+  return exp, state, losses
+
+
+def test_sharded_step_on_2x4_mesh_equals_one_device(make_config):
+  c1 = make_config("dit")
+  c8 = make_config("dit")
+  c8.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=4, tensor=1))
+  _, s1, l1 = _run_steps(c1, jax.devices()[:1], 3)
+  exp8, s8, l8 = _run_steps(c8, jax.devices(), 3)
+  # The parameters really are split: some weight is sharded over fsdp.
+  specs = [x.sharding.spec for x in jax.tree.leaves(s8.params)]
+  assert any("fsdp" in str(s) for s in specs), specs
+  assert len(exp8.mesh.devices.flat) == 8
+  np.testing.assert_allclose(l1, l8, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+               jax.device_get(s1.params), jax.device_get(s8.params))
+
+
+def test_tensor_parallel_mesh_equals_one_device(make_config):
+  c = make_config("dit")
+  ct = make_config("dit")
+  ct.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=1, tensor=4))
+  _, s1, l1 = _run_steps(c, jax.devices()[:1], 2)
+  _, st, lt = _run_steps(ct, jax.devices(), 2)
+  specs = [x.sharding.spec for x in jax.tree.leaves(st.params)]
+  assert any("tensor" in str(s) for s in specs), specs
+  np.testing.assert_allclose(l1, lt, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+               jax.device_get(s1.params), jax.device_get(st.params))
+
+
+def _params(state):
+  return jax.device_get((state.params, state.ema_params, state.opt_state, state.step))
+
+
+def test_stop_and_resume_equals_uninterrupted(make_config, tmp_path, one_device):
+  config = make_config("dit", num_steps=6, ckpt_every=100)
+  full = loop.train(config, str(tmp_path / "full"), one_device, progress=False)
+  wd = str(tmp_path / "resumed")
+  part = loop.train(config, wd, one_device, stop_after=4, progress=False)
+  assert int(part.step) == 4
+  assert checkpoint.Checkpointer(wd).latest_step() == 4
+  resumed = loop.train(config, wd, one_device, progress=False)
+  assert int(resumed.step) == 6
+  jax.tree.map(np.testing.assert_array_equal, _params(full), _params(resumed))
+  # Identical losses at the logged steps after the resume point: same data order.
+  read = lambda d: {r["step"]: r["loss"] for r in map(json.loads, open(f"{d}/metrics.jsonl"))}
+  assert read(str(tmp_path / "full"))[6] == read(wd)[6]
+
+
+def test_longer_num_steps_continues_from_checkpoint(make_config, tmp_path, one_device):
+  wd = str(tmp_path / "wd")
+  loop.train(make_config("dit", num_steps=3), wd, one_device, progress=False)
+  state = loop.train(make_config("dit", num_steps=5), wd, one_device, progress=False)
+  assert int(state.step) == 5
+  assert checkpoint.Checkpointer(wd).latest_step() == 5
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(make_config, tmp_path, one_device, monkeypatch):
+  orig = preemption.PreemptionGuard.should_stop
+
+  def should_stop(self, step):
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)  # a real signal, caught by the guard
+    return orig(self, step)
+
+  monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", should_stop)
+  wd = str(tmp_path / "wd")
+  state = loop.train(make_config("dit", num_steps=50, ckpt_every=100), wd, one_device,
+                     progress=False)
+  assert int(state.step) == 2
+  assert checkpoint.Checkpointer(wd).latest_step() == 2
+  assert signal.getsignal(signal.SIGTERM) is not should_stop  # handler restored
+
+
+def _snapshot(directory):
+  out = {}
+  for root, _, files in os.walk(directory):
+    for f in files:
+      p = os.path.join(root, f)
+      out[p] = open(p, "rb").read()
+  return out
+
+
+def test_checkpoint_of_another_model_is_refused_and_workdir_intact(
+    make_config, tmp_path, one_device):
+  wd = str(tmp_path / "wd")
+  loop.train(make_config("dit", num_steps=2), wd, one_device, progress=False)
+  before = _snapshot(wd)
+  bigger = make_config("dit", num_steps=4)
+  bigger.model.hidden_size = 64
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"differ in shape, e.g. .*checkpoint \(192,\) vs config \(384,\)"):
+    loop.train(bigger, wd, one_device, progress=False)
+  other = make_config("unet", num_steps=4)
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="written for another model"):
+    loop.train(other, wd, one_device, progress=False)
+  assert _snapshot(wd) == before
+
+
+def test_train_writes_logs_samples_and_tensorboard(make_config, tmp_path, one_device):
+  wd = str(tmp_path / "wd")
+  c = make_config("dit", num_steps=4, sample_every=4, sample_grid=20)
+  loop.train(c, wd, one_device, progress=False)
+  rows = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [2, 4]
+  assert {"loss", "grad_norm", "lr", "steps_per_sec"} <= set(rows[0])
+  assert os.path.isfile(os.path.join(wd, "samples", "step_0000004.png"))
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(wd, "tensorboard")))
+  assert json.load(open(os.path.join(wd, "config.json")))["model"]["hidden_size"] == 32
+
+
+def test_grad_accumulation_equals_full_batch(make_config, one_device):
+  c1 = make_config("dit")
+  c1.optim.grad_clip = 0.0
+  c2 = make_config("dit")
+  c2.optim.grad_clip = 0.0
+  c2.optim.grad_accum = 2
+  exp = loop.build(c1, one_device)
+  exp2 = loop.build(c2, one_device)
+  state = exp.init_state()
+  batch = mesh_lib.global_batch(next(loop.make_data_iterator(exp)), exp.mesh)
+  rng = jax.random.PRNGKey(0)
+  # Gradients of the mean loss over two halves (same per-half rngs) == accumulation.
+  grad_fn = jax.value_and_grad(exp.paradigm.loss, has_aux=True)
+  halves = [jax.tree.map(lambda x: x[i * 4:(i + 1) * 4], batch) for i in range(2)]
+  grads = [grad_fn(state.params, h, jax.random.fold_in(rng, i))[1] for i, h in enumerate(halves)]
+  ref = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+  _, _, acc = exp2.paradigm._accumulate(grad_fn, state.params, batch, rng, 2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), ref, acc)
