@@ -73,8 +73,15 @@ def cmd_eval(args, overrides):
   images = evaluate.to_native(images, spec.image_shape, config.data.pp)
   ev = evaluate.Evaluator(spec, config.eval.classifier_dir)
   result = {"samples": ev.figures(images, labels)}
+  if args.inception_weights:
+    result["samples"]["fid_inception"] = ev.inception_fid(images, args.inception_weights)
   if not args.no_reference:
-    result["real_" + config.data.eval_split] = ev.reference(len(images), config.data.eval_split)
+    ref_split = config.data.eval_split
+    result["real_" + ref_split] = ev.reference(len(images), ref_split)
+    if args.inception_weights:
+      real, _ = datasets.load_arrays(spec, ref_split, limit=len(images))
+      result["real_" + ref_split]["fid_inception"] = ev.inception_fid(
+          real, args.inception_weights)
   result["classifier_test_accuracy"] = ev.classifier.info.get("test_accuracy")
   for name, figs in result.items():
     if isinstance(figs, dict):
@@ -133,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--config", help="or a config file naming the dataset")
   e.add_argument("--samples", required=True, help=".npz written by `jaxgen sample`")
   e.add_argument("--no-reference", action="store_true", help="skip the real-image line")
+  e.add_argument("--inception-weights", default=None,
+                 help="also compute the standard Inception FID against as many real train "
+                      "images, with pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+                      "(or an .npz of its state dict) from this local path")
   e.add_argument("--json-out", default=None)
   e.set_defaults(fn=cmd_eval)
 
@@ -162,6 +173,9 @@ def main(argv=None) -> int:
     if isinstance(e, (DataError, CheckpointMismatchError)):
       print(f"jaxgen: error: {e}", file=sys.stderr)
       return 2
+    if isinstance(e, FloatingPointError):
+      print(f"jaxgen: training diverged: {e}", file=sys.stderr)
+      return 1
     raise
   return 0
 

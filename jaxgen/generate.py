@@ -59,7 +59,7 @@ def generate(exp, params, *, num: int, seed: int, labels: Optional[np.ndarray] =
       y = np.concatenate([y, np.zeros(batch_size - n, np.int32)])
     with mesh_lib.activate(exp.mesh):
       x = fn(params, jax.random.fold_in(key, i), jnp.asarray(y))
-    out.append(images_lib.to_uint8(jax.device_get(x))[:n])
+    out.append(images_lib.to_uint8(mesh_lib.to_host(x))[:n])
   return np.concatenate(out), labels
 
 

@@ -154,3 +154,10 @@ def test_grad_accumulation_equals_full_batch(make_config, one_device):
   ref = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
   _, _, acc = exp2.paradigm._accumulate(grad_fn, state.params, batch, rng, 2)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), ref, acc)
+
+
+def test_non_finite_loss_stops_with_advice(tmp_path):
+  from jaxgen.train.metrics import MetricWriter
+  writer = MetricWriter(str(tmp_path))
+  with pytest.raises(FloatingPointError, match="loss is nan at step 7.*Lower"):
+    loop._log(writer, None, [{"loss": np.float32("nan")}], 7, 0.0, 8)

@@ -73,6 +73,16 @@ class Evaluator:
         out["accuracy"] = float((logits.argmax(-1)[valid] == labels[valid]).mean())
     return out
 
+  def inception_fid(self, images_uint8: np.ndarray, weights_path: str,
+                    split: str = "train") -> float:
+    """Standard FID (pytorch-fid Inception-v3 pool3 features, weights from a local
+    file) between ``images_uint8`` and as many real images of ``split``."""
+    from jaxgen.eval import inception  # pylint: disable=g-import-not-at-top
+    params = inception.load_fid_inception(weights_path)
+    real, _ = datasets.load_arrays(self.spec, split, limit=len(images_uint8))
+    return inception.fid_from_features(inception.inception_features(images_uint8, params),
+                                       inception.inception_features(real, params))
+
   def reference(self, num: int, split: str = "test") -> Dict[str, float]:
     """The same figures for ``num`` real held-out images."""
     x, y = datasets.load_arrays(self.spec, split, limit=num)

@@ -65,13 +65,14 @@ class AttnBlock(nn.Module):
   """GroupNorm + multi-head self-attention over the H*W positions, residual."""
   num_heads: int
   dtype: jnp.dtype = jnp.float32
+  impl: str = "xla"
 
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
     y = layers.GroupNorm(name="norm")(x).reshape(b, h * w, c)
-    y = layers.Attention(self.num_heads, out_init=layers.zeros, dtype=self.dtype,
-                         name="attn")(y)
+    y = layers.Attention(self.num_heads, out_init=layers.zeros, impl=self.impl,
+                         dtype=self.dtype, name="attn")(y)
     return x + y.reshape(b, h, w, c)
 
 
@@ -107,6 +108,7 @@ class UNet(nn.Module):
   scale_shift_norm: bool = True
   dropout: float = 0.0
   num_classes: int = 10
+  attn_impl: str = "xla"  # or "cudnn" on NVIDIA GPUs
   dtype: jnp.dtype = jnp.float32
 
   def _heads(self, ch: int) -> int:
@@ -128,7 +130,7 @@ class UNet(nn.Module):
       for i in range(self.num_res_blocks):
         h = res(mult * self.channels, name=f"down_{level}_{i}")(h, emb, train)
         if size in self.attn_resolutions:
-          h = AttnBlock(self._heads(h.shape[-1]), self.dtype,
+          h = AttnBlock(self._heads(h.shape[-1]), self.dtype, self.attn_impl,
                         name=f"down_{level}_{i}_attn")(h)
         skips.append(h)
       if level != len(self.channel_mult) - 1:
@@ -136,14 +138,14 @@ class UNet(nn.Module):
         size //= 2
         skips.append(h)
     h = res(h.shape[-1], name="mid_0")(h, emb, train)
-    h = AttnBlock(self._heads(h.shape[-1]), self.dtype, name="mid_attn")(h)
+    h = AttnBlock(self._heads(h.shape[-1]), self.dtype, self.attn_impl, name="mid_attn")(h)
     h = res(h.shape[-1], name="mid_1")(h, emb, train)
     for level, mult in reversed(list(enumerate(self.channel_mult))):
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
         h = res(mult * self.channels, name=f"up_{level}_{i}")(h, emb, train)
         if size in self.attn_resolutions:
-          h = AttnBlock(self._heads(h.shape[-1]), self.dtype,
+          h = AttnBlock(self._heads(h.shape[-1]), self.dtype, self.attn_impl,
                         name=f"up_{level}_{i}_attn")(h)
       if level != 0:
         h = Upsample(self.dtype, name=f"up_{level}_resample")(h)
@@ -168,7 +170,7 @@ def build_unet(cfg: ml_collections.ConfigDict, *, image_shape, num_classes: int,
   fields override it) for inputs of ``image_shape`` = (H, W, C)."""
   kw = dict(SIZES[cfg.variant]) if cfg.get("variant") else {}
   for key in ("channels", "channel_mult", "num_res_blocks", "attn_resolutions",
-              "num_heads", "head_channels", "scale_shift_norm", "dropout"):
+              "num_heads", "head_channels", "scale_shift_norm", "dropout", "attn_impl"):
     if cfg.get(key) is not None:
       kw[key] = tuple(cfg[key]) if isinstance(cfg[key], (list, tuple)) else cfg[key]
   h, w, c = image_shape

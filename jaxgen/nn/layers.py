@@ -150,6 +150,27 @@ class LabelEmbedder(nn.Module):
     return jnp.take(table, labels_b, axis=0)
 
 
+def attention_core(q_blhk, k_blhk, v_blhk, mask=None, impl: str = "xla"):
+  """softmax(q k^T / sqrt(d)) v over (batch, length, heads, head_dim) inputs.
+
+  ``impl="xla"``: explicit einsums with heads moved next to batch, which XLA's CPU
+  backend runs about twice as fast as ``jax.nn.dot_product_attention`` (measured in
+  benchmarks/). ``impl="cudnn"`` / ``"dot_product_attention"``: JAX's fused attention
+  (cuDNN flash attention on NVIDIA GPUs). ``mask``: boolean, True = attend.
+  """
+  if impl != "xla":
+    return jax.nn.dot_product_attention(
+        q_blhk, k_blhk, v_blhk, mask=mask,
+        implementation="cudnn" if impl == "cudnn" else None)
+  scale = 1.0 / math.sqrt(q_blhk.shape[-1])
+  q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q_blhk, k_blhk, v_blhk))  # b h l k
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(scale, q.dtype), k)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs, v), 1, 2)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection.
 
@@ -158,6 +179,7 @@ class Attention(nn.Module):
   num_heads: int
   qkv_bias: bool = True
   out_init: nn.initializers.Initializer = xavier
+  impl: str = "xla"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -171,7 +193,7 @@ class Attention(nn.Module):
     qkv_blthk = qkv.reshape(b, l, 3, self.num_heads, head_dim)
     q, k, v = (qkv_blthk[:, :, i] for i in range(3))
     q = constrain(q, ("batch", "length", "act_heads", "kv"))
-    out_blhk = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    out_blhk = attention_core(q, k, v, mask, self.impl)
     out = out_blhk.reshape(b, l, d)
     return Dense(d, ("qkv", "embed"), kernel_init=self.out_init, dtype=self.dtype,
                  name="proj")(out)

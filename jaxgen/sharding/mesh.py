@@ -130,3 +130,11 @@ def activate(mesh: Mesh, rules=LOGICAL_RULES):
   """Context in which logical activation constraints resolve against ``mesh``."""
   with mesh, nn.logical_axis_rules(rules):
     yield
+
+
+def to_host(x):
+  """A (possibly multi-host sharded) array as one numpy array on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))

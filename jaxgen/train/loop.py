@@ -128,6 +128,9 @@ def train(config, workdir: str, devices=None, *, stop_after: Optional[int] = Non
   writer = MetricWriter(workdir)
   num_steps = cfg.train.num_steps
   end = num_steps if stop_after is None else min(num_steps, start + stop_after)
+  if start >= end:
+    print(f"{workdir} is already at step {start} >= config.train.num_steps={num_steps}; "
+          "pass a larger --config.train.num_steps to train on.")
   pbar = tqdm(total=num_steps, initial=start, disable=not progress or jax.process_index() != 0,
               unit="step", dynamic_ncols=True, desc="train")
   pending, t_last, step = [], time.perf_counter(), start
@@ -137,12 +140,15 @@ def train(config, workdir: str, devices=None, *, stop_after: Optional[int] = Non
       state, metrics = step_fn(state, batch)
       pending.append(metrics)
       done = step + 1
+      if progress:  # wait for the step so the bar's steps/s is the real rate
+        jax.block_until_ready(metrics["loss"])
       pbar.update(1)
       if done % cfg.train.log_every == 0 or done == end:
         t_last = _log(writer, pbar, pending, done, t_last, cfg.train.batch_size)
         pending = []
       if sample_fn is not None and (done % cfg.train.sample_every == 0 or done == num_steps):
         _write_samples(exp, sample_fn, state, workdir, done, writer)
+        t_last = time.perf_counter()  # keep sampling time out of steps/s
       stop = guard.should_stop(done)
       if done % cfg.train.ckpt_every == 0 or done == end or stop:
         ckpt.save(done, state, data_iter, cfg, force=True)
@@ -164,6 +170,11 @@ def _log(writer, pbar, pending, step, t_last, batch_size):
   now = time.perf_counter()
   metrics = jax.device_get(pending)
   mean = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+  if not np.isfinite(mean["loss"]):
+    raise FloatingPointError(
+        f"The loss is {mean['loss']} at step {step}. Training stopped without saving this "
+        "state; the newest checkpoint in the workdir is still good. Lower "
+        "--config.optim.lr or enable --config.optim.grad_clip, then resume.")
   steps_per_s = len(pending) / max(now - t_last, 1e-9)
   mean.update(steps_per_sec=steps_per_s, examples_per_sec=steps_per_s * batch_size)
   writer.write_scalars(step, mean)
@@ -178,9 +189,10 @@ def _write_samples(exp, sample_fn, state, workdir, step, writer):
   rng = jax.random.PRNGKey(cfg.train.seed + 1)  # same noise every time: comparable grids
   with mesh_lib.activate(exp.mesh):
     x = sample_fn(state.ema_params, rng, jnp.asarray(labels))
+  x = mesh_lib.to_host(x)
   if jax.process_index() != 0:
     return
-  imgs = images_lib.to_uint8(jax.device_get(x))
+  imgs = images_lib.to_uint8(x)
   grid = images_lib.save_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), imgs,
                               ncols=max(exp.paradigm.num_classes, 1) if n % max(
                                   exp.paradigm.num_classes, 1) == 0 else None)
