@@ -73,3 +73,31 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return c
+
+
+def tokenizer_config() -> ml_collections.ConfigDict:
+  """Base of every tokenizer run (jaxgen.paradigms.tokenizer): ``base_config()`` with
+  the tokenizer's paradigm fields; a config sets ``model`` (sizes + bottleneck)."""
+  c = base_config()
+  c.paradigm = ml_collections.ConfigDict(dict(
+      name="tokenizer",
+      rec_loss="l1",             # l1 | l2 pixel reconstruction
+      bottleneck_weight=1.0,     # weight of the VQ (codebook + beta * commitment) or KL loss
+      perceptual="none",         # none | classifier (dataset feature CNN) | lpips (file)
+      perceptual_weight=0.0,
+      perceptual_weights="",     # .npz of LPIPS weights when perceptual="lpips"
+      perceptual_seed=1,         # classifier seed; eval's classifier is seed 0 (independent)
+      disc_weight=0.0,           # 0 = no discriminator
+      disc_start=0,              # step at which the GAN terms switch on
+      disc_loss="hinge",         # hinge | non_saturating
+      adaptive_weight=True,      # VQGAN's gradient-norm ratio at the decoder's last layer
+      disc_channels=64,
+      disc_layers=3,
+      disc_lr_ratio=1.0,         # discriminator lr = optim.lr * this
+  ))
+  c.optim.lr = 1e-4
+  c.optim.b1 = 0.5               # taming / MaskGIT use Adam(0.5, 0.9) for both networks
+  c.optim.b2 = 0.9
+  c.optim.ema_decay = 0.999
+  c.train.sample_grid = 40       # 20 test images over their 20 reconstructions
+  return c

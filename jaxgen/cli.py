@@ -1,4 +1,4 @@
-"""The ``jaxgen`` command: train, sample, eval, info, data.
+"""The ``jaxgen`` command: train, sample, eval, info, data, tokenize.
 
 Examples:
   jaxgen train --config configs/quickstart.py --workdir runs/qs
@@ -6,6 +6,9 @@ Examples:
   jaxgen sample --workdir runs/qs --num 1000 --seed 0 --out runs/qs/samples.npz
   jaxgen eval --workdir runs/qs --samples runs/qs/samples.npz
   jaxgen info --config configs/imagenet256_dit_xl2.py
+  jaxgen train --config configs/fmnist_vqgan.py --workdir runs/vqgan      # a tokenizer
+  jaxgen eval --workdir runs/vqgan                                       # PSNR, SSIM, rFD
+  jaxgen tokenize --workdir runs/vqgan --out data/fmnist_vqgan_codes     # codes, once
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ def cmd_train(args, overrides):
 def cmd_sample(args, overrides):
   from jaxgen import generate  # pylint: disable=g-import-not-at-top
   exp, state, step = generate.load_run(args.workdir, overrides)
+  if exp.config.paradigm.name == "tokenizer":
+    raise config_lib.ConfigError(
+        f"{args.workdir} is a tokenizer run: it reconstructs rather than samples. Use "
+        f"`jaxgen eval --workdir {args.workdir}` (figures) or `jaxgen tokenize`.")
   params = state.ema_params if args.params == "ema" else state.params
   kwargs = {k: v for k, v in (("steps", args.steps), ("cfg_scale", args.cfg_scale),
                               ("solver", args.solver), ("shift", args.shift)) if v is not None}
@@ -64,9 +71,76 @@ def cmd_sample(args, overrides):
         f"{time.time() - t0:.1f}s to {out} and a grid to {png}")
 
 
+def _print_figures(result, json_out=None):
+  for name, figs in result.items():
+    if isinstance(figs, dict):
+      line = "  ".join(f"{k}={v:.4f}" if k != "num" else f"n={int(v)}" for k, v in figs.items())
+      print(f"{name:>12}: {line}")
+  print(json.dumps(result))
+  if json_out:
+    with open(json_out, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+def _tokenizer_and_data(args, overrides):
+  from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
+  from jaxgen.tokenizers.base import Tokenizer  # pylint: disable=g-import-not-at-top
+  config = _load_config(args, overrides)
+  if config.paradigm.name != "tokenizer":
+    raise config_lib.ConfigError(
+        f"{args.workdir} holds a {config.paradigm.name!r} run; this needs a tokenizer run "
+        "(configs/fmnist_vqgan.py, _vitvq, _msvq, _vae).")
+  tok = Tokenizer.from_workdir(args.workdir, params=args.params)
+  return config, tok, datasets.get_dataset(config.data)
+
+
+def cmd_eval_tokenizer(args, overrides):
+  from jaxgen.eval import reconstruction  # pylint: disable=g-import-not-at-top
+  config, tok, spec = _tokenizer_and_data(args, overrides)
+  split = config.data.eval_split
+  figs = reconstruction.evaluate_tokenizer(tok, spec, split=split, pp=config.data.pp,
+                                           num=args.num, classifier_dir=config.eval.classifier_dir)
+  _print_figures({"reconstructions_" + split: figs}, args.json_out)
+
+
+def cmd_tokenize(args, overrides):
+  from jaxgen.tokenizers import base, precompute  # pylint: disable=g-import-not-at-top
+  config, tok, spec = _tokenizer_and_data(args, overrides)
+  if tok.kind == "kl" and base.read_latent_scale(args.workdir) is None:
+    scale = _fit_latent_scale(tok, spec, config, args.scale_examples)
+    base.write_latent_scale(args.workdir, scale, num_examples=args.scale_examples)
+    tok.latent_scale = scale
+    print(f"Latent scale factor 1/std = {scale:.4f} (from {args.scale_examples} train "
+          f"images), saved in {args.workdir}/{base.SCALE_FILE}")
+  splits = args.splits.split(",")
+  t0 = time.time()
+  written = precompute.tokenize_dataset(tok, spec, pp=config.data.pp, out_dir=args.out,
+                                        splits=splits, batch_size=args.batch_size)
+  print(f"Wrote {written} in {time.time() - t0:.0f}s to {args.out}; train on it with "
+        f"--config.data.name=tokens --config.data.data_dir={args.out}")
+
+
+def _fit_latent_scale(tok, spec, config, num: int):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxgen.data import pipeline  # pylint: disable=g-import-not-at-top
+  from jaxgen.tokenizers import base  # pylint: disable=g-import-not-at-top
+  ds = pipeline.eval_dataset(spec, split=config.data.train_split, pp=config.data.pp,
+                             batch_size=250)
+  tok.latent_scale = 1.0
+  latents, n = [], 0
+  for batch in ds:
+    latents.append(np.asarray(tok.encode(batch["image"])))
+    n += len(batch["image"])
+    if n >= num:
+      break
+  return base.compute_latent_scale(latents)
+
+
 def cmd_eval(args, overrides):
   from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
   from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
+  if args.samples is None:
+    return cmd_eval_tokenizer(args, overrides)
   config = _load_config(args, overrides)
   spec = datasets.get_dataset(config.data)
   images, labels = evaluate.load_samples(args.samples)
@@ -83,14 +157,7 @@ def cmd_eval(args, overrides):
       result["real_" + ref_split]["fid_inception"] = ev.inception_fid(
           real, args.inception_weights)
   result["classifier_test_accuracy"] = ev.classifier.info.get("test_accuracy")
-  for name, figs in result.items():
-    if isinstance(figs, dict):
-      line = "  ".join(f"{k}={v:.4f}" if k != "num" else f"n={int(v)}" for k, v in figs.items())
-      print(f"{name:>12}: {line}")
-  print(json.dumps(result))
-  if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(result, f, indent=2)
+  _print_figures(result, args.json_out)
 
 
 def cmd_info(args, overrides):
@@ -135,10 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--out", default=None, help="output .npz (a .png grid is written beside)")
   s.set_defaults(fn=cmd_sample)
 
-  e = sub.add_parser("eval", help="Frechet distance and classifier accuracy of samples")
+  e = sub.add_parser(
+      "eval", help="samples: Frechet distance and classifier accuracy; tokenizer runs "
+                   "(no --samples): reconstruction PSNR, SSIM, rFD, codebook usage")
   e.add_argument("--workdir", help="run whose config names the dataset")
   e.add_argument("--config", help="or a config file naming the dataset")
-  e.add_argument("--samples", required=True, help=".npz written by `jaxgen sample`")
+  e.add_argument("--samples", default=None,
+                 help=".npz written by `jaxgen sample`; omit to evaluate the tokenizer "
+                      "in --workdir on the eval split")
+  e.add_argument("--num", type=int, default=None,
+                 help="tokenizer eval: number of eval-split images (default: all)")
+  e.add_argument("--params", choices=("ema", "raw"), default=None,
+                 help="tokenizer eval: weights to use (default: the paradigm's, raw)")
   e.add_argument("--no-reference", action="store_true", help="skip the real-image line")
   e.add_argument("--inception-weights", default=None,
                  help="also compute the standard Inception FID against as many real train "
@@ -151,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
   i.add_argument("--config", required=True)
   i.add_argument("--batch", type=int, default=1)
   i.set_defaults(fn=cmd_info)
+
+  k = sub.add_parser("tokenize", help="encode a dataset once with a trained tokenizer "
+                                      "(codes / latents for later paradigms)")
+  k.add_argument("--workdir", required=True, help="the tokenizer's run")
+  k.add_argument("--out", required=True, help="output directory (tokens.json + .npy files)")
+  k.add_argument("--splits", default="train,test", help="comma-separated splits")
+  k.add_argument("--params", choices=("ema", "raw"), default=None)
+  k.add_argument("--batch-size", type=int, default=250)
+  k.add_argument("--scale-examples", type=int, default=2000,
+                 help="KL-VAE: train images used to fit the latent scale factor")
+  k.set_defaults(fn=cmd_tokenize, config=None)
 
   d = sub.add_parser("data", help="prepare a config's dataset and print its splits")
   d.add_argument("--config", required=True)

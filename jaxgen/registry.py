@@ -60,6 +60,9 @@ _REGISTERING_MODULES = (
     "jaxgen.models.dit",
     "jaxgen.models.unet",
     "jaxgen.paradigms.flow",
+    "jaxgen.paradigms.tokenizer",
+    "jaxgen.tokenizers.models",
+    "jaxgen.tokenizers.precompute",
     "jaxgen.data.preprocess",
     "jaxgen.data.datasets",
 )

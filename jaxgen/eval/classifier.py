@@ -116,11 +116,17 @@ def train_classifier(spec: datasets.DatasetSpec, *, epochs: int = 3, batch: int 
   return clf
 
 
-def load_or_train(spec: datasets.DatasetSpec, directory: str = "", log=print
+def load_or_train(spec: datasets.DatasetSpec, directory: str = "", log=print, seed: int = 0
                   ) -> DatasetClassifier:
-  """The cached classifier of ``spec`` (trained and saved on first use)."""
+  """The cached classifier of ``spec`` (trained and saved on first use).
+
+  Evaluation uses seed 0; another seed gives an independently trained network (the
+  tokenizers' perceptual loss uses one, so rFD is not measured in the features the
+  tokenizer was trained to match).
+  """
   directory = directory or default_dir()
-  base = os.path.join(directory, f"{spec.name}_v{CLASSIFIER_VERSION}")
+  base = os.path.join(directory, f"{spec.name}_v{CLASSIFIER_VERSION}" +
+                      (f"_seed{seed}" if seed else ""))
   if os.path.isfile(base + ".msgpack") and os.path.isfile(base + ".json"):
     with open(base + ".json") as f:
       info = json.load(f)
@@ -131,7 +137,7 @@ def load_or_train(spec: datasets.DatasetSpec, directory: str = "", log=print
       params = serialization.from_bytes(template, f.read())
     return DatasetClassifier(params, spec.num_classes, info)
   log(f"Training the {spec.name} feature classifier once (cached in {directory}) ...")
-  clf = train_classifier(spec, log=log)
+  clf = train_classifier(spec, log=log, seed=seed)
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
     for ext, data, mode in ((".msgpack", serialization.to_bytes(clf.params), "wb"),

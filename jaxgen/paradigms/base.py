@@ -65,6 +65,30 @@ class Paradigm:
     """Callable + example inputs of the main network, for ``jaxgen info``."""
     raise NotImplementedError
 
+  # -- shared defaults a paradigm may override ---------------------------------------
+  default_params = "ema"  # which weights `jaxgen sample` / frozen use take by default
+
+  def init_model_state(self, rng: jax.Array) -> Dict[str, Any]:
+    """Non-gradient variable collections (e.g. a VQ codebook's EMA statistics) kept in
+    ``TrainState.model_state``; none by default."""
+    del rng
+    return {}
+
+  def make_optimizer(self) -> Tuple[optax.GradientTransformation, optax.Schedule]:
+    """``(tx, schedule)`` from ``config.optim``; two-network paradigms return one
+    ``optax.multi_transform`` with an optimizer per network."""
+    return optim.make_optimizer(self.config.optim, self.config.train.num_steps)
+
+  def preview(self, state: TrainState, rng: jax.Array, num: int) -> jax.Array:
+    """Images for the loop's PNG grid: ``num`` EMA samples, each class in turn."""
+    labels = jnp.arange(num, dtype=jnp.int32) % max(self.num_classes, 1)
+    return self.sample(state.ema_params, rng, labels)
+
+  def preview_columns(self, num: int):
+    """Columns of the preview grid (a row per class when ``num`` allows)."""
+    nc = max(self.num_classes, 1)
+    return nc if num % nc == 0 else None
+
   # -- shared default -------------------------------------------------------------
   def train_step(self, state: TrainState, batch: Batch, *,
                  tx: optax.GradientTransformation, schedule: optax.Schedule
@@ -79,16 +103,21 @@ class Paradigm:
         (loss, metrics), grads = grad_fn(state.params, batch, rng)
       else:
         loss, metrics, grads = self._accumulate(grad_fn, state.params, batch, rng, accum)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                   lr=schedule(state.step))
+    return self.apply_gradients(state, grads, tx), metrics
+
+  def apply_gradients(self, state: TrainState, grads: Any,
+                      tx: optax.GradientTransformation, **replace) -> TrainState:
+    """The optimizer update, the EMA update and step + 1 (plus any ``replace``d
+    fields, e.g. a new ``model_state``)."""
     with jax.named_scope("update"):
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       ema = optim.ema_update(state.ema_params, params,
                              optim.ema_decay(self.config.optim, state.step))
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                   lr=schedule(state.step))
-    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                              opt_state=opt_state)
-    return new_state, metrics
+    return state.replace(step=state.step + 1, params=params, ema_params=ema,
+                         opt_state=opt_state, **replace)
 
   @staticmethod
   def _accumulate(grad_fn, params, batch, rng, accum):

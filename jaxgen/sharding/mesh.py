@@ -94,8 +94,14 @@ def _fit(spec: P, shape, mesh: Mesh) -> P:
 def tree_shardings(abstract_boxed, mesh: Mesh, rules=LOGICAL_RULES):
   """NamedShardings for a tree whose leaves may be ``nn.Partitioned`` boxes.
 
-  Returns a tree with the structure of the *unboxed* tree.
+  Returns a tree with the structure of the *unboxed* tree. Boxes around leaf-less
+  values (optax's ``MaskedNode`` in the state of a masked or multi-transform optimizer)
+  are dropped first: they hold no array to place.
   """
+  abstract_boxed = jax.tree.map(
+      lambda x: x.unbox() if isinstance(x, nn.meta.AxisMetadata) and not jax.tree.leaves(
+          x.unbox()) else x,
+      abstract_boxed, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
   logical = nn.get_partition_spec(abstract_boxed)
   physical = nn.logical_to_mesh(logical, rules)
   unboxed = nn.meta.unbox(abstract_boxed)

@@ -54,9 +54,10 @@ def build(config, devices=None, load_data: bool = True) -> Experiment:
   dataset = (datasets.get_dataset(config.data) if load_data
              else datasets.describe(config.data))
   paradigm = registry.PARADIGMS.get(config.paradigm.name)(config, dataset)
-  tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+  tx, schedule = paradigm.make_optimizer()
   rng = jax.random.PRNGKey(config.train.seed)
-  init_state, abstract, shardings = state_lib.sharded_state(paradigm.init_params, tx, mesh, rng)
+  init_state, abstract, shardings = state_lib.sharded_state(
+      paradigm.init_params, tx, mesh, rng, init_model_state=paradigm.init_model_state)
   return Experiment(config, mesh, dataset, paradigm, tx, schedule, init_state, abstract,
                     shardings)
 
@@ -93,9 +94,9 @@ def make_data_iterator(exp: Experiment):
   return iter(ds)
 
 
-def make_sample_fn(exp: Experiment):
-  """Jitted ``(params, rng, labels) -> uint8-ready images`` with config sampling."""
-  return jax.jit(lambda params, rng, labels: exp.paradigm.sample(params, rng, labels))
+def make_preview_fn(exp: Experiment):
+  """Jitted ``(state, rng) -> images`` for the PNG grids (``paradigm.preview``)."""
+  return jax.jit(functools.partial(exp.paradigm.preview, num=exp.config.train.sample_grid))
 
 
 def grid_labels(num: int, num_classes: int) -> np.ndarray:
@@ -124,7 +125,7 @@ def train(config, workdir: str, devices=None, *, stop_after: Optional[int] = Non
     state = exp.init_state()
   checkpoint.write_config(workdir, cfg)
   step_fn, _ = make_train_step(exp)
-  sample_fn = make_sample_fn(exp) if cfg.train.sample_every > 0 else None
+  sample_fn = make_preview_fn(exp) if cfg.train.sample_every > 0 else None
   writer = MetricWriter(workdir)
   num_steps = cfg.train.num_steps
   end = num_steps if stop_after is None else min(num_steps, start + stop_after)
@@ -185,15 +186,13 @@ def _log(writer, pbar, pending, step, t_last, batch_size):
 def _write_samples(exp, sample_fn, state, workdir, step, writer):
   cfg = exp.config
   n = cfg.train.sample_grid
-  labels = grid_labels(n, exp.paradigm.num_classes)
   rng = jax.random.PRNGKey(cfg.train.seed + 1)  # same noise every time: comparable grids
   with mesh_lib.activate(exp.mesh):
-    x = sample_fn(state.ema_params, rng, jnp.asarray(labels))
+    x = sample_fn(state, rng)
   x = mesh_lib.to_host(x)
   if jax.process_index() != 0:
     return
   imgs = images_lib.to_uint8(x)
   grid = images_lib.save_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), imgs,
-                              ncols=max(exp.paradigm.num_classes, 1) if n % max(
-                                  exp.paradigm.num_classes, 1) == 0 else None)
+                              ncols=exp.paradigm.preview_columns(n))
   writer.write_image(step, "samples", grid)

@@ -1,0 +1,283 @@
+"""Tokenizer training: VQGAN / ViT-VQGAN / multi-scale VQ / KL-VAE autoencoders.
+
+Model: ``jaxgen.tokenizers.autoencoder.Autoencoder`` (any encoder/decoder, any
+bottleneck) plus a PatchGAN discriminator. Loss (taming-transformers' VQLPIPS):
+
+  L_G = rec + perceptual_weight * perceptual + bottleneck_weight * bottleneck
+        + disc_factor * lambda * g_loss(D(x_rec))
+  L_D = disc_factor * d_loss(D(x), D(x_rec))
+
+with ``lambda`` the adaptive weight (ratio of the gradient norms of the
+reconstruction and GAN terms at the decoder's last layer) or a constant, and
+``disc_factor`` 0 before ``disc_start``. Both networks are updated in one jitted step
+by one ``optax.multi_transform`` (an optimizer per network); the quantizer's
+non-gradient statistics (EMA codebook, usage) live in ``TrainState.model_state``.
+
+"Sampling" for a tokenizer is reconstruction: ``sample`` returns decoded
+reconstructions of a fixed batch, so the shared loop's PNG grids show them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxgen import registry
+from jaxgen.config import ConfigError
+from jaxgen.losses import adversarial, perceptual
+from jaxgen.paradigms.base import Paradigm
+from jaxgen.tokenizers import autoencoder as ae_lib
+from jaxgen.tokenizers import nets
+from jaxgen.train import optim
+from jaxgen.train.state import TrainState
+
+REC_LOSSES = ("l1", "l2")
+GAN_LOSSES = ("hinge", "non_saturating")
+PERCEPTUAL_NETS = ("none", "classifier", "lpips")
+
+
+@registry.PARADIGMS.register("tokenizer")
+class TokenizerParadigm(Paradigm):
+  """Trains an autoencoder tokenizer; see the module docstring."""
+
+  default_params = "raw"  # frozen use: the trained weights (EMA codebooks are not averaged)
+
+  def __init__(self, config, dataset):
+    super().__init__(config, dataset)
+    p = config.paradigm
+    self.ae = registry.MODELS.get(config.model.name)(
+        config.model, image_shape=self.image_shape, num_classes=self.num_classes,
+        dtype=self.compute_dtype)
+    self.use_gan = p.disc_weight > 0
+    self.disc = nets.PatchGANDiscriminator(channels=p.disc_channels, num_layers=p.disc_layers)
+    self.perceptual = build_perceptual(p, dataset) if p.perceptual != "none" else None
+
+  @classmethod
+  def validate_config(cls, config) -> None:
+    p = config.paradigm
+    for field, allowed in (("rec_loss", REC_LOSSES), ("disc_loss", GAN_LOSSES),
+                           ("perceptual", PERCEPTUAL_NETS)):
+      if p[field] not in allowed:
+        raise ConfigError(f"config.paradigm.{field}={p[field]!r}; use one of "
+                          f"{', '.join(allowed)}.")
+    if config.model.get("bottleneck") not in ae_lib.BOTTLENECKS:
+      raise ConfigError(f"config.model.bottleneck={config.model.get('bottleneck')!r}; use "
+                        f"one of {', '.join(ae_lib.BOTTLENECKS)}.")
+    if p.perceptual == "lpips" and not p.perceptual_weights:
+      raise ConfigError("config.paradigm.perceptual='lpips' needs "
+                        "config.paradigm.perceptual_weights=PATH.npz (LPIPS weights cannot "
+                        "be downloaded here; see jaxgen.losses.perceptual).")
+    if p.perceptual != "none" and p.perceptual_weight <= 0:
+      raise ConfigError("config.paradigm.perceptual is set but perceptual_weight <= 0.")
+
+  # -- parameters and optimizers --------------------------------------------------
+  def _dummy(self, batch: int = 1):
+    return jnp.zeros((batch,) + self.image_shape, jnp.float32)
+
+  def init_variables(self, rng):
+    r_ae, r_d = jax.random.split(rng)
+    variables = dict(self.ae.init(r_ae, self._dummy(), train=False))
+    params = {"autoencoder": variables.pop("params"),
+              "discriminator": self.disc.init(r_d, self._dummy())["params"]}
+    return params, variables  # variables: non-gradient collections ("vq_stats")
+
+  def init_params(self, rng):
+    return self.init_variables(rng)[0]
+
+  def init_model_state(self, rng):
+    return self.init_variables(rng)[1]
+
+  def make_optimizer(self):
+    cfg = self.config
+    tx_g, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
+    d_optim = ml_collections.ConfigDict(cfg.optim.to_dict())
+    d_optim.lr = cfg.optim.lr * cfg.paradigm.disc_lr_ratio
+    tx_d, _ = optim.make_optimizer(d_optim, cfg.train.num_steps)
+    labels = lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
+    return optax.multi_transform({"autoencoder": tx_g, "discriminator": tx_d}, labels), schedule
+
+  # -- losses ---------------------------------------------------------------------
+  def reconstruction_loss(self, x, x_rec):
+    """Pixel (l1/l2) plus weighted perceptual loss, averaged over the batch."""
+    p = self.config.paradigm
+    diff = x_rec - x
+    rec = jnp.mean(jnp.abs(diff)) if p.rec_loss == "l1" else jnp.mean(diff ** 2)
+    if self.perceptual is None:
+      return rec, {"rec_loss": rec}
+    perc = jnp.mean(self.perceptual(x, x_rec))
+    return rec + p.perceptual_weight * perc, {"rec_loss": rec, "perceptual_loss": perc}
+
+  def disc_logits(self, d_params, x):
+    return self.disc.apply({"params": d_params}, x)
+
+  def _adaptive_weight(self, ae_params, z, x, x_rec, d_params):
+    """lambda = ||grad_L rec|| / (||grad_L g|| + 1e-4) at the decoder's last layer L,
+    clipped to [0, 1e4] and held constant (taming's calculate_adaptive_weight)."""
+    path = self.ae_last_layer(ae_params)
+    kernel = _get(ae_params, path)
+
+    def decode_with(k):
+      return self.ae.apply({"params": _set(ae_params, path, k)}, z, method="decode")
+
+    _, vjp = jax.vjp(decode_with, kernel)
+    x_rec = jax.lax.stop_gradient(x_rec)
+    d_rec = jax.grad(lambda xr: self.reconstruction_loss(x, xr)[0])(x_rec)
+    d_g = jax.grad(lambda xr: self.g_loss(self.disc_logits(d_params, xr)))(x_rec)
+    return adversarial.adaptive_gan_weight(jnp.linalg.norm(vjp(d_rec)[0]),
+                                           jnp.linalg.norm(vjp(d_g)[0]))
+
+  def g_loss(self, logits_fake):
+    if self.config.paradigm.disc_loss == "hinge":
+      return adversarial.hinge_g_loss(logits_fake)
+    return adversarial.nonsaturating_g_loss(logits_fake)
+
+  def d_loss(self, logits_real, logits_fake):
+    if self.config.paradigm.disc_loss == "hinge":
+      return adversarial.hinge_d_loss(logits_real, logits_fake)
+    return adversarial.nonsaturating_d_loss(logits_real, logits_fake)
+
+  def ae_last_layer(self, ae_params) -> Tuple[str, ...]:
+    """Path of the decoder's final kernel (the layer VQGAN's adaptive weight uses)."""
+    return nets.last_layer_path(ae_params["decoder"], prefix=("decoder",))
+
+  def generator_loss(self, ae_params, model_state, d_params, x, rng, disc_factor):
+    p = self.config.paradigm
+    r_b, r_enc = jax.random.split(rng)
+    variables = {"params": ae_params, **model_state}
+    h = self.ae.apply(variables, x, method="encode_features")
+    (z, aux), new_state = self.ae.apply(
+        variables, h, True, r_b, method="bottleneck_forward", mutable=list(model_state))
+    x_rec = self.ae.apply(variables, z, method="decode")
+    nll, metrics = self.reconstruction_loss(x, x_rec)
+    loss = nll + p.bottleneck_weight * aux["loss"]
+    metrics = dict(metrics, bottleneck_loss=aux["loss"],
+                   **{k: v for k, v in aux.items() if k not in ("indices", "loss")
+                      and jnp.ndim(v) == 0})
+    if self.use_gan:
+      g = self.g_loss(self.disc_logits(jax.lax.stop_gradient(d_params), x_rec))
+      if p.adaptive_weight:
+        lam = self._adaptive_weight(ae_params, jax.lax.stop_gradient(z), x, x_rec, d_params)
+      else:
+        lam = jnp.float32(1.0)
+      loss = loss + disc_factor * p.disc_weight * lam * g
+      metrics.update(g_loss=g, gan_weight=lam)
+    metrics["psnr"] = psnr(x, x_rec)
+    return loss, (x_rec, dict(new_state), metrics)
+
+  def loss(self, params, batch, rng, train: bool = True):
+    """Generator loss at full GAN weight (for evaluation and ``jaxgen info``)."""
+    loss, (_, _, metrics) = self.generator_loss(
+        params["autoencoder"], self._state_template(), params["discriminator"],
+        batch["image"], rng, 1.0)
+    return loss, metrics
+
+  def _state_template(self):
+    return jax.eval_shape(lambda: self.init_model_state(jax.random.PRNGKey(0)))
+
+  # -- the step -------------------------------------------------------------------
+  def train_step(self, state: TrainState, batch, *, tx, schedule
+                 ) -> Tuple[TrainState, Dict[str, jax.Array]]:
+    p = self.config.paradigm
+    if self.config.optim.grad_accum != 1:
+      raise ConfigError("The tokenizer paradigm does not support optim.grad_accum yet.")
+    rng = jax.random.fold_in(state.rng, state.step)
+    x = batch["image"]
+    ae_p, d_p = state.params["autoencoder"], state.params["discriminator"]
+    disc_factor = adversarial.adopt_weight(1.0, state.step, p.disc_start)
+    with jax.named_scope("generator"):
+      (g_total, (x_rec, model_state, metrics)), g_grads = jax.value_and_grad(
+          self.generator_loss, has_aux=True)(ae_p, state.model_state, d_p, x, rng,
+                                               disc_factor)
+    if self.use_gan:
+      with jax.named_scope("discriminator"):
+        x_fake = jax.lax.stop_gradient(x_rec)
+
+        def d_loss_fn(d):
+          real, fake = self.disc_logits(d, x), self.disc_logits(d, x_fake)
+          return disc_factor * self.d_loss(real, fake), (jnp.mean(real), jnp.mean(fake))
+
+        (d_total, (lr_, lf_)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_p)
+      metrics.update(d_loss=d_total, logits_real=lr_, logits_fake=lf_)
+    else:
+      d_grads = jax.tree.map(jnp.zeros_like, d_p)
+    grads = {"autoencoder": g_grads, "discriminator": d_grads}
+    metrics = dict(metrics, loss=g_total, grad_norm=optax.global_norm(g_grads),
+                   lr=schedule(state.step))
+    return self.apply_gradients(state, grads, tx, model_state=model_state), metrics
+
+  # -- "sampling" = reconstruction --------------------------------------------------
+  def reconstruct(self, params, images, model_state=None):
+    """Reconstructions of ``images`` in [-1, 1] (deterministic bottleneck)."""
+    variables = {"params": params["autoencoder"], **(model_state or {})}
+    x_rec, _ = self.ae.apply(variables, images, train=False)
+    return jnp.clip(x_rec, -1.0, 1.0)
+
+  def sample(self, params, rng, labels, *, images=None, model_state=None, **unused):
+    """Reconstructions of ``images`` (the shared loop passes a fixed real batch)."""
+    del rng, labels, unused
+    if images is None:
+      raise ValueError("A tokenizer samples by reconstructing: pass images=...")
+    return self.reconstruct(params, images, model_state)
+
+  def preview(self, state, rng, num):
+    """Rows of real test images, each followed by a row of their reconstructions."""
+    del rng
+    k = max(num // 2, 1)
+    x = jnp.asarray(self._real_images(k))
+    rec = self.reconstruct(state.params, x, state.model_state)
+    cols = self.preview_columns(num)
+    pairs = jnp.stack([x.reshape((-1, cols) + x.shape[1:]),
+                       rec.reshape((-1, cols) + x.shape[1:])], axis=1)
+    return pairs.reshape((-1,) + x.shape[1:])
+
+  def preview_columns(self, num):
+    k = max(num // 2, 1)
+    return 10 if k % 10 == 0 else k
+
+  def _real_images(self, num: int) -> np.ndarray:
+    """The first ``num`` preprocessed eval-split images (float32, [-1, 1])."""
+    from jaxgen.data import datasets, preprocess  # pylint: disable=g-import-not-at-top
+    images, labels = datasets.load_arrays(self.dataset, self.config.data.eval_split, num)
+    pp = preprocess.parse(self.config.data.pp)
+    rng = np.random.default_rng(0)
+    return np.stack([pp({"image": im, "label": int(y)}, rng)["image"]
+                     for im, y in zip(images, labels)]).astype(np.float32)
+
+  def model_summary(self) -> Dict[str, Any]:
+    return dict(module=self.ae, inputs=(self._dummy(),), fixed_params=0)
+
+
+def build_perceptual(p, dataset):
+  """The perceptual distance of ``config.paradigm``: LPIPS from a weights file, or the
+  dataset classifier's feature maps (trained once with ``perceptual_seed``, cached)."""
+  if p.perceptual == "lpips":
+    return perceptual.lpips_loss(perceptual.load_lpips_params(p.perceptual_weights))
+  from jaxgen.eval import classifier  # pylint: disable=g-import-not-at-top
+  clf = classifier.load_or_train(dataset, seed=p.perceptual_seed)
+  return perceptual.PerceptualLoss(
+      perceptual.classifier_feature_fn(clf.params, dataset.num_classes))
+
+
+def psnr(x, y, data_range: float = 2.0):
+  """Peak signal-to-noise ratio in dB of images in [-1, 1], averaged over the batch."""
+  mse = jnp.mean((x - y) ** 2, axis=tuple(range(1, x.ndim)))
+  return jnp.mean(10.0 * jnp.log10(data_range ** 2 / jnp.maximum(mse, 1e-10)))
+
+
+def _get(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def _set(tree, path, value):
+  if not path:
+    return value
+  out = dict(tree)
+  out[path[0]] = _set(tree[path[0]], path[1:], value)
+  return out

@@ -1,0 +1,1 @@
+"""Image/video tokenizers: encoder/decoder networks, quantizers and the Tokenizer interface."""

@@ -1,0 +1,116 @@
+"""The autoencoder every tokenizer is: encoder -> bottleneck -> decoder.
+
+One Linen module composes any registered encoder/decoder pair (conv VQGAN, ViT-VQGAN)
+with one of three bottlenecks:
+
+  "vq"    vector quantizer (plain, factorised and/or l2-normalised, EMA codebook):
+          codes are int32 grids ``x.shape[1:-1] / factor``.
+  "msvq"  VAR's multi-scale residual quantizer: codes are a list of (N, s, s) grids.
+  "kl"    diagonal Gaussian (KL-VAE): continuous latents (N, h, w, embed_dim).
+
+Linear 1x1 projections ("quant_conv" / "post_quant_conv" in taming) map the encoder's
+channels to the bottleneck and back; they act on the last axis only, so nothing here
+assumes two spatial dimensions (the quantizers do not either, except "msvq").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.losses import kl as kl_lib
+from jaxgen.nn import layers
+from jaxgen.tokenizers import quantizers
+
+BOTTLENECKS = ("vq", "msvq", "kl")
+
+
+class Autoencoder(nn.Module):
+  """``__call__(x, train, rng) -> (reconstruction, aux)``.
+
+  ``aux`` holds ``"loss"`` (the bottleneck's own loss: codebook + beta * commitment for
+  VQ, the KL term for "kl"), ``"indices"`` (VQ), and metrics (perplexity, usage).
+  """
+  encoder: nn.Module
+  decoder: nn.Module
+  bottleneck: str
+  embed_dim: int                          # width of the bottleneck (codes / latents)
+  z_channels: int                         # encoder output / decoder input width
+  quantizer: Optional[nn.Module] = None   # "vq" / "msvq"
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    width = 2 * self.embed_dim if self.bottleneck == "kl" else self.embed_dim
+    self.quant_proj = layers.Dense(width, ("embed", "embed_out"), dtype=self.dtype)
+    self.post_quant_proj = layers.Dense(self.z_channels, ("embed", "embed_out"),
+                                        dtype=self.dtype)
+
+  # -- the two halves ---------------------------------------------------------------
+  def encode_features(self, x):
+    """Pre-bottleneck features (N, ..., width): for "kl" the Gaussian's moments."""
+    return self.quant_proj(self.encoder(x).astype(jnp.float32))
+
+  def decode(self, z):
+    """Images from bottleneck-space vectors (quantized codes or latents)."""
+    return self.decoder(self.post_quant_proj(z))
+
+  def bottleneck_forward(self, h, train: bool, rng: Optional[jax.Array]
+                         ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    if self.bottleneck == "kl":
+      post = kl_lib.DiagonalGaussian.from_moments(h)
+      z = post.sample(rng) if (train and rng is not None) else post.mode()
+      kl = jnp.mean(post.kl())
+      return z, {"loss": kl, "kl": kl, "latent_std": jnp.std(post.mean)}
+    return self.quantizer(h, train=train)
+
+  def __call__(self, x, train: bool = False, rng: Optional[jax.Array] = None):
+    z, aux = self.bottleneck_forward(self.encode_features(x), train, rng)
+    return self.decode(z), aux
+
+  # -- the Tokenizer interface (used frozen) ----------------------------------------
+  def encode(self, x):
+    """Codes (int32 grid, or list of grids for "msvq") or latent means ("kl")."""
+    h = self.encode_features(x)
+    if self.bottleneck == "kl":
+      return kl_lib.DiagonalGaussian.from_moments(h).mode()
+    if self.bottleneck == "msvq":
+      return self.quantizer.features_to_indices(h)
+    _, aux = self.quantizer(h, train=False)
+    return aux["indices"]
+
+  def codes_to_embeddings(self, codes):
+    """Bottleneck-space vectors of ``codes`` (latents pass through)."""
+    if self.bottleneck == "kl":
+      return codes
+    if self.bottleneck == "msvq":
+      return self.quantizer.indices_to_features(codes)
+    return self.quantizer.embed(codes)
+
+  def decode_codes(self, codes):
+    return self.decode(self.codes_to_embeddings(codes))
+
+
+def factor_of(module: nn.Module) -> int:
+  """Spatial down-sampling factor of an encoder module (its ``downsample_factor``)."""
+  return int(getattr(module, "downsample_factor"))
+
+
+def vq_from_config(cfg, bottleneck: str) -> Optional[nn.Module]:
+  """The quantizer for ``config.model`` fields (codebook_size, code_dim, ...)."""
+  if bottleneck == "vq":
+    return quantizers.VectorQuantizer(
+        codebook_size=cfg.codebook_size, code_dim=cfg.code_dim, beta=cfg.get("beta", 0.25),
+        l2_normalize=cfg.get("l2_normalize", False), factorized=cfg.get("factorized", False),
+        use_ema=cfg.get("ema_codebook", False), ema_decay=cfg.get("ema_decay", 0.99),
+        restart_dead=cfg.get("restart_dead", False),
+        dead_threshold=cfg.get("dead_threshold", 1e-3))
+  if bottleneck == "msvq":
+    return quantizers.MultiScaleResidualQuantizer(
+        codebook_size=cfg.codebook_size, code_dim=cfg.code_dim,
+        scales=tuple(cfg.scales), beta=cfg.get("beta", 0.25),
+        num_phi=cfg.get("num_phi", 4), phi_ratio=cfg.get("phi_ratio", 0.5),
+        l2_normalize=cfg.get("l2_normalize", False))
+  return None

@@ -1,0 +1,523 @@
+"""Encoder / decoder / discriminator networks of the tokenizer family (architectures only).
+
+* `ConvEncoder` / `ConvDecoder`: the VQGAN / LDM autoencoder (Esser et al. 2021, Rombach
+  et al. 2022; taming-transformers ``diffusionmodules/model.py``): ResNet blocks
+  (GroupNorm(32, eps 1e-6)-swish-conv3x3, twice; a 1x1 shortcut where the width changes),
+  single-head self-attention at chosen feature-map sizes, a mid block (res, attn, res),
+  downsampling by a stride-2 3x3 conv after zero padding (0, 1) on every spatial axis (as
+  taming), nearest upsampling + conv3x3. The decoder has ``num_res_blocks + 1`` blocks per
+  level. With the same sizes the parameter count equals the reference's exactly (tested).
+  Convolutions read the number of spatial axes from the input (``x.shape[1:-1]``): NHWC
+  images now; the causal-3D (NTHWC) video variant comes with the video tokenizer issue.
+* `ViTEncoder` / `ViTDecoder`: ViT-VQGAN (Yu et al. 2022), see their docstrings.
+* `PatchGANDiscriminator`: the pix2pix / taming ``NLayerDiscriminator`` with GroupNorm in
+  place of BatchNorm, see its docstring.
+
+Named sizes: `autoencoder_variant(name)` and `build_nets(name, image_channels)`.
+
+The 1x1 ``quant_conv`` / ``post_quant_conv`` of taming's ``VQModel`` and LDM's
+``AutoencoderKL`` (z_channels <-> embed_dim) belong to the tokenizer wrapper with the
+quantizer, not to these networks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Sequence, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxgen.models import dit
+from jaxgen.nn import layers
+
+# ----------------------------------------------------------------------------- sizes
+
+# Named sizes. ``z_channels``: encoder output channels (before the quantizer's optional
+# 1x1 projection to ``embed_dim``); ``codebook_size`` is informative for the quantizer.
+VARIANTS: Dict[str, Dict[str, Any]] = {
+    # taming-transformers configs/imagenet_vqgan.yaml (VQGAN ImageNet f16-1024).
+    "vqgan_f16": dict(arch="conv", channels=128, channel_mult=(1, 1, 2, 2, 4),
+                      num_res_blocks=2, attn_resolutions=(16,), z_channels=256,
+                      embed_dim=256, codebook_size=1024),
+    # MaskGIT's VQGAN sizes (maskgit/configs/vqgan_config.py) on the taming block layout
+    # without any attention. Not weight-compatible with the MaskGIT checkpoint, whose net
+    # has bias-free convs, blur/avg-pool downsampling and plain mid res blocks.
+    "maskgit_f16": dict(arch="conv", channels=128, channel_mult=(1, 1, 2, 2, 4),
+                        num_res_blocks=2, attn_resolutions=(), mid_attn=False,
+                        z_channels=256, embed_dim=256, codebook_size=1024),
+    # latent-diffusion models/first_stage_models/kl-f8/config.yaml (= Stable Diffusion VAE).
+    "kl_f8": dict(arch="conv", channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
+                  attn_resolutions=(), z_channels=4, double_z=True, embed_dim=4),
+    # ViT-VQGAN (Yu et al. 2022) encoder/decoder sizes S and B, patch 8; factorised codes
+    # of dimension 32 with 8192 entries as in thuanz123/enhancing-transformers'
+    # configs/imagenet_vitvq_{small,base}.yaml.
+    "vitvq_small": dict(arch="vit", patch_size=8, hidden_size=512, depth=8, num_heads=8,
+                        mlp_ratio=4.0, z_channels=32, embed_dim=32, codebook_size=8192),
+    "vitvq_base": dict(arch="vit", patch_size=8, hidden_size=768, depth=12, num_heads=12,
+                       mlp_ratio=4.0, z_channels=32, embed_dim=32, codebook_size=8192),
+    # CPU sizes for 32x32x1 (Fashion-MNIST padded to 32): f4 -> 8x8 token grids.
+    "fmnist_tiny": dict(arch="conv", channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                        attn_resolutions=(), z_channels=16, embed_dim=16,
+                        codebook_size=512),
+    "fmnist_small": dict(arch="conv", channels=64, channel_mult=(1, 2, 2),
+                         num_res_blocks=2, attn_resolutions=(8,), z_channels=32,
+                         embed_dim=32, codebook_size=1024),
+    "fmnist_kl_tiny": dict(arch="conv", channels=32, channel_mult=(1, 2, 2),
+                           num_res_blocks=1, attn_resolutions=(), z_channels=4,
+                           double_z=True, embed_dim=4),
+    "fmnist_vit_tiny": dict(arch="vit", patch_size=4, hidden_size=128, depth=2,
+                            num_heads=4, mlp_ratio=4.0, z_channels=16, embed_dim=16,
+                            codebook_size=512),
+}
+
+_CONV_KEYS = ("channels", "channel_mult", "num_res_blocks", "attn_resolutions",
+              "mid_attn", "dropout", "attn_impl")
+_VIT_KEYS = ("patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "pos_emb",
+             "tanh_head", "attn_impl")
+_SHARED_KEYS = ("arch", "z_channels", "double_z", "embed_dim", "codebook_size")
+
+
+def autoencoder_variant(name: str) -> Dict[str, Any]:
+  """A copy of the named size's fields (see `VARIANTS`)."""
+  if name not in VARIANTS:
+    raise ValueError(f"Unknown autoencoder variant {name!r}; known: {sorted(VARIANTS)}.")
+  return dict(VARIANTS[name])
+
+
+def build_nets(variant, image_channels: int = 3, dtype=jnp.float32, **overrides
+               ) -> Tuple[nn.Module, nn.Module]:
+  """(encoder, decoder) of a named size (or a dict of its fields), fields overridable.
+
+  The encoder maps (N, *spatial, image_channels) to (N, *spatial / f, z_channels)
+  (twice that with ``double_z``); the decoder maps (N, *spatial / f, any) back to
+  ``image_channels``.
+  """
+  kw = autoencoder_variant(variant) if isinstance(variant, str) else dict(variant)
+  kw.update(overrides)
+  arch = kw.get("arch", "conv")
+  keys = {"conv": _CONV_KEYS, "vit": _VIT_KEYS}.get(arch)
+  if keys is None:
+    raise ValueError(f"Unknown autoencoder arch {arch!r}; use 'conv' or 'vit'.")
+  unknown = sorted(set(kw) - set(keys) - set(_SHARED_KEYS))
+  if unknown:
+    raise ValueError(f"Unknown field(s) {unknown} for a {arch!r} autoencoder; known: "
+                     f"{sorted(keys + _SHARED_KEYS)}.")
+  common = {k: tuple(kw[k]) if isinstance(kw[k], list) else kw[k] for k in keys if k in kw}
+  encoder_cls, decoder_cls = (ConvEncoder, ConvDecoder) if arch == "conv" else (
+      ViTEncoder, ViTDecoder)
+  enc = encoder_cls(out_channels=kw["z_channels"], double_z=kw.get("double_z", False),
+                    dtype=dtype, **common)
+  return enc, decoder_cls(out_channels=image_channels, dtype=dtype, **common)
+
+
+def downsampling_factor(variant) -> int:
+  """Spatial factor f of a named size (or dict of fields): latents are x / f."""
+  kw = autoencoder_variant(variant) if isinstance(variant, str) else dict(variant)
+  if kw.get("arch", "conv") == "vit":
+    return int(kw["patch_size"])
+  return 2 ** (len(kw["channel_mult"]) - 1)
+
+
+def last_layer_path(decoder_params, prefix: Tuple[str, ...] = ()) -> Tuple[str, ...]:
+  """Path of a decoder's final kernel in its params (``G_L`` of VQGAN's adaptive GAN
+  weight): ``conv_out`` of `ConvDecoder`, ``to_pixels`` of `ViTDecoder`."""
+  for name in ("conv_out", "to_pixels"):
+    if name in decoder_params:
+      tree, path = decoder_params[name], (name,)
+      while "kernel" not in tree:
+        if len(tree) != 1:
+          raise ValueError(f"last_layer_path: cannot find the kernel under {path}")
+        key = next(iter(tree))
+        tree, path = tree[key], path + (key,)
+      return tuple(prefix) + path + ("kernel",)
+  raise ValueError(f"last_layer_path: no 'conv_out' or 'to_pixels' in decoder params "
+                   f"(keys: {sorted(decoder_params)[:8]})")
+
+
+# ----------------------------------------------------------------------------- conv parts
+
+_SPATIAL_AXES = {1: ("conv_w",), 2: ("conv_h", "conv_w"), 3: ("conv_t", "conv_h", "conv_w")}
+
+
+class ConvND(nn.Module):
+  """Convolution over however many spatial axes the input has (channels last).
+
+  Kernel logical axes: one per spatial axis (``conv_h, conv_w`` for images), then
+  ``conv_in, conv_out``. ``padding``: "SAME", "VALID", or one ``(lo, hi)`` pair used for
+  every spatial axis.
+  """
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  padding: Any = "SAME"
+  use_bias: bool = True
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    nd = x.ndim - 2
+    if nd not in _SPATIAL_AXES:
+      raise ValueError(f"ConvND takes 1 to 3 spatial axes, got input shape {x.shape}")
+    pad = self.padding if isinstance(self.padding, str) else (tuple(self.padding),) * nd
+    bias_init = nn.with_logical_partitioning(layers.zeros, ("conv_out",))
+    return nn.Conv(
+        self.features, (self.kernel_size,) * nd, strides=(self.strides,) * nd,
+        padding=pad, use_bias=self.use_bias, dtype=self.dtype,
+        kernel_init=nn.with_logical_partitioning(
+            self.kernel_init, _SPATIAL_AXES[nd] + ("conv_in", "conv_out")),
+        bias_init=bias_init)(x)
+
+
+class GroupNorm(nn.Module):
+  """taming's ``Normalize``: GroupNorm(32 groups, eps 1e-6) in float32, logical axes
+  ``norm`` (``layers.GroupNorm`` uses eps 1e-5). Fewer groups when 32 does not divide C."""
+  num_groups: int = 32
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.GroupNorm(
+        num_groups=math.gcd(self.num_groups, x.shape[-1]), epsilon=self.epsilon,
+        dtype=jnp.float32,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+        bias_init=nn.with_logical_partitioning(layers.zeros, ("norm",)),
+    )(x).astype(x.dtype)
+
+
+class ResnetBlock(nn.Module):
+  """GN-swish-conv3, GN-swish-dropout-conv3, plus x (1x1 conv on x if widths differ)."""
+  out_channels: int
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = ConvND(self.out_channels, dtype=self.dtype, name="conv1")(
+        nn.swish(GroupNorm(name="norm1")(x)))
+    h = nn.Dropout(self.dropout, deterministic=not train)(
+        nn.swish(GroupNorm(name="norm2")(h)))
+    h = ConvND(self.out_channels, dtype=self.dtype, name="conv2")(h)
+    if x.shape[-1] != self.out_channels:
+      x = ConvND(self.out_channels, 1, dtype=self.dtype, name="nin_shortcut")(x)
+    return x + h
+
+
+class AttnBlock(nn.Module):
+  """GroupNorm + single-head self-attention over all positions, residual. Same
+  parameters as taming's q/k/v/proj_out 1x1 convs (4 C^2 + 4 C), here a fused qkv."""
+  attn_impl: str = "xla"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, c = x.shape[0], x.shape[-1]
+    y = GroupNorm(name="norm")(x).reshape(b, -1, c)
+    y = layers.Attention(1, impl=self.attn_impl, dtype=self.dtype, name="attn")(y)
+    return x + y.reshape(x.shape)
+
+
+class Downsample(nn.Module):
+  """Zero pad (0, 1) on every spatial axis, then a 3x3 conv with stride 2 (taming)."""
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return ConvND(x.shape[-1], 3, strides=2, padding=(0, 1), dtype=self.dtype,
+                  name="conv")(x)
+
+
+class Upsample(nn.Module):
+  """Nearest-neighbour x2 on every spatial axis, then a 3x3 conv."""
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for axis in range(1, x.ndim - 1):
+      x = jnp.repeat(x, 2, axis=axis)
+    return ConvND(x.shape[-1], dtype=self.dtype, name="conv")(x)
+
+
+def _feature_size(h) -> int:
+  """The feature-map size that ``attn_resolutions`` refers to: the height (the axis
+  third from last, H of NHWC and of NTHWC)."""
+  return h.shape[-3] if h.ndim >= 4 else h.shape[1]
+
+
+class ConvEncoder(nn.Module):
+  """taming / LDM ``Encoder``: image (N, *spatial, C) -> latents (N, *spatial/f, z).
+
+  Attributes:
+    channels: Width of the first level (taming ``ch``).
+    channel_mult: Width multiplier per level; f = 2 ** (len(channel_mult) - 1).
+    num_res_blocks: ResNet blocks per level.
+    attn_resolutions: Feature-map sizes (pixels, e.g. 16) that get self-attention after
+      each ResNet block.
+    out_channels: Latent channels (taming ``z_channels``).
+    double_z: Output 2 * out_channels (mean and log-variance of a KL-VAE posterior).
+    mid_attn: Self-attention in the mid block (taming: always).
+    dropout: Dropout inside the ResNet blocks (needs ``train=True`` and a "dropout" rng).
+    attn_impl: ``layers.attention_core`` implementation.
+    dtype: Compute dtype; the output is float32.
+  """
+  channels: int = 128
+  channel_mult: Sequence[int] = (1, 1, 2, 2, 4)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  out_channels: int = 256
+  double_z: bool = False
+  mid_attn: bool = True
+  dropout: float = 0.0
+  attn_impl: str = "xla"
+  dtype: jnp.dtype = jnp.float32
+
+  @property
+  def downsample_factor(self) -> int:
+    return 2 ** (len(self.channel_mult) - 1)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    factor = self.downsample_factor
+    if any(s % factor for s in x.shape[1:-1]):
+      raise ValueError(f"ConvEncoder: spatial shape {x.shape[1:-1]} is not divisible by "
+                       f"the downsampling factor {factor}.")
+    res = lambda ch, name: ResnetBlock(ch, self.dropout, self.dtype, name=name)
+    attn = lambda name: AttnBlock(self.attn_impl, self.dtype, name=name)
+    h = ConvND(self.channels, dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
+    for level, mult in enumerate(self.channel_mult):
+      for i in range(self.num_res_blocks):
+        h = res(self.channels * mult, f"down_{level}_block_{i}")(h, train)
+        if _feature_size(h) in self.attn_resolutions:
+          h = attn(f"down_{level}_attn_{i}")(h)
+      if level != len(self.channel_mult) - 1:
+        h = Downsample(self.dtype, name=f"down_{level}_downsample")(h)
+    h = _mid(self, h, train)
+    h = nn.swish(GroupNorm(name="norm_out")(h))
+    out = 2 * self.out_channels if self.double_z else self.out_channels
+    h = ConvND(out, dtype=self.dtype, name="conv_out")(h)
+    return h.astype(jnp.float32)
+
+
+class ConvDecoder(nn.Module):
+  """taming / LDM ``Decoder``: latents (N, *spatial, any) -> image (N, *spatial*f, C).
+
+  Attributes as `ConvEncoder`; ``out_channels`` is the image channels. Each level has
+  ``num_res_blocks + 1`` ResNet blocks.
+  """
+  channels: int = 128
+  channel_mult: Sequence[int] = (1, 1, 2, 2, 4)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  out_channels: int = 3
+  mid_attn: bool = True
+  dropout: float = 0.0
+  attn_impl: str = "xla"
+  dtype: jnp.dtype = jnp.float32
+
+  @property
+  def downsample_factor(self) -> int:
+    return 2 ** (len(self.channel_mult) - 1)
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    res = lambda ch, name: ResnetBlock(ch, self.dropout, self.dtype, name=name)
+    h = ConvND(self.channels * self.channel_mult[-1], dtype=self.dtype, name="conv_in")(
+        z.astype(self.dtype))
+    h = _mid(self, h, train)
+    for level in reversed(range(len(self.channel_mult))):
+      for i in range(self.num_res_blocks + 1):
+        h = res(self.channels * self.channel_mult[level], f"up_{level}_block_{i}")(h, train)
+        if _feature_size(h) in self.attn_resolutions:
+          h = AttnBlock(self.attn_impl, self.dtype, name=f"up_{level}_attn_{i}")(h)
+      if level != 0:
+        h = Upsample(self.dtype, name=f"up_{level}_upsample")(h)
+    h = nn.swish(GroupNorm(name="norm_out")(h))
+    h = ConvND(self.out_channels, dtype=self.dtype, name="conv_out")(h)
+    return h.astype(jnp.float32)
+
+
+def _mid(m, h, train: bool):
+  """Mid block (res, attn, res) of an encoder or decoder ``m``; call inside its compact."""
+  ch = h.shape[-1]
+  h = ResnetBlock(ch, m.dropout, m.dtype, name="mid_block_1")(h, train)
+  if m.mid_attn:
+    h = AttnBlock(m.attn_impl, m.dtype, name="mid_attn_1")(h)
+  return ResnetBlock(ch, m.dropout, m.dtype, name="mid_block_2")(h, train)
+
+
+# ----------------------------------------------------------------------------- ViT parts
+
+
+class ViTBlock(nn.Module):
+  """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)) (GELU)."""
+  num_heads: int
+  mlp_dim: int
+  attn_impl: str = "xla"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_bld):
+    y = layers.LayerNorm(name="norm1")(x_bld)
+    x_bld = x_bld + layers.Attention(self.num_heads, impl=self.attn_impl, dtype=self.dtype,
+                                     name="attn")(y)
+    y = layers.LayerNorm(name="norm2")(x_bld)
+    return x_bld + layers.Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+
+
+class TanhMlp(nn.Module):
+  """ViT-VQGAN's output feed-forward: Linear -> tanh -> Linear (same width out)."""
+  hidden_size: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h = layers.Dense(self.hidden_size, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+    return layers.Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="fc2")(
+        jnp.tanh(h))
+
+
+def _position_embedding(m, grid: Tuple[int, ...], width: int):
+  """(L, width) position table of ``m`` (a ViT encoder/decoder) for a token ``grid``."""
+  if m.pos_emb == "learned":
+    return m.param("pos_embedding", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), ("length", "embed")), (math.prod(grid), width))
+  if m.pos_emb != "sincos":
+    raise ValueError(f"pos_emb must be 'sincos' or 'learned', got {m.pos_emb!r}")
+  if len(grid) != 2:
+    raise NotImplementedError("fixed sin-cos position embeddings are 2-D only; "
+                              "use pos_emb='learned' for other token grids.")
+  return jnp.asarray(layers.sincos_2d(width, *grid))
+
+
+def _transformer(m, h, mlp_dim: int):
+  for i in range(m.depth):
+    h = ViTBlock(m.num_heads, mlp_dim, m.attn_impl, m.dtype, name=f"blocks_{i}")(h)
+  h = layers.LayerNorm(name="norm_out")(h)
+  if m.tanh_head:
+    h = TanhMlp(mlp_dim, m.dtype, name="head_ffn")(h)
+  return h
+
+
+class ViTEncoder(nn.Module):
+  """ViT-VQGAN encoder: image (N, H, W, C) -> latent grid (N, H/p, W/p, out_channels).
+
+  patch embedding (conv, kernel = stride = p) + position embedding (fixed 2-D sin-cos,
+  or learned for the token grid of the input's shape, fixed at init) -> ``depth``
+  pre-LN blocks -> LayerNorm -> Linear-tanh-Linear feed-forward (ViT-VQGAN Sec. 3.1:
+  "at the output of transformer blocks, a two-layer feed-forward network with a tanh
+  activation in the middle"; ``tanh_head=False`` drops it) -> Linear to
+  ``out_channels`` (the factorised-code projection of their Sec. 3.2; no activation;
+  twice the channels with ``double_z``, for a KL bottleneck). The block MLP uses GELU.
+  """
+  patch_size: int = 8
+  hidden_size: int = 512
+  depth: int = 8
+  num_heads: int = 8
+  mlp_ratio: float = 4.0
+  out_channels: int = 32
+  double_z: bool = False
+  pos_emb: str = "sincos"
+  tanh_head: bool = True
+  attn_impl: str = "xla"
+  dtype: jnp.dtype = jnp.float32
+
+  @property
+  def downsample_factor(self) -> int:
+    return self.patch_size
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # no dropout
+    p, spatial = self.patch_size, x.shape[1:-1]
+    if any(s % p for s in spatial):
+      raise ValueError(f"ViTEncoder: spatial shape {spatial} is not divisible by "
+                       f"patch_size={p}.")
+    grid = tuple(s // p for s in spatial)
+    h = layers.PatchEmbed(self.hidden_size, (p,) * len(spatial), dtype=self.dtype,
+                          name="patch_embed")(x.astype(self.dtype))
+    h = h + _position_embedding(self, grid, self.hidden_size).astype(h.dtype)
+    h = _transformer(self, h, int(self.hidden_size * self.mlp_ratio))
+    out = 2 * self.out_channels if self.double_z else self.out_channels
+    h = layers.Dense(out, ("embed", "patch_out"), dtype=self.dtype, name="proj_out")(h)
+    return h.reshape((x.shape[0],) + grid + (out,)).astype(jnp.float32)
+
+
+class ViTDecoder(nn.Module):
+  """ViT-VQGAN decoder: latent grid (N, h, w, any) -> image (N, h*p, w*p, out_channels).
+
+  Linear to ``hidden_size`` + position embedding -> ``depth`` pre-LN blocks -> LayerNorm
+  -> Linear-tanh-Linear -> Linear to p*p*C per token -> unpatchify. ViT-VQGAN ends with
+  a transposed conv of kernel = stride = p; that is the same linear map per token, with a
+  bias per output pixel (p*p*C) here instead of per channel (C).
+  """
+  patch_size: int = 8
+  hidden_size: int = 512
+  depth: int = 8
+  num_heads: int = 8
+  mlp_ratio: float = 4.0
+  out_channels: int = 3
+  pos_emb: str = "sincos"
+  tanh_head: bool = True
+  attn_impl: str = "xla"
+  dtype: jnp.dtype = jnp.float32
+
+  @property
+  def downsample_factor(self) -> int:
+    return self.patch_size
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    del train
+    b, grid, p, c = z.shape[0], z.shape[1:-1], self.patch_size, self.out_channels
+    if len(grid) != 2:
+      raise NotImplementedError(f"ViTDecoder takes (N, h, w, C) latents, got {z.shape}")
+    h = layers.Dense(self.hidden_size, ("patch_out", "embed"), dtype=self.dtype,
+                     name="proj_in")(z.reshape(b, -1, z.shape[-1]).astype(self.dtype))
+    h = h + _position_embedding(self, grid, self.hidden_size).astype(h.dtype)
+    h = _transformer(self, h, int(self.hidden_size * self.mlp_ratio))
+    h = layers.Dense(p * p * c, ("embed", "patch_out"), dtype=self.dtype,
+                     name="to_pixels")(h)
+    return dit.unpatchify(h, grid[0], grid[1], p, c).astype(jnp.float32)
+
+
+# ------------------------------------------------------------------------- discriminator
+
+
+class PatchGANDiscriminator(nn.Module):
+  """pix2pix ``NLayerDiscriminator`` (taming ``discriminator/model.py``): per-patch logits.
+
+  conv4x4/2 + LeakyReLU(0.2); ``num_layers - 1`` times conv4x4/2 (width x2, at most 8x)
+  + norm + LeakyReLU; conv4x4/1 + norm + LeakyReLU; conv4x4/1 to 1 channel. Padding 1.
+  A 256x256 input gives (N, 30, 30, 1) logits, 32x32 gives (N, 2, 2, 1).
+
+  Norm: taming uses BatchNorm (batch statistics in training), which needs mutable state
+  and couples the examples of a batch (and breaks per-example R1 gradients). Here
+  ``norm="group"`` (default, 32 groups; the same 2 C parameters per layer as BatchNorm,
+  so counts match taming's) or ``"none"``; the convs before a norm have no bias, as in
+  taming. Conv kernels ~ N(0, 0.02) as taming's ``weights_init``.
+  """
+  channels: int = 64
+  num_layers: int = 3
+  norm: str = "group"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.norm not in ("group", "none"):
+      raise ValueError(f"PatchGANDiscriminator norm must be 'group' or 'none', "
+                       f"got {self.norm!r}")
+    init = nn.initializers.normal(0.02)
+    conv = lambda ch, stride, bias, name: ConvND(
+        ch, 4, strides=stride, padding=(1, 1), use_bias=bias, kernel_init=init,
+        dtype=self.dtype, name=name)
+    h = nn.leaky_relu(conv(self.channels, 2, True, "conv_0")(x.astype(self.dtype)), 0.2)
+    for n in range(1, self.num_layers + 1):
+      stride = 2 if n < self.num_layers else 1
+      ch = self.channels * min(2 ** n, 8)
+      h = conv(ch, stride, self.norm == "none", f"conv_{n}")(h)
+      if self.norm == "group":
+        h = GroupNorm(epsilon=1e-5, name=f"norm_{n}")(h)
+      h = nn.leaky_relu(h, 0.2)
+    h = conv(1, 1, True, "conv_out")(h)
+    return h.astype(jnp.float32)
