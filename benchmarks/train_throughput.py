@@ -63,6 +63,9 @@ def main():
   config = config_lib.load_config_file(args.config)
   config.train.batch_size = args.batch
   config.train.compute_dtype = "float32"
+  if "scan_blocks" in config.model:
+    # XLA's cost analysis counts a scanned loop body once: unroll so FLOPs are exact.
+    config.model.scan_blocks = False
   config = config_lib.apply_overrides(config, overrides)
   peak = bench_utils.matmul_peak()
   sec, flops = measure(config, args.batch, args.iters)

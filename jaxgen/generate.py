@@ -17,14 +17,27 @@ from jaxgen.train import checkpoint
 from jaxgen.train import loop
 
 
-def load_run(workdir: str, overrides=(), step: Optional[int] = None):
-  """``(experiment, state, step)`` of the newest (or given) checkpoint in ``workdir``."""
+def fit_mesh(config, devices=None):
+  """The run's mesh if it fits the devices here, else pure data parallelism over them
+  (a run trained on a pod is sampled on one host, and the other way round)."""
+  try:
+    mesh_lib.make_mesh(config.mesh, devices)
+  except ValueError:
+    config = config_lib.apply_overrides(
+        config, [("mesh.data", "-1"), ("mesh.fsdp", "1"), ("mesh.tensor", "1")])
+  return config
+
+
+def load_run(workdir: str, overrides=(), step: Optional[int] = None, devices=None):
+  """``(experiment, state, step)`` of the newest (or given) checkpoint in ``workdir``,
+  on ``devices`` (default: all)."""
   stored = checkpoint.read_config(workdir)
   if stored is None:
     raise FileNotFoundError(f"{workdir} holds no config.json: is it a jaxgen workdir? "
                             "Train first with `jaxgen train --config C --workdir DIR`.")
   config = config_lib.apply_overrides(config_lib.from_dict(stored), overrides)
-  exp = loop.build(config)
+  config = fit_mesh(config, devices)
+  exp = loop.build(config, devices)
   ckpt = checkpoint.Checkpointer(workdir, async_save=False)
   step = ckpt.latest_step() if step is None else step
   if step is None:

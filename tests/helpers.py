@@ -57,3 +57,36 @@ def tiny_config(source_dir, data_dir, model="dit", **train):
   for k, v in train.items():
     c.train[k] = v
   return c
+
+
+def tiny_tokenizer_config(source_dir, data_dir, bottleneck="vq", gan=True, **train):
+  """A complete tokenizer config with tiny nets (f2 -> 16x16 codes of 32x32 images)."""
+  import common  # configs/common.py
+  c = common.tokenizer_config()
+  c.data.source_dir = source_dir
+  c.data.data_dir = data_dir
+  model = dict(name="vqgan", arch="conv", channels=8, channel_mult=(1, 2),
+               num_res_blocks=1, attn_resolutions=(), z_channels=8, embed_dim=8,
+               bottleneck=bottleneck)
+  if bottleneck == "vq":
+    model.update(codebook_size=32, code_dim=8, l2_normalize=True, restart_dead=True)
+  elif bottleneck == "msvq":
+    model.update(codebook_size=32, code_dim=8, scales=(1, 2, 4, 8, 16), num_phi=2)
+  else:
+    model.update(name="kl_vae", embed_dim=4)
+  c.model = ml_collections.ConfigDict(model)
+  if gan:
+    c.paradigm.disc_weight = 0.5
+    c.paradigm.disc_channels = 8
+    c.paradigm.disc_layers = 2
+  c.train.batch_size = 8
+  c.train.num_steps = 4
+  c.train.log_every = 2
+  c.train.ckpt_every = 2
+  c.train.sample_every = 0
+  c.optim.warmup_steps = 1
+  c.eval.classifier_dir = os.path.join(data_dir, "classifiers")
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
+  for k, v in train.items():
+    c.train[k] = v
+  return c

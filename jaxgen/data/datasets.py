@@ -186,6 +186,36 @@ class ImageNetLatents(Dataset):
         "encode it with a trained KL-VAE tokenizer (`jaxgen tokenize`) on real hardware.")
 
 
+@registry.DATASETS.register("imagenet2012")
+class ImageNet(Dataset):
+  """ImageNet-1k (ILSVRC 2012) from TFDS ``imagenet2012`` prepared as array_record in
+  ``config.data.data_dir`` (images of any size: use ``center_crop(256)`` in ``pp``).
+
+  TFDS cannot download ImageNet: put ILSVRC2012_img_train.tar and _val.tar in
+  ``<data_dir>/downloads/manual`` and prepare once (``jaxgen data --config C``).
+  """
+
+  def describe(self, data_cfg) -> DatasetSpec:
+    size = data_cfg.get("image_size", 256)
+    return DatasetSpec(name="imagenet2012", image_shape=(size, size, 3), num_classes=1000,
+                       class_names=tuple(map(str, range(1000))),
+                       splits={"train": 1281167, "validation": 50000}, source=_no_source)
+
+  def load(self, data_cfg) -> DatasetSpec:
+    data_dir = data_cfg.get("data_dir") or default_data_dir()
+    builder = tfds.builder("imagenet2012", data_dir=data_dir, file_format="array_record")
+    try:
+      prepare_builder(builder)
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataError(
+          f"imagenet2012 is not prepared in {data_dir} ({type(e).__name__}: {e}). Put "
+          f"ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {data_dir}/downloads/"
+          "manual and run `jaxgen data --config C` once.") from None
+    spec = self.describe(data_cfg)
+    spec.source = _cached_sources(builder)
+    return spec
+
+
 def _no_source(split: str):
   raise DataError(f"This dataset spec is a description only; load it to read {split!r}.")
 

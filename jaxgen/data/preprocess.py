@@ -82,6 +82,25 @@ def resize(size: int, method: str = "bilinear") -> Op:
   return op
 
 
+@register_op("center_crop")
+def center_crop(size: int) -> Op:
+  """ADM / DiT's ImageNet crop: box-downsample while the short side is >= 2 * size,
+  bicubic-resize the short side to ``size``, then take the central square."""
+  def op(ex, rng):
+    del rng
+    img = ex["image"]
+    pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    while min(pil.size) >= 2 * size:
+      pil = pil.resize(tuple(x // 2 for x in pil.size), Image.BOX)
+    ratio = size / min(pil.size)
+    pil = pil.resize(tuple(round(x * ratio) for x in pil.size), Image.BICUBIC)
+    arr = np.asarray(pil)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    out = arr[top:top + size, left:left + size]
+    return {**ex, "image": out[..., None] if img.shape[-1] == 1 else out}
+  return op
+
+
 @register_op("scale")
 def scale(lo: float = -1.0, hi: float = 1.0) -> Op:
   """uint8 [0, 255] -> float32 [lo, hi]."""

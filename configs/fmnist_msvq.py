@@ -1,0 +1,32 @@
+"""VAR's multi-scale residual VQ tokenizer on Fashion-MNIST (f4 -> 8x8 feature map,
+scales 1,2,3,4,6,8 sharing one 512-entry codebook), CPU-sized. VAR trains on its codes.
+
+  jaxgen train --config configs/fmnist_msvq.py --workdir runs/msvq
+  jaxgen eval --workdir runs/msvq
+  jaxgen tokenize --workdir runs/msvq --out runs/msvq_codes   # (N, 1+4+9+16+36+64) tokens
+
+``:runlocal`` shrinks it to a smoke test.
+"""
+
+import common
+from jaxgen.config import parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg)
+  c = common.tokenizer_config()
+  c.model = common.ml_collections.ConfigDict(dict(
+      name="vqgan", variant="fmnist_tiny", bottleneck="msvq", embed_dim=16,
+      codebook_size=512, code_dim=16, scales=(1, 2, 3, 4, 6, 8), num_phi=4, phi_ratio=0.5,
+      beta=0.25, l2_normalize=False))
+  c.paradigm.perceptual = "classifier"
+  c.paradigm.perceptual_weight = 0.1
+  c.optim.lr = 4e-4
+  c.optim.warmup_steps = 100
+  c.train.batch_size = 32
+  c.train.num_steps = 3000
+  c.train.sample_every = 1000
+  c.train.ckpt_every = 500
+  if arg.get("runlocal"):
+    c.train.num_steps = 20
+  return c

@@ -1,0 +1,202 @@
+"""The tokenizer paradigm: VQGAN's adaptive weight equals its gradient-norm formula,
+the two-optimizer step is the same sharded over 8 devices as on one, stop/resume ==
+uninterrupted (with the quantizer's statistics), and a trained run serves the
+Tokenizer interface, `jaxgen tokenize` and the reconstruction figures."""
+
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from helpers import tiny_tokenizer_config
+from jaxgen.data import datasets, pipeline
+from jaxgen.eval import reconstruction
+from jaxgen.losses import adversarial
+from jaxgen.sharding import mesh as mesh_lib
+from jaxgen.tokenizers import base as tok_base
+from jaxgen.tokenizers import precompute
+from jaxgen.train import loop
+
+
+@pytest.fixture
+def tok_config(fake_fmnist_dir, data_dir):
+  def make(bottleneck="vq", gan=True, **train):
+    return tiny_tokenizer_config(fake_fmnist_dir, data_dir, bottleneck, gan, **train)
+  return make
+
+
+def _steps(config, devices, n):
+  exp = loop.build(config, devices)
+  state = exp.init_state()
+  step_fn, _ = loop.make_train_step(exp)
+  it = loop.make_data_iterator(exp)
+  metrics = []
+  for _ in range(n):
+    state, m = step_fn(state, mesh_lib.global_batch(next(it), exp.mesh))
+    metrics.append(jax.device_get(m))
+  return exp, state, metrics
+
+
+def test_adaptive_weight_equals_gradient_norm_ratio(tok_config, one_device):
+  exp = loop.build(tok_config("vq"), one_device)
+  par, state = exp.paradigm, exp.init_state()
+  x = jnp.asarray(next(loop.make_data_iterator(exp))["image"])
+  ae_p, d_p = state.params["autoencoder"], state.params["discriminator"]
+  variables = {"params": ae_p, **state.model_state}
+  z, _ = par.ae.apply(variables, par.ae.apply(variables, x, method="encode_features"),
+                      False, None, method="bottleneck_forward")
+  x_rec = par.ae.apply(variables, z, method="decode")
+  lam = par._adaptive_weight(ae_p, z, x, x_rec, d_p)
+
+  # Reference: full backward passes through the whole autoencoder, then the last
+  # layer's gradients picked out of the complete gradient trees.
+  def recon(p):
+    return par.ae.apply({"params": p, **state.model_state}, x)[0]
+
+  path = par.ae_last_layer(ae_p)
+  g_rec = jax.grad(lambda p: par.reconstruction_loss(x, recon(p))[0])(ae_p)
+  g_gan = jax.grad(lambda p: adversarial.hinge_g_loss(par.disc_logits(d_p, recon(p))))(ae_p)
+  get = lambda t: np.asarray(_get(t, path))
+  expected = np.linalg.norm(get(g_rec)) / (np.linalg.norm(get(g_gan)) + 1e-4)
+  np.testing.assert_allclose(float(lam), min(expected, 1e4), rtol=1e-4)
+  assert path[0] == "decoder" and path[-1] == "kernel"
+
+
+def _get(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def test_two_optimizer_step_on_2x4_mesh_equals_one_device(tok_config):
+  c1, c8 = tok_config("vq"), tok_config("vq")
+  for c in (c1, c8):
+    # Parameters whose exact gradient is 0 (biases in front of a GroupNorm) get float
+    # noise as gradient, which Adam with eps=1e-8 blows up to lr-sized steps of random
+    # sign; a larger eps compares the real updates.
+    c.optim.eps = 1e-3
+    c.paradigm.disc_start = 1
+  c8.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=4, tensor=1))
+  _, s1, m1 = _steps(c1, jax.devices()[:1], 2)
+  _, s8, m8 = _steps(c8, jax.devices(), 2)
+  # disc_start=1: the GAN terms are off in the first step, on in the second.
+  assert m1[0]["d_loss"] == 0.0 and m1[1]["d_loss"] > 0.0
+  for a, b in zip(m1, m8):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
+    np.testing.assert_allclose(a["d_loss"], b["d_loss"], rtol=1e-4)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=5e-4, atol=5e-6)
+  jax.tree.map(close, jax.device_get(s1.params), jax.device_get(s8.params))
+  jax.tree.map(close, jax.device_get(s1.model_state), jax.device_get(s8.model_state))
+  # Both networks moved, and the discriminator was trained by its own optimizer.
+  init = jax.device_get(loop.build(c1, jax.devices()[:1]).init_state().params)
+  for net in ("autoencoder", "discriminator"):
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(),
+                                         init[net], jax.device_get(s1.params[net])))
+    assert max(moved) > 0, net
+
+
+@pytest.mark.slow
+def test_stop_and_resume_equals_uninterrupted(tok_config, tmp_path, one_device):
+  config = tok_config("vq", num_steps=4, ckpt_every=100)
+  full = loop.train(config, str(tmp_path / "full"), one_device, progress=False)
+  wd = str(tmp_path / "resumed")
+  loop.train(config, wd, one_device, stop_after=2, progress=False)
+  resumed = loop.train(config, wd, one_device, progress=False)
+  get = lambda s: jax.device_get((s.params, s.opt_state, s.model_state, s.step))
+  jax.tree.map(np.testing.assert_array_equal, get(full), get(resumed))
+
+
+@pytest.mark.parametrize("bottleneck", ["vq", "msvq", "kl"])
+def test_trained_run_serves_tokenizer_interface_and_tokenize(tok_config, tmp_path, one_device,
+                                                             bottleneck):
+  config = tok_config(bottleneck, gan=bottleneck == "vq", num_steps=2)
+  wd = str(tmp_path / bottleneck)
+  loop.train(config, wd, one_device, progress=False)
+  tok = tok_base.Tokenizer.from_workdir(wd)
+  x = np.random.default_rng(0).uniform(-1, 1, (50, 32, 32, 1)).astype(np.float32)
+  codes = tok.encode(x)
+  if bottleneck == "vq":
+    chex.assert_shape(codes, (50, 16, 16))
+    chex.assert_type(codes, jnp.int32)
+    assert tok.grid_shape == (16, 16) and tok.vocab_size == 32
+    chex.assert_shape(tok.codes_to_embeddings(codes), (50, 16, 16, 8))
+  elif bottleneck == "msvq":
+    assert [c.shape for c in codes] == [(50, s, s) for s in (1, 2, 4, 8, 16)]
+    assert tok.grid_shape == [(s, s) for s in (1, 2, 4, 8, 16)]
+  else:
+    chex.assert_shape(codes, (50, 16, 16, 4))
+    assert tok.vocab_size is None and tok.latent_shape == (16, 16, 4)
+  rec = tok.decode(codes)
+  chex.assert_shape(rec, x.shape)
+  assert float(jnp.abs(rec).max()) <= 1.0
+
+  spec = datasets.get_dataset(config.data)
+  out = str(tmp_path / f"{bottleneck}_tokens")
+  written = precompute.tokenize_dataset(tok, spec, pp=config.data.pp, out_dir=out,
+                                        splits=["test"], batch_size=50, progress=False)
+  assert written == {"test": spec.splits["test"]}
+  tokens = datasets.get_dataset(ml_collections.ConfigDict(dict(name="tokens", data_dir=out)))
+  key = "image" if bottleneck == "kl" else "codes"
+  batch = next(iter(pipeline.train_dataset(tokens, split="test", pp="", batch_size=4,
+                                           seed=0)))
+  assert batch[key].shape[0] == 4 and batch["label"].shape == (4,)
+  # The stored codes are exactly what encode gives for those images.
+  images, _ = datasets.load_arrays(spec, "test", limit=50)
+  stored = np.load(os.path.join(out, "test_codes.npy"))[:50]
+  pp_images = np.stack([np.pad(im, ((2, 2), (2, 2), (0, 0))) for im in images])
+  fresh = precompute.flatten_codes(tok.encode(pp_images.astype(np.float32) / 127.5 - 1.0),
+                                   tok.kind)
+  if bottleneck == "kl":
+    np.testing.assert_allclose(stored, fresh, rtol=1e-4, atol=1e-5)
+  else:
+    np.testing.assert_array_equal(stored, fresh)
+  if bottleneck == "msvq":
+    back = precompute.unflatten_msvq(stored, (1, 2, 4, 8, 16))
+    assert [b.shape for b in back] == [(50, s, s) for s in (1, 2, 4, 8, 16)]
+  if bottleneck == "vq":  # the reconstruction figures of `jaxgen eval`
+    figs = reconstruction.evaluate_tokenizer(tok, spec, split="test", pp=config.data.pp,
+                                             num=100, batch_size=50,
+                                             classifier_dir=config.eval.classifier_dir,
+                                             progress=False)
+    assert figs["num"] == 100 and np.isfinite(figs["rfd"]) and 0 < figs["psnr"] < 60
+    assert 0 < figs["codebook_usage"] <= 1 and 1 <= figs["perplexity"] <= 32
+
+
+def test_psnr_and_ssim_against_direct_formulas():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (2, 12, 12, 1)).astype(np.uint8)
+  y = np.clip(x.astype(int) + 5, 0, 255).astype(np.uint8)
+  mse = ((x.astype(float) - y) ** 2).reshape(2, -1).mean(1)
+  np.testing.assert_allclose(reconstruction.psnr_uint8(x, y), 10 * np.log10(255 ** 2 / mse))
+  np.testing.assert_allclose(reconstruction.ssim_uint8(x, x), 1.0, rtol=1e-12)
+  # SSIM by its definition: Gaussian-weighted local statistics (sigma 1.5, 11 taps,
+  # reflected borders) at every pixel, written as explicit loops.
+  g = np.exp(-0.5 * (np.arange(-5, 6) / 1.5) ** 2)
+  g /= g.sum()
+  w2 = np.outer(g, g)
+  c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+  xp = np.pad(x[0, :, :, 0].astype(float), 5, mode="symmetric")
+  yp = np.pad(y[0, :, :, 0].astype(float), 5, mode="symmetric")
+  vals = []
+  for i in range(12):
+    for j in range(12):
+      a, b = xp[i:i + 11, j:j + 11], yp[i:i + 11, j:j + 11]
+      ma, mb = (w2 * a).sum(), (w2 * b).sum()
+      va, vb = (w2 * a * a).sum() - ma ** 2, (w2 * b * b).sum() - mb ** 2
+      cov = (w2 * a * b).sum() - ma * mb
+      vals.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+  np.testing.assert_allclose(reconstruction.ssim_uint8(x, y)[0], np.mean(vals), rtol=1e-10)
+
+
+def test_code_usage_and_latent_scale():
+  codes = np.array([[0, 1, 1, 3]])
+  u = reconstruction.code_usage(codes, 8)
+  assert u["codebook_usage"] == 3 / 8
+  p = np.array([1, 2, 1]) / 4
+  np.testing.assert_allclose(u["perplexity"], np.exp(-(p * np.log(p)).sum()))
+  z = [np.random.default_rng(0).normal(0, 3.0, (100, 4)), np.zeros((0, 4))]
+  np.testing.assert_allclose(tok_base.compute_latent_scale(z), 1 / z[0].std())
