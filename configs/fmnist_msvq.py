@@ -1,5 +1,7 @@
 """VAR's multi-scale residual VQ tokenizer on Fashion-MNIST (f4 -> 8x8 feature map,
 scales 1,2,3,4,6,8 sharing one 512-entry codebook), CPU-sized. VAR trains on its codes.
+Dead codes are restarted from batch features (without it, 77% of the codebook was in use
+after 2000 steps: the coarse scales concentrate on few codes).
 
   jaxgen train --config configs/fmnist_msvq.py --workdir runs/msvq
   jaxgen eval --workdir runs/msvq
@@ -18,14 +20,14 @@ def get_config(arg=None):
   c.model = common.ml_collections.ConfigDict(dict(
       name="vqgan", variant="fmnist_tiny", bottleneck="msvq", embed_dim=16,
       codebook_size=512, code_dim=16, scales=(1, 2, 3, 4, 6, 8), num_phi=4, phi_ratio=0.5,
-      beta=0.25, l2_normalize=False))
+      beta=0.25, l2_normalize=False, restart_dead=True, dead_threshold=1e-3))
   c.paradigm.perceptual = "classifier"
   c.paradigm.perceptual_weight = 0.1
   c.optim.lr = 4e-4
   c.optim.warmup_steps = 100
-  c.train.batch_size = 32
-  c.train.num_steps = 3000
-  c.train.sample_every = 1000
+  c.train.batch_size = 16
+  c.train.num_steps = 2000
+  c.train.sample_every = 500
   c.train.ckpt_every = 500
   if arg.get("runlocal"):
     c.train.num_steps = 20

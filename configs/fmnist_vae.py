@@ -25,9 +25,9 @@ def get_config(arg=None):
   c.paradigm.perceptual_weight = 0.1
   c.optim.lr = 4e-4
   c.optim.warmup_steps = 100
-  c.train.batch_size = 32
-  c.train.num_steps = 3000
-  c.train.sample_every = 1000
+  c.train.batch_size = 16
+  c.train.num_steps = 2000
+  c.train.sample_every = 500
   c.train.ckpt_every = 500
   if arg.get("runlocal"):
     c.train.num_steps = 20

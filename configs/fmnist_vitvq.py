@@ -24,8 +24,8 @@ def get_config(arg=None):
   c.paradigm.rec_loss = "l2"         # ViT-VQGAN: logit-laplace/l2 + perceptual + GAN
   c.optim.lr = 4e-4
   c.optim.warmup_steps = 100
-  c.train.batch_size = 32
-  c.train.num_steps = 3000
+  c.train.batch_size = 16
+  c.train.num_steps = 5000
   c.train.sample_every = 1000
   c.train.ckpt_every = 500
   if arg.get("runlocal"):

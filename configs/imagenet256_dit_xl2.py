@@ -24,7 +24,7 @@ def get_config(arg=None):
       train_split="train", eval_split="validation"))
   c.model = common.ml_collections.ConfigDict(dict(
       name="dit", variant=arg.get("variant", "XL/2"), learn_sigma=False, scan_blocks=True,
-      remat=False))
+      remat=False, attn_impl="xla"))  # attn_impl="cudnn": fused attention on NVIDIA GPUs
   c.paradigm.label_dropout = 0.1
   c.paradigm.time_sampling = "logit_normal"
   c.optim.lr = 1e-4

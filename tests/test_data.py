@@ -78,6 +78,20 @@ def test_preprocess_ops_match_numpy():
     preprocess.parse("pda(32)")
 
 
+def test_center_crop_keeps_the_central_square():
+  # A 300x600 image with a distinct central 300x300 square: bicubic to 256x512, then
+  # the central 256x256 is exactly that square's interior (constant value).
+  img = np.zeros((300, 600, 3), np.uint8)
+  img[:, 150:450] = 200
+  out = preprocess.parse("center_crop(256)")({"image": img, "label": 0}, None)["image"]
+  assert out.shape == (256, 256, 3)
+  np.testing.assert_array_equal(out[:, 8:-8], 200)
+  # Large images are box-downsampled first (ADM): 1200x1000 -> 600x500 -> 307x256.
+  big = np.full((1200, 1000, 1), 7, np.uint8)
+  assert preprocess.parse("center_crop(256)")({"image": big}, None)["image"].shape == (
+      256, 256, 1)
+
+
 def _ds(spec, **kw):
   args = dict(split="train", pp="scale(0, 1)", batch_size=16, seed=3)
   args.update(kw)

@@ -356,3 +356,26 @@ def test_resize_matrices():
   x = np.random.default_rng(0).normal(size=(1, 3, 3, 2))
   np.testing.assert_allclose(q.resize_2d(jnp.asarray(x, jnp.float32), (7, 7), "bicubic"),
                              np_bicubic(x, 7), atol=1e-5)
+
+
+def test_multiscale_dead_code_restart_moves_only_dead_codes_to_batch_features():
+  k, c = 16, 4
+  msq = q.MultiScaleResidualQuantizer(codebook_size=k, code_dim=c, scales=(1, 2, 4),
+                                      num_phi=0, restart_dead=True)
+  f = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, c)).astype(np.float32))
+  variables = msq.init(jax.random.key(0), f)
+  (_, aux), stats = msq.apply(variables, f, train=True, mutable=["vq_stats"],
+                              rngs={"vq_restart": jax.random.key(3)})
+  before = np.asarray(nn.unbox(variables["params"])["codebook"])
+  after = before + np.asarray(nn.unbox(stats)["vq_stats"]["codebook_offset"])
+  used = np.zeros(k, bool)
+  for idx in aux["indices"]:
+    used[np.unique(np.asarray(idx))] = True
+  # Used codes are untouched; each dead one is now a feature vector of the batch.
+  np.testing.assert_array_equal(after[used], before[used])
+  feats = np.asarray(f).reshape(-1, c)
+  dist = np.abs(after[~used][:, None, :] - feats[None]).max(-1).min(axis=1)
+  assert (~used).any() and np.all(dist < 1e-6)
+  # Without train (or without a mutable collection) nothing moves.
+  _, none = msq.apply(variables, f, train=False, mutable=["vq_stats"])
+  np.testing.assert_array_equal(nn.unbox(none)["vq_stats"]["codebook_offset"], 0.0)

@@ -64,6 +64,10 @@ def test_adaptive_weight_equals_gradient_norm_ratio(tok_config, one_device):
   expected = np.linalg.norm(get(g_rec)) / (np.linalg.norm(get(g_gan)) + 1e-4)
   np.testing.assert_allclose(float(lam), min(expected, 1e4), rtol=1e-4)
   assert path[0] == "decoder" and path[-1] == "kernel"
+  # The paradigm's plain loss (no step) runs on the same batch: finite, with metrics.
+  loss, metrics = par.loss(state.params, {"image": x}, jax.random.PRNGKey(0),
+                           model_state=state.model_state)
+  assert np.isfinite(float(loss)) and "psnr" in metrics and "g_loss" in metrics
 
 
 def _get(tree, path):

@@ -1,6 +1,7 @@
 """Tokenizer evaluation (``jaxgen eval --workdir TOK``): reconstruction PSNR and SSIM,
-rFD (Frechet distance of reconstructions in the same dataset-classifier features as
-``jaxgen eval`` of samples), and codebook usage / perplexity over the split.
+rFD (Frechet distance of reconstructions to the train split, in the same
+dataset-classifier features as ``jaxgen eval`` of samples) beside the FD of the
+original images themselves (its floor), and codebook usage / perplexity over the split.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def evaluate_tokenizer(tok, spec: datasets.DatasetSpec, *, split: str, pp: str,
          "num": float(len(orig))}
   ev = evaluate_lib.Evaluator(spec, classifier_dir)
   out["rfd"] = ev.figures(rec)["fd"]
+  out["fd_originals"] = ev.figures(orig)["fd"]  # the floor: the same real images
   if codes:
     out.update(code_usage(np.concatenate(codes), tok.vocab_size))
   return out

@@ -169,15 +169,16 @@ class TokenizerParadigm(Paradigm):
     metrics["psnr"] = psnr(x, x_rec)
     return loss, (x_rec, dict(new_state), metrics)
 
-  def loss(self, params, batch, rng, train: bool = True):
-    """Generator loss at full GAN weight (for evaluation and ``jaxgen info``)."""
+  def loss(self, params, batch, rng, train: bool = True, model_state=None):
+    """Generator loss at full GAN weight (quantizer statistics from ``model_state``, or
+    fresh ones)."""
+    del train
+    if model_state is None:
+      model_state = self.init_model_state(jax.random.PRNGKey(0))
     loss, (_, _, metrics) = self.generator_loss(
-        params["autoencoder"], self._state_template(), params["discriminator"],
-        batch["image"], rng, 1.0)
+        params["autoencoder"], model_state, params["discriminator"], batch["image"], rng,
+        1.0)
     return loss, metrics
-
-  def _state_template(self):
-    return jax.eval_shape(lambda: self.init_model_state(jax.random.PRNGKey(0)))
 
   # -- the step -------------------------------------------------------------------
   def train_step(self, state: TrainState, batch, *, tx, schedule

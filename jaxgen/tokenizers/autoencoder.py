@@ -112,5 +112,7 @@ def vq_from_config(cfg, bottleneck: str) -> Optional[nn.Module]:
         codebook_size=cfg.codebook_size, code_dim=cfg.code_dim,
         scales=tuple(cfg.scales), beta=cfg.get("beta", 0.25),
         num_phi=cfg.get("num_phi", 4), phi_ratio=cfg.get("phi_ratio", 0.5),
-        l2_normalize=cfg.get("l2_normalize", False))
+        l2_normalize=cfg.get("l2_normalize", False),
+        restart_dead=cfg.get("restart_dead", False),
+        dead_threshold=cfg.get("dead_threshold", 1e-3))
   return None

@@ -439,6 +439,11 @@ class MultiScaleResidualQuantizer(nn.Module):
   Loss (VAR): mean over scales of ``|f_hat_k - sg(f)|^2 + beta |sg(f_hat_k) - f|^2``;
   the output is the straight-through ``f + sg(f_hat_S - f)``. The codebook is a gradient
   parameter; ``vq_stats/usage`` holds the usage EMA over all scales for the metrics.
+
+  ``restart_dead=True``: after each training step, codes whose usage EMA is below
+  ``dead_threshold`` are moved to random feature vectors of the batch, through a
+  non-trainable ``vq_stats/codebook_offset`` exactly as in `VectorQuantizer` (the live
+  codebook is ``params/codebook + offset``).
   """
   codebook_size: int
   code_dim: int
@@ -450,12 +455,18 @@ class MultiScaleResidualQuantizer(nn.Module):
   upsample: str = "bicubic"
   usage_decay: float = 0.99
   dead_threshold: float = 1e-3  # usage EMA above which a code counts in usage_window
+  restart_dead: bool = False
   codebook_init: nn.initializers.Initializer = default_codebook_init
 
   def setup(self):
     self.codebook = self.param(
         "codebook", nn.with_logical_partitioning(self.codebook_init, ("vocab", "embed")),
         (self.codebook_size, self.code_dim), jnp.float32)
+    if self.restart_dead:
+      self.codebook_offset = _stat(
+          self, "codebook_offset", lambda: jnp.zeros((self.codebook_size, self.code_dim)),
+          ("vocab", "embed"))
+      self.steps = self.variable(STATS, "steps", lambda: jnp.zeros((), jnp.int32))
     use_phi = self.num_phi > 0 and abs(self.phi_ratio) > 1e-6
     self.phi = [Phi(abs(self.phi_ratio)) for _ in range(self.num_phi if use_phi else 0)]
     self.usage_ema = _stat(self, "usage", lambda: jnp.zeros((self.codebook_size,)),
@@ -471,9 +482,14 @@ class MultiScaleResidualQuantizer(nn.Module):
           f"MultiScaleResidualQuantizer expects (N, H, W, C) = (N, {self._sizes[-1]}, "
           f"{self.code_dim}) features (last scale = full map), got {f.shape}")
 
+  def _live_codebook(self) -> Array:
+    if self.restart_dead:
+      return self.codebook + jax.lax.stop_gradient(self.codebook_offset.value)
+    return self.codebook
+
   def _code_map(self, k: int, indices: Array) -> Array:
     """h_k: the codes of scale k upsampled to the full map and refined by phi."""
-    h = jnp.take(self.codebook, indices, axis=0)
+    h = jnp.take(self._live_codebook(), indices, axis=0)
     h = resize_2d(h, self._sizes[-1], self.upsample)
     if self.phi:
       h = self.phi[phi_index(k, len(self._sizes), len(self.phi))](h)
@@ -489,7 +505,7 @@ class MultiScaleResidualQuantizer(nn.Module):
     f_hat = jnp.zeros_like(rest)
     indices, f_hats = [], []
     for k, size in enumerate(self._sizes):
-      idx = nearest_code(resize_2d(rest, size, "area"), self.codebook,
+      idx = nearest_code(resize_2d(rest, size, "area"), self._live_codebook(),
                          cosine=self.l2_normalize)
       h = self._code_map(k, idx)
       f_hat = f_hat + h
@@ -515,6 +531,8 @@ class MultiScaleResidualQuantizer(nn.Module):
     counts = sum(code_counts(idx, self.codebook_size) for idx in indices)
     if _updating(self, train):
       self.usage_ema.value = update_usage(self.usage_ema.value, counts, self.usage_decay)
+      if self.restart_dead:
+        self._restart(f_sg.reshape(-1, self.code_dim))
     out = f32 + jax.lax.stop_gradient(f_hats[-1] - f32)
     aux = {
         "indices": indices,
@@ -524,6 +542,16 @@ class MultiScaleResidualQuantizer(nn.Module):
         **usage_metrics(counts, self.usage_ema.value, self.dead_threshold),
     }
     return out.astype(f.dtype), aux
+
+  def _restart(self, f_nd: Array) -> None:
+    step = self.steps.value
+    self.steps.value = step + 1
+    key = (self.make_rng("vq_restart") if self.has_rng("vq_restart")
+           else jax.random.fold_in(jax.random.key(0), step))
+    dead = (self.usage_ema.value < self.dead_threshold)[:, None]
+    fresh = sample_rows(key, f_nd, self.codebook_size)
+    param = jax.lax.stop_gradient(self.codebook)
+    self.codebook_offset.value = jnp.where(dead, fresh - param, self.codebook_offset.value)
 
   def features_to_indices(self, f: Array) -> List[Array]:
     """Features (N, H, W, C) -> per-scale token maps, a list of (N, s, s) int32."""
