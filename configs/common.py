@@ -101,3 +101,17 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   c.optim.ema_decay = 0.999
   c.train.sample_grid = 40       # 20 test images over their 20 reconstructions
   return c
+
+
+def fmnist_tokenizer(c, *, num_steps: int, sample_every: int, runlocal: bool = False):
+  """The CPU training preset of the Fashion-MNIST tokenizers (measured in the README):
+  classifier-feature perceptual loss, Adam 4e-4, batch 16, ``num_steps`` steps."""
+  c.paradigm.perceptual = "classifier"
+  c.paradigm.perceptual_weight = 0.1
+  c.optim.lr = 4e-4
+  c.optim.warmup_steps = 100
+  c.train.batch_size = 16
+  c.train.num_steps = 20 if runlocal else num_steps
+  c.train.sample_every = sample_every
+  c.train.ckpt_every = 500
+  return c

@@ -21,14 +21,5 @@ def get_config(arg=None):
       name="vqgan", variant="fmnist_tiny", bottleneck="msvq", embed_dim=16,
       codebook_size=512, code_dim=16, scales=(1, 2, 3, 4, 6, 8), num_phi=4, phi_ratio=0.5,
       beta=0.25, l2_normalize=False, restart_dead=True, dead_threshold=1e-3))
-  c.paradigm.perceptual = "classifier"
-  c.paradigm.perceptual_weight = 0.1
-  c.optim.lr = 4e-4
-  c.optim.warmup_steps = 100
-  c.train.batch_size = 16
-  c.train.num_steps = 2000
-  c.train.sample_every = 500
-  c.train.ckpt_every = 500
-  if arg.get("runlocal"):
-    c.train.num_steps = 20
-  return c
+  return common.fmnist_tokenizer(c, num_steps=2000, sample_every=500,
+                                 runlocal=arg.get("runlocal", False))

@@ -21,14 +21,5 @@ def get_config(arg=None):
   c.model = common.ml_collections.ConfigDict(dict(
       name="kl_vae", variant="fmnist_kl_tiny", bottleneck="kl", embed_dim=4))
   c.paradigm.bottleneck_weight = 1e-4   # the KL weight (LDM: 1e-6 at 256px; more here)
-  c.paradigm.perceptual = "classifier"
-  c.paradigm.perceptual_weight = 0.1
-  c.optim.lr = 4e-4
-  c.optim.warmup_steps = 100
-  c.train.batch_size = 16
-  c.train.num_steps = 2000
-  c.train.sample_every = 500
-  c.train.ckpt_every = 500
-  if arg.get("runlocal"):
-    c.train.num_steps = 20
-  return c
+  return common.fmnist_tokenizer(c, num_steps=2000, sample_every=500,
+                                 runlocal=arg.get("runlocal", False))

@@ -19,15 +19,6 @@ def get_config(arg=None):
       name="vit_vqgan", variant="fmnist_vit_tiny", bottleneck="vq", embed_dim=16,
       codebook_size=512, code_dim=8, beta=0.25, l2_normalize=True, factorized=True,
       ema_codebook=False, restart_dead=True, dead_threshold=1e-3))
-  c.paradigm.perceptual = "classifier"
-  c.paradigm.perceptual_weight = 0.1
   c.paradigm.rec_loss = "l2"         # ViT-VQGAN: logit-laplace/l2 + perceptual + GAN
-  c.optim.lr = 4e-4
-  c.optim.warmup_steps = 100
-  c.train.batch_size = 16
-  c.train.num_steps = 5000
-  c.train.sample_every = 1000
-  c.train.ckpt_every = 500
-  if arg.get("runlocal"):
-    c.train.num_steps = 20
-  return c
+  return common.fmnist_tokenizer(c, num_steps=5000, sample_every=1000,
+                                 runlocal=arg.get("runlocal", False))

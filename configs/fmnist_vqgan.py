@@ -21,19 +21,12 @@ def get_config(arg=None):
       name="vqgan", variant="fmnist_tiny", bottleneck="vq", embed_dim=16,
       codebook_size=512, code_dim=16, beta=0.25, l2_normalize=True, factorized=False,
       ema_codebook=False, restart_dead=True, dead_threshold=1e-3))
-  c.paradigm.perceptual = "classifier"
-  c.paradigm.perceptual_weight = 0.1
   c.paradigm.disc_weight = 0.1
   c.paradigm.disc_start = 900
   c.paradigm.disc_channels = 32
   c.paradigm.disc_layers = 2
-  c.optim.lr = 4e-4
-  c.optim.warmup_steps = 100
-  c.train.batch_size = 16
-  c.train.num_steps = 1800
-  c.train.sample_every = 600
-  c.train.ckpt_every = 500
+  common.fmnist_tokenizer(c, num_steps=1800, sample_every=600,
+                          runlocal=arg.get("runlocal", False))
   if arg.get("runlocal"):
-    c.train.num_steps = 20
     c.paradigm.disc_start = 10
   return c

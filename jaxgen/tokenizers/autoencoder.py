@@ -93,11 +93,6 @@ class Autoencoder(nn.Module):
     return self.decode(self.codes_to_embeddings(codes))
 
 
-def factor_of(module: nn.Module) -> int:
-  """Spatial down-sampling factor of an encoder module (its ``downsample_factor``)."""
-  return int(getattr(module, "downsample_factor"))
-
-
 def vq_from_config(cfg, bottleneck: str) -> Optional[nn.Module]:
   """The quantizer for ``config.model`` fields (codebook_size, code_dim, ...)."""
   if bottleneck == "vq":

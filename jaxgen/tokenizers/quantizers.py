@@ -160,6 +160,16 @@ def _stat(module: nn.Module, name: str, init_fn, axes: Tuple[str, ...]):
   return module.variable(STATS, name, lambda: nn.LogicallyPartitioned(init_fn(), axes))
 
 
+def restart_key(module: nn.Module) -> Array:
+  """Key for a dead-code restart: the ``"vq_restart"`` rng stream if given, else one
+  folded from the module's ``vq_stats/steps`` counter (which it advances)."""
+  step = module.steps.value
+  module.steps.value = step + 1
+  if module.has_rng("vq_restart"):
+    return module.make_rng("vq_restart")
+  return jax.random.fold_in(jax.random.key(0), step)
+
+
 def _updating(module: nn.Module, train: bool) -> bool:
   return train and module.is_mutable_collection(STATS) and not module.is_initializing()
 
@@ -325,11 +335,7 @@ class VectorQuantizer(nn.Module):
       self.embedding.value = embedding
 
   def _restart_key(self) -> Array:
-    step = self.steps.value
-    self.steps.value = step + 1
-    if self.has_rng("vq_restart"):
-      return self.make_rng("vq_restart")
-    return jax.random.fold_in(jax.random.key(0), step)
+    return restart_key(self)
 
 
 # ------------------------------------------------------------------- multi-scale (VAR)
@@ -544,10 +550,7 @@ class MultiScaleResidualQuantizer(nn.Module):
     return out.astype(f.dtype), aux
 
   def _restart(self, f_nd: Array) -> None:
-    step = self.steps.value
-    self.steps.value = step + 1
-    key = (self.make_rng("vq_restart") if self.has_rng("vq_restart")
-           else jax.random.fold_in(jax.random.key(0), step))
+    key = restart_key(self)
     dead = (self.usage_ema.value < self.dead_threshold)[:, None]
     fresh = sample_rows(key, f_nd, self.codebook_size)
     param = jax.lax.stop_gradient(self.codebook)
