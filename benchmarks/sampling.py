@@ -2,6 +2,12 @@
 
   python benchmarks/sampling.py                         # quickstart model, random weights
   python benchmarks/sampling.py --workdir runs/qs       # a trained run's EMA weights
+  python benchmarks/sampling.py --workdir runs/maskgit  # token paradigms: cost of decoding
+                                                        # in forward passes (MaskGIT, MAGE)
+  python benchmarks/sampling.py --workdir runs/ar --compare runs/maskgit --steps 8
+      # raster AR: tokens/s of KV-cache decoding against full recomputation at every step
+      # (same draws), then each --compare run on the same batch in the same process, and
+      # one summary table of every row (AR cached / uncached vs MaskGIT)
 
 The sampler is one ``lax.scan`` over steps, so compile time should stay flat as the
 number of steps grows while images/s falls as 1/steps (times model calls per step).
@@ -36,8 +42,16 @@ def main():
   p.add_argument("--steps", default="1,2,4,8,16,32")
   p.add_argument("--solvers", default="euler,heun")
   p.add_argument("--cfg-scale", type=float, default=1.5)
+  p.add_argument("--compare", default="",
+                 help="comma list of further token-paradigm workdirs (e.g. a MaskGIT run "
+                      "beside an AR one), benchmarked on the same batch in this run")
+  p.add_argument("--token-grid", type=int, default=0,
+                 help="token configs with random weights: decode a G x G grid (random "
+                      "codes are written to a temporary tokens directory; no tokenizer)")
   args, rest = p.parse_known_args()
   _, overrides = config_lib.split_overrides(rest)
+  if args.token_grid:
+    overrides = list(overrides) + _random_token_data(args.token_grid)
   if args.workdir:
     from jaxgen import generate  # pylint: disable=g-import-not-at-top
     exp, state, _ = generate.load_run(args.workdir, overrides)
@@ -50,6 +64,13 @@ def main():
   key = jax.random.PRNGKey(0)
   print(f"model {exp.config.model.name} {exp.config.model.get('variant', '')}, batch "
         f"{args.batch}, cfg {args.cfg_scale}, {jax.devices()[0].device_kind}")
+  if hasattr(exp.paradigm, "sample_tokens"):
+    rows = _token_rows(exp, params, key, labels, args)
+    for wd in filter(None, args.compare.split(",")):
+      rows += _compare_rows(wd, key, labels, args)
+    if args.compare:
+      _summary(rows)
+    return
   print(f"{'solver':>8} {'steps':>5} {'NFE':>5} {'compile s':>10} {'images/s':>10} "
         f"{'ms/NFE':>8}")
   for solver in args.solvers.split(","):
@@ -64,6 +85,107 @@ def main():
       nfe = steps * ode.MODEL_CALLS_PER_STEP[solver]
       print(f"{solver:>8} {steps:>5} {nfe:>5} {compile_s:>10.2f} {args.batch / sec:>10.1f} "
             f"{1e3 * sec / nfe:>8.1f}")
+
+
+def _random_token_data(g: int, vocab: int = 512, n: int = 64):
+  """Overrides pointing a token config at random (g, g) codes of ``vocab`` entries."""
+  import json  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  d = tempfile.mkdtemp(prefix="jaxgen_bench_tokens_")
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    np.save(os.path.join(d, f"{split}_codes.npy"), rng.integers(0, vocab, (n, g, g), np.int32))
+    np.save(os.path.join(d, f"{split}_labels.npy"), rng.integers(0, 10, n).astype(np.int32))
+  meta = dict(kind="vq", code_shape=[g, g], vocab_size=vocab, grid_shape=[g, g],
+              latent_scale=1.0, tokenizer_workdir=None, source_dataset="random",
+              num_classes=10, class_names=[str(i) for i in range(10)],
+              splits={"train": n, "test": n})
+  with open(os.path.join(d, "tokens.json"), "w") as f:
+    json.dump(meta, f)
+  return [("data.data_dir", d), ("model.grid_size", f"({g}, {g})"),
+          ("model.codebook_size", str(vocab)), ("tokenizer.workdir", "")]
+
+
+def token_table(exp, params, key, labels, args):
+  """Token paradigms: decoding cost in forward passes of the model on the full grid.
+
+  ``fwd equiv`` = decode time / time of one forward pass on the same batch, measured
+  in this run: MaskGIT's T-step decoding should cost about T forward passes (twice that
+  with guidance), however many tokens the grid has.
+  """
+  p = exp.paradigm
+  rows = []
+  tokens = jnp.full((args.batch, p.num_tokens), p.mask_id, jnp.int32)
+  fwd = jax.jit(lambda pr, t, y: p.logits(pr, t, y))
+  t_fwd = bench_utils.time_fn(fwd, params, tokens, labels, warmup=1, iters=3, min_time=1.0)
+  print(f"{p.num_tokens} tokens per image; one forward pass {1e3 * t_fwd:.1f} ms")
+  print(f"{'steps':>5} {'cfg':>4} {'compile s':>10} {'images/s':>10} {'tokens/s':>10} "
+        f"{'fwd equiv':>10}")
+  for cfg in sorted({1.0, args.cfg_scale}):
+    for steps in map(int, args.steps.split(",")):
+      fn = jax.jit(lambda pr, k, y, s=steps, c=cfg: p.sample_tokens(pr, k, y, steps=s,
+                                                                    cfg_scale=c))
+      t0 = time.perf_counter()
+      compiled = fn.lower(params, key, labels).compile()
+      compile_s = time.perf_counter() - t0
+      sec = bench_utils.time_fn(compiled, params, key, labels, warmup=1, iters=2,
+                                min_time=1.0)
+      print(f"{steps:>5} {cfg:>4.1f} {compile_s:>10.2f} {args.batch / sec:>10.1f} "
+            f"{args.batch * p.num_tokens / sec:>10.0f} {sec / t_fwd:>10.2f}")
+      rows.append((exp.config.paradigm.name, f"{steps} steps", cfg, args.batch / sec,
+                   args.batch * p.num_tokens / sec))
+  return rows
+
+
+def _compare_rows(workdir, key, labels, args):
+  """The table of a further trained token run, on the same batch."""
+  from jaxgen import generate  # pylint: disable=g-import-not-at-top
+  exp, state, _ = generate.load_run(workdir)
+  print(f"\n{workdir}: model {exp.config.model.name} {exp.config.model.get('variant', '')}, "
+        f"batch {args.batch}")
+  return _token_rows(exp, state.ema_params, key, labels, args)
+
+
+def _token_rows(exp, params, key, labels, args):
+  if hasattr(exp.paradigm, "sample_tokens_uncached"):
+    return ar_table(exp, params, key, labels, args)
+  return token_table(exp, params, key, labels, args)
+
+
+def ar_table(exp, params, key, labels, args):
+  """Raster AR: KV-cache decoding against full recomputation at every step, same batch
+  and same draws (the two give identical codes; tests/test_autoregressive.py). Both
+  take one step per token; ``speed-up`` = uncached time / cached time."""
+  p = exp.paradigm
+  n = p.num_tokens
+  print(f"{n} tokens per image, one per step; sampling {p.config.sample.to_dict()}")
+  print(f"{'decoding':>9} {'cfg':>4} {'compile s':>10} {'images/s':>10} {'tokens/s':>10} "
+        f"{'speed-up':>9}")
+  rows = []
+  for cfg in sorted({1.0, args.cfg_scale}):
+    secs = {}
+    for mode in ("cached", "uncached"):
+      sample = p.sample_tokens if mode == "cached" else p.sample_tokens_uncached
+      fn = jax.jit(lambda pr, k, y, c=cfg, f=sample: f(pr, k, y, cfg_scale=c))
+      t0 = time.perf_counter()
+      compiled = fn.lower(params, key, labels).compile()
+      compile_s = time.perf_counter() - t0
+      secs[mode] = sec = bench_utils.time_fn(compiled, params, key, labels, warmup=1,
+                                             iters=2, min_time=1.0)
+      speedup = secs["uncached"] / secs["cached"] if mode == "uncached" else 1.0
+      print(f"{mode:>9} {cfg:>4.1f} {compile_s:>10.2f} {args.batch / sec:>10.1f} "
+            f"{args.batch * n / sec:>10.0f} {speedup:>9.1f}")
+      rows.append((exp.config.paradigm.name, f"{mode} ({n} steps)", cfg, args.batch / sec,
+                   args.batch * n / sec))
+  return rows
+
+
+def _summary(rows):
+  print(f"\nsummary (same batch, same process, {jax.devices()[0].device_kind})")
+  print(f"{'paradigm':>15} {'decoding':>20} {'cfg':>4} {'images/s':>10} {'tokens/s':>10}")
+  for name, how, cfg, ips, tps in rows:
+    print(f"{name:>15} {how:>20} {cfg:>4.1f} {ips:>10.1f} {tps:>10.0f}")
 
 
 if __name__ == "__main__":

@@ -115,3 +115,138 @@ def fmnist_tokenizer(c, *, num_steps: int, sample_every: int, runlocal: bool = F
   c.train.sample_every = sample_every
   c.train.ckpt_every = 500
   return c
+
+
+def gan_config() -> ml_collections.ConfigDict:
+  """Base of every GAN run (jaxgen.paradigms.gan): ``base_config()`` with the GAN's
+  paradigm fields, a BigGAN-lite pair, and GAN optimizer settings (Adam(0, 0.99), no
+  clipping, no warm-up, generator EMA)."""
+  c = base_config()
+  c.model = ml_collections.ConfigDict(dict(
+      name="biggan",
+      variant="tiny",            # named size (jaxgen.models.gan.SIZES); fields override it
+      latent_dim=None,           # z dimension
+      embed_dim=None,            # generator class-embedding width
+      g_channels=None,           # generator widths, one per up-sampling block from 4x4
+      d_channels=None,           # discriminator widths, one per down-sampling block
+  ))
+  c.paradigm = ml_collections.ConfigDict(dict(
+      name="gan",
+      loss="hinge",              # hinge | non_saturating
+      d_steps=1,                 # discriminator updates per step (then g_steps G updates)
+      g_steps=1,
+      disc_lr_ratio=1.0,         # discriminator lr = optim.lr * this
+      r1_gamma=0.1,              # R1 weight (gamma / 2 * E||grad D(real)||^2); 0 = off
+      r1_every=16,               # lazy R1: every k steps, scaled by k (StyleGAN2)
+      diffaug="",                # DiffAugment ops, comma list of color, translation, cutout
+  ))
+  c.optim.lr = 2e-4
+  c.optim.b1 = 0.0
+  c.optim.b2 = 0.99
+  c.optim.grad_clip = 0.0
+  c.optim.warmup_steps = 0
+  c.optim.ema_decay = 0.999
+  return c
+
+
+def token_config(paradigm: str = "maskgit") -> ml_collections.ConfigDict:
+  """Base of the paradigms over a frozen VQ tokenizer's codes (jaxgen.paradigms.maskgit,
+  .mage, .autoregressive): ``base_config()`` training on pre-computed codes (``jaxgen
+  tokenize``) with MaskGIT's masking and decoding fields, or the raster AR model's. A
+  config sets the data dir, the tokenizer and the model sizes."""
+  c = base_config()
+  c.tokenizer = ml_collections.ConfigDict(dict(
+      workdir="",                # tokenizer run; "" = the one that wrote data_dir's codes
+      params="",                 # "" = the tokenizer's default (trained weights) | ema | raw
+  ))
+  c.data.name = "tokens"         # pre-computed codes; or an image dataset + tokenizer.workdir
+  c.data.pp = ""
+  if paradigm == "autoregressive":
+    return _autoregressive_fields(c)
+  if paradigm == "maskgit":
+    c.model = ml_collections.ConfigDict(dict(
+        name="maskgit_transformer",
+        variant="fmnist_small",  # named size (jaxgen.models.token_transformer.SIZES)
+        depth=None, hidden_size=None, num_heads=None, mlp_dim=None,
+        grid_size=(8, 8),        # must equal the tokenizer's grid
+        codebook_size=512,       # must equal the tokenizer's codebook
+        num_class_tokens=1,
+        dropout=0.1,
+        tie_output=True,         # MLM head tied to the token embedding (official MaskGIT)
+        attn_impl="xla",
+    ))
+  else:
+    c.model = ml_collections.ConfigDict(dict(
+        name="mage",
+        variant="fmnist_small",  # named size (jaxgen.models.mage.SIZES)
+        depth=None, hidden_size=None, num_heads=None, decoder_depth=None,
+        decoder_hidden_size=None, decoder_num_heads=None, mlp_ratio=4.0,
+        grid_size=(8, 8),
+        codebook_size=512,
+        buffer_size=1,           # class / buffer tokens before the image tokens
+        dropout=0.1,
+        attn_impl="xla",
+    ))
+  c.paradigm = ml_collections.ConfigDict(dict(
+      name=paradigm,
+      mask_schedule="cosine",    # cosine | linear | sqrt | square | exp | log (decoding too)
+      label_smoothing=0.1,
+      label_dropout=0.1,         # p(label -> null class): trains the unconditional model
+  ))
+  if paradigm == "mage":
+    c.paradigm.update(dict(
+        mask_ratio_mode=0.55,    # masking ratio ~ N(0.55, 0.25) truncated to [min, 1]
+        mask_ratio_std=0.25,
+        mask_ratio_min=0.5,      # also the fraction always dropped from the encoder
+        contrastive_weight=0.0,  # > 0: InfoNCE between two masked views (MAGE-C style)
+        contrastive_temperature=0.2,
+    ))
+  c.sample = ml_collections.ConfigDict(dict(
+      steps=8,                   # parallel decoding steps (the paper's 8)
+      temperature=1.0,           # logits temperature; 0 = argmax
+      choice_temperature=4.5,    # Gumbel noise on confidences, annealed linearly to 0
+      top_k=0,                   # > 0: sample from the k most likely codes
+      cfg_scale=1.0,             # classifier-free guidance on logits; 1 = off
+      cfg_schedule="constant",   # constant | linear (1 -> cfg_scale over the steps)
+      batch_size=500,
+  ))
+  if paradigm == "mage":
+    c.sample.drop_masked = False  # True: generation hides [MASK] tokens from the encoder
+  c.optim.lr = 4e-4
+  c.optim.b2 = 0.96
+  c.optim.weight_decay = 0.045
+  c.optim.ema_decay = 0.999
+  return c
+
+
+def _autoregressive_fields(c) -> ml_collections.ConfigDict:
+  """token_config("autoregressive"): a causal transformer over the raster-order codes
+  (jaxgen.paradigms.autoregressive); optimizer as MaskGIT's for a like-for-like run."""
+  c.model = ml_collections.ConfigDict(dict(
+      name="ar_transformer",
+      variant="fmnist_small",    # named size (jaxgen.models.ar_transformer.SIZES)
+      depth=None, hidden_size=None, num_heads=None, mlp_dim=None,
+      grid_size=(8, 8),          # must equal the tokenizer's grid
+      codebook_size=512,         # must equal the tokenizer's codebook
+      num_class_tokens=1,        # class-prefix tokens (the first code's context)
+      dropout=0.1,
+      tie_output=False,          # True: logits against the token embedding
+      attn_impl="xla",
+  ))
+  c.paradigm = ml_collections.ConfigDict(dict(
+      name="autoregressive",
+      label_smoothing=0.0,
+      label_dropout=0.1,         # p(label -> null class): trains the unconditional model
+  ))
+  c.sample = ml_collections.ConfigDict(dict(  # no `steps`: one step per token
+      temperature=1.0,           # logits temperature; 0 = argmax
+      top_k=0,                   # > 0: sample from the k most likely codes
+      top_p=1.0,                 # < 1: nucleus sampling (after top-k); 1 = off
+      cfg_scale=1.0,             # classifier-free guidance on logits; 1 = off
+      batch_size=500,
+  ))
+  c.optim.lr = 4e-4
+  c.optim.b2 = 0.96
+  c.optim.weight_decay = 0.045
+  c.optim.ema_decay = 0.999
+  return c

@@ -136,12 +136,48 @@ def _fit_latent_scale(tok, spec, config, num: int):
   return base.compute_latent_scale(latents)
 
 
+def cmd_linear_probe(args, overrides):
+  """Linear probe on a representation-learning run's frozen features (MAGE)."""
+  from jaxgen import generate  # pylint: disable=g-import-not-at-top
+  from jaxgen.data import pipeline  # pylint: disable=g-import-not-at-top
+  from jaxgen.eval import linear_probe  # pylint: disable=g-import-not-at-top
+  from jaxgen.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  exp, state, step = generate.load_run(args.workdir, overrides)
+  paradigm = exp.paradigm
+  if not hasattr(paradigm, "features"):
+    raise config_lib.ConfigError(
+        f"{args.workdir} holds a {exp.config.paradigm.name!r} run, which has no "
+        "representation to probe; --linear-probe needs a MAGE run (configs/fmnist_mage.py).")
+  params = state.ema_params if (args.params or paradigm.default_params) == "ema" else state.params
+  fn = jax.jit(lambda p, b: paradigm.features(p, paradigm.codes(b)))
+  c = exp.config
+
+  def feats(split):
+    ds = pipeline.eval_dataset(exp.dataset, split=split, pp=c.data.pp, batch_size=500)
+    n = exp.dataset.splits[split] if args.num is None else min(args.num, exp.dataset.splits[split])
+    batches = (b for i, b in zip(range(-(-n // 500)), ds))
+    with mesh_lib.activate(exp.mesh):
+      x, y = linear_probe.extract(lambda b: fn(params, b), batches, desc=f"features {split}")
+    return x[:n], y[:n]
+
+  t0 = time.time()
+  tr, te = feats(c.data.train_split), feats(c.data.eval_split)
+  figs = linear_probe.linear_probe(*tr, *te, num_classes=paradigm.num_classes)
+  print(f"Linear probe of step {step} ({time.time() - t0:.0f}s):")
+  _print_figures({"linear_probe": figs}, args.json_out)
+
+
 def cmd_eval(args, overrides):
   from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
   from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
+  from jaxgen.paradigms import tokens  # pylint: disable=g-import-not-at-top
+  if args.linear_probe:
+    return cmd_linear_probe(args, overrides)
   if args.samples is None:
     return cmd_eval_tokenizer(args, overrides)
   config = _load_config(args, overrides)
+  config.data = tokens.image_data_config(config)  # a token run's images: its tokenizer's
   spec = datasets.get_dataset(config.data)
   images, labels = evaluate.load_samples(args.samples)
   images = evaluate.to_native(images, spec.image_shape, config.data.pp)
@@ -204,14 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
 
   e = sub.add_parser(
       "eval", help="samples: Frechet distance and classifier accuracy; tokenizer runs "
-                   "(no --samples): reconstruction PSNR, SSIM, rFD, codebook usage")
+                   "(no --samples): reconstruction PSNR, SSIM, rFD, codebook usage; "
+                   "--linear-probe: a MAGE run's representation")
   e.add_argument("--workdir", help="run whose config names the dataset")
   e.add_argument("--config", help="or a config file naming the dataset")
   e.add_argument("--samples", default=None,
                  help=".npz written by `jaxgen sample`; omit to evaluate the tokenizer "
                       "in --workdir on the eval split")
   e.add_argument("--num", type=int, default=None,
-                 help="tokenizer eval: number of eval-split images (default: all)")
+                 help="tokenizer eval: number of eval-split images; linear probe: "
+                      "examples per split (default: all)")
   e.add_argument("--params", choices=("ema", "raw"), default=None,
                  help="tokenizer eval: weights to use (default: the paradigm's, raw)")
   e.add_argument("--no-reference", action="store_true", help="skip the real-image line")
@@ -219,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="also compute the standard Inception FID against as many real train "
                       "images, with pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
                       "(or an .npz of its state dict) from this local path")
+  e.add_argument("--linear-probe", action="store_true",
+                 help="MAGE runs: fit a linear classifier on the frozen encoder features "
+                      "of the train split (nothing masked) and report test accuracy")
   e.add_argument("--json-out", default=None)
   e.set_defaults(fn=cmd_eval)
 

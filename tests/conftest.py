@@ -36,3 +36,25 @@ def make_config(fake_fmnist_dir, data_dir):
 @pytest.fixture
 def one_device():
   return jax.devices()[:1]
+
+
+@pytest.fixture(scope="session")
+def vq_run(fake_fmnist_dir, data_dir, tmp_path_factory):
+  """A tiny VQ tokenizer trained for 2 steps (f4: 8x8 codes of 32 entries) and its
+  codes of both splits: ``(tokenizer_workdir, codes_dir)``. Shared by the token
+  paradigms' tests."""
+  from helpers import tiny_tokenizer_config
+  from jaxgen.data import datasets
+  from jaxgen.tokenizers import base, precompute
+  from jaxgen.train import loop
+  root = tmp_path_factory.mktemp("vq_run")
+  config = tiny_tokenizer_config(fake_fmnist_dir, data_dir, "vq", gan=False, num_steps=2)
+  config.model.channel_mult = (1, 2, 2)
+  wd = str(root / "tokenizer")
+  loop.train(config, wd, jax.devices()[:1], progress=False)
+  tok = base.Tokenizer.from_workdir(wd)
+  codes = str(root / "codes")
+  precompute.tokenize_dataset(tok, datasets.get_dataset(config.data), pp=config.data.pp,
+                              out_dir=codes, splits=["train", "test"], batch_size=64,
+                              progress=False)
+  return wd, codes

@@ -90,3 +90,50 @@ def tiny_tokenizer_config(source_dir, data_dir, bottleneck="vq", gan=True, **tra
   for k, v in train.items():
     c.train[k] = v
   return c
+
+
+def tiny_token_config(paradigm, codes_dir, grid=(8, 8), codebook_size=32,
+                      classifier_dir="", **train):
+  """A complete MaskGIT / MAGE / autoregressive config with a tiny transformer over
+  pre-computed codes."""
+  import common  # configs/common.py
+  c = common.token_config(paradigm)
+  c.data.data_dir = codes_dir
+  c.eval.classifier_dir = classifier_dir
+  c.model.variant = None
+  c.model.grid_size = tuple(grid)
+  c.model.codebook_size = codebook_size
+  sizes = dict(depth=2, hidden_size=32, num_heads=2)
+  if paradigm in ("maskgit", "autoregressive"):
+    sizes.update(mlp_dim=64)
+  else:
+    sizes.update(decoder_depth=1, decoder_hidden_size=32, decoder_num_heads=2)
+  c.model.update(sizes)
+  c.model.dropout = 0.0
+  c.train.batch_size = 8
+  c.train.num_steps = 4
+  c.train.log_every = 2
+  c.train.ckpt_every = 2
+  c.train.sample_every = 0
+  c.optim.warmup_steps = 1
+  c.sample.batch_size = 8
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
+  for k, v in train.items():
+    c.train[k] = v
+  return c
+
+
+def run_steps(config, devices, n):
+  """Builds ``config`` on ``devices`` and runs ``n`` train steps on its data:
+  ``(experiment, state, losses)``."""
+  from jaxgen.sharding import mesh as mesh_lib
+  from jaxgen.train import loop
+  exp = loop.build(config, devices)
+  state = exp.init_state()
+  step_fn, _ = loop.make_train_step(exp)
+  it = loop.make_data_iterator(exp)
+  losses = []
+  for _ in range(n):
+    state, m = step_fn(state, mesh_lib.global_batch(next(it), exp.mesh))
+    losses.append(float(m["loss"]))
+  return exp, state, losses

@@ -6,33 +6,21 @@ import os
 import signal
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from helpers import run_steps
 from jaxgen.sharding import mesh as mesh_lib
 from jaxgen.train import checkpoint, loop, preemption
-
-
-def _run_steps(config, devices, n):
-  exp = loop.build(config, devices)
-  state = exp.init_state()
-  step_fn, _ = loop.make_train_step(exp)
-  it = loop.make_data_iterator(exp)
-  losses = []
-  for _ in range(n):
-    state, m = step_fn(state, mesh_lib.global_batch(next(it), exp.mesh))
-    losses.append(float(m["loss"]))
-  return exp, state, losses
 
 
 def test_sharded_step_on_2x4_mesh_equals_one_device(make_config):
   c1 = make_config("dit")
   c8 = make_config("dit")
   c8.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=4, tensor=1))
-  _, s1, l1 = _run_steps(c1, jax.devices()[:1], 3)
-  exp8, s8, l8 = _run_steps(c8, jax.devices(), 3)
+  _, s1, l1 = run_steps(c1, jax.devices()[:1], 3)
+  exp8, s8, l8 = run_steps(c8, jax.devices(), 3)
   # The parameters really are split: some weight is sharded over fsdp.
   specs = [x.sharding.spec for x in jax.tree.leaves(s8.params)]
   assert any("fsdp" in str(s) for s in specs), specs
@@ -46,8 +34,8 @@ def test_tensor_parallel_mesh_equals_one_device(make_config):
   c = make_config("dit")
   ct = make_config("dit")
   ct.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=1, tensor=4))
-  _, s1, l1 = _run_steps(c, jax.devices()[:1], 2)
-  _, st, lt = _run_steps(ct, jax.devices(), 2)
+  _, s1, l1 = run_steps(c, jax.devices()[:1], 2)
+  _, st, lt = run_steps(ct, jax.devices(), 2)
   specs = [x.sharding.spec for x in jax.tree.leaves(st.params)]
   assert any("tensor" in str(s) for s in specs), specs
   np.testing.assert_allclose(l1, lt, rtol=1e-5)

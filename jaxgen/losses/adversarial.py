@@ -65,3 +65,30 @@ def adopt_weight(weight, step, start, value: float = 0.0):
   """``value`` before ``step`` reaches ``start`` (the discriminator start), else
   ``weight`` (taming: ``weight if global_step >= threshold else value``). Traceable."""
   return jnp.where(jnp.asarray(step) < start, value, weight)
+
+
+GAN_LOSSES = ("hinge", "non_saturating")
+
+
+def discriminator_loss(kind: str, logits_real, logits_fake):
+  """The GAN papers' discriminator loss: the real term's mean plus the fake term's mean.
+
+  ``hinge``: mean(relu(1 - D(real))) + mean(relu(1 + D(fake))) (SAGAN / BigGAN);
+  ``non_saturating``: mean(softplus(-D(real))) + mean(softplus(D(fake))) (StyleGAN2).
+  Twice the averaged taming losses above, so an R1 weight gamma means what it means in
+  StyleGAN2 (``gamma / 2 * E||grad D||^2`` added to this).
+  """
+  if kind == "hinge":
+    return 2.0 * hinge_d_loss(logits_real, logits_fake)
+  if kind == "non_saturating":
+    return 2.0 * nonsaturating_d_loss(logits_real, logits_fake)
+  raise ValueError(f"Unknown GAN loss {kind!r}; use one of {', '.join(GAN_LOSSES)}.")
+
+
+def generator_loss(kind: str, logits_fake):
+  """``hinge``: -mean(D(fake)); ``non_saturating``: mean(softplus(-D(fake)))."""
+  if kind == "hinge":
+    return hinge_g_loss(logits_fake)
+  if kind == "non_saturating":
+    return nonsaturating_g_loss(logits_fake)
+  raise ValueError(f"Unknown GAN loss {kind!r}; use one of {', '.join(GAN_LOSSES)}.")

@@ -8,8 +8,6 @@ Named sizes ``S/B/L/XL`` with patch ``2/4/8``: e.g. ``DiT(**dit_variant("XL/2"))
 
 from __future__ import annotations
 
-import functools
-from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -1,5 +1,6 @@
-"""Shared Linen building blocks: dense/conv with logical axes, attention, MLP, adaLN,
-time/label embeddings, patch embedding and sin-cos position embeddings.
+"""Shared Linen building blocks: dense/conv with logical axes, attention (with a
+functional KV cache for causal decoding), MLP, adaLN, time/label embeddings, patch
+embedding and sin-cos position embeddings.
 
 Every parameter carries logical axis names (``nn.with_logical_partitioning``) so that
 `jaxgen.sharding` can place it on any mesh from one rules table; activations carry
@@ -171,10 +172,78 @@ def attention_core(q_blhk, k_blhk, v_blhk, mask=None, impl: str = "xla"):
   return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs, v), 1, 2)
 
 
+def causal_mask(length: int):
+  """(1, 1, length, length) boolean mask: query i attends to keys 0..i."""
+  return jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
+
+
+def init_kv_cache(batch: int, max_len: int, num_heads: int, head_dim: int,
+                  dtype: Dtype = jnp.float32):
+  """An empty KV cache of one attention layer: ``k``, ``v`` (batch, max_len, heads,
+  head_dim) and ``index`` (int32 scalar), the number of positions written so far.
+
+  The cache is a plain pytree passed in and returned (no mutable Flax collection), so
+  it can live in the carry of the ``lax.scan`` sampler loop.
+  """
+  kv = jnp.zeros((batch, max_len, num_heads, head_dim), dtype)
+  kv = constrain(kv, ("batch", "length", "act_heads", "kv"))
+  return {"k": kv, "v": kv, "index": jnp.zeros((), jnp.int32)}
+
+
+def kv_cache_length(cache) -> int:
+  """``max_len`` of a KV cache, or of a sequence of them (one per block)."""
+  if isinstance(cache, (list, tuple)):
+    return min((kv_cache_length(c) for c in cache), default=0)
+  return cache["k"].shape[1]
+
+
+def check_cache_room(index, length: int, max_len: int) -> None:
+  """Raises ValueError (at trace time) if ``length`` new positions written at ``index``
+  cannot fit a cache of ``max_len``.
+
+  Shapes are static, so ``length > max_len`` is always caught; ``index`` is checked when
+  it is concrete (a Python int or a non-traced array). Inside a ``lax.scan`` the index is
+  traced: the loop that owns the cache checks ``start + steps * length <= max_len`` from
+  its static sizes instead (jaxgen.samplers.autoregressive), and a write that still
+  overflows at run time makes the attention output NaN rather than overwriting the last
+  positions (``lax.dynamic_update_slice`` would clamp it silently).
+  """
+  if length > max_len:
+    raise ValueError(f"{length} new positions do not fit a KV cache of {max_len} "
+                     "positions: build a longer cache (init_cache(..., max_len=)).")
+  try:
+    start = int(index)
+  except TypeError:  # a tracer: checked by the owner of the loop from static sizes
+    return
+  if start + length > max_len:
+    raise ValueError(f"Writing {length} positions at index {start} overflows the KV cache "
+                     f"of {max_len} positions (would end at {start + length}).")
+
+
+def update_kv_cache(cache, k_blhk, v_blhk):
+  """Writes new keys/values at ``cache["index"]``; returns ``(k_all, v_all, mask,
+  new_cache)`` where ``mask`` (1, 1, l, max_len) lets query ``index + i`` attend to
+  cache positions ``<= index + i`` (unwritten positions are never attended)."""
+  max_len, l = cache["k"].shape[1], k_blhk.shape[1]
+  index = cache["index"]
+  check_cache_room(index, l, max_len)
+  zero = jnp.zeros_like(index)
+  at = (zero, index, zero, zero)
+  k_all = jax.lax.dynamic_update_slice(cache["k"], k_blhk.astype(cache["k"].dtype), at)
+  v_all = jax.lax.dynamic_update_slice(cache["v"], v_blhk.astype(cache["v"].dtype), at)
+  q_pos = index + jnp.arange(l, dtype=jnp.int32)
+  mask = (jnp.arange(max_len, dtype=jnp.int32)[None, :] <= q_pos[:, None])[None, None]
+  return k_all, v_all, mask, {"k": k_all, "v": v_all, "index": index + l}
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection.
 
   ``mask`` is boolean, broadcastable to (batch, heads, q_len, kv_len), True = attend.
+  ``cache`` (optional, from ``init_kv_cache``): causal attention of the ``l`` new
+  positions over everything written so far; the new keys/values are written at
+  ``cache["index"]`` and the call returns ``(out, new_cache)`` instead of ``out``. A
+  given ``mask`` is then combined (AND) with the causal cache mask over (q_len, max_len).
   """
   num_heads: int
   qkv_bias: bool = True
@@ -183,7 +252,7 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_bld, mask=None):
+  def __call__(self, x_bld, mask=None, cache=None):
     b, l, d = x_bld.shape
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
@@ -193,10 +262,19 @@ class Attention(nn.Module):
     qkv_blthk = qkv.reshape(b, l, 3, self.num_heads, head_dim)
     q, k, v = (qkv_blthk[:, :, i] for i in range(3))
     q = constrain(q, ("batch", "length", "act_heads", "kv"))
+    if cache is not None:
+      k, v, cache_mask, cache = update_kv_cache(cache, k, v)
+      mask = cache_mask if mask is None else jnp.logical_and(mask, cache_mask)
+      q = q.astype(k.dtype)
     out_blhk = attention_core(q, k, v, mask, self.impl)
     out = out_blhk.reshape(b, l, d)
-    return Dense(d, ("qkv", "embed"), kernel_init=self.out_init, dtype=self.dtype,
-                 name="proj")(out)
+    out = Dense(d, ("qkv", "embed"), kernel_init=self.out_init, dtype=self.dtype,
+                name="proj")(out)
+    if cache is None:
+      return out
+    # An overflowing write (index traced past the static checks) poisons the output.
+    out = jnp.where(cache["index"] <= cache["k"].shape[1], out, jnp.nan)
+    return out, cache
 
 
 class Mlp(nn.Module):
@@ -256,3 +334,82 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
   emb_h = sincos_1d(dim // 2, gw)  # DiT embeds the first half with the w-grid
   emb_w = sincos_1d(dim // 2, gh)
   return np.concatenate([emb_h, emb_w], axis=1).astype(np.float32)
+
+
+class TransformerBlock(nn.Module):
+  """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)), with
+  dropout on both residual branches (ViT / MAE / MAGE layout).
+
+  ``mask``: boolean attention mask broadcastable to (batch, heads, q_len, kv_len).
+  ``cache``: a KV cache (``init_kv_cache``) for cached causal decoding; the block then
+  returns ``(x, new_cache)``.
+  """
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  attn_impl: str = "xla"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_bld, mask=None, train: bool = False, cache=None):
+    h = Attention(self.num_heads, impl=self.attn_impl, dtype=self.dtype, name="attn")(
+        LayerNorm(name="norm1")(x_bld), mask, cache)
+    if cache is not None:
+      h, cache = h
+    x_bld = x_bld + nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(LayerNorm(name="norm2")(x_bld))
+    x_bld = x_bld + nn.Dropout(self.dropout)(h, deterministic=not train)
+    x_bld = constrain(x_bld, ("batch", "length", "act_embed"))
+    return x_bld if cache is None else (x_bld, cache)
+
+
+class Transformer(nn.Module):
+  """``depth`` pre-LN blocks and a final LayerNorm.
+
+  ``cache``: a sequence of ``depth`` KV caches (one per block, ``init_kv_cache``) for
+  cached causal decoding; the call then returns ``(x, new_caches)`` (a tuple).
+  """
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  attn_impl: str = "xla"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_bld, mask=None, train: bool = False, cache=None):
+    if cache is not None and len(cache) != self.depth:
+      raise ValueError(f"{len(cache)} KV caches for a transformer of depth {self.depth}.")
+    new_cache = []
+    for i in range(self.depth):
+      block = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout, self.attn_impl,
+                               self.dtype, name=f"block_{i}")
+      if cache is None:
+        x_bld = block(x_bld, mask, train)
+      else:
+        x_bld, c = block(x_bld, mask, train, cache[i])
+        new_cache.append(c)
+    x_bld = LayerNorm(name="norm")(x_bld)
+    return x_bld if cache is None else (x_bld, tuple(new_cache))
+
+
+def embedding_table(module: nn.Module, name: str, rows: int, width: int,
+                    std: float = 0.02):
+  """A (rows, width) embedding parameter with logical axes ("vocab", "embed")."""
+  return module.param(name, nn.with_logical_partitioning(
+      nn.initializers.normal(std), ("vocab", "embed")), (rows, width))
+
+
+class MlmHead(nn.Module):
+  """BERT's masked-token head, as in MaskGIT and MAGE: Dense -> GELU -> LayerNorm, then
+  logits against the (tied) token embedding ``table`` (V, D) plus a per-token bias."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_bld, table_vd):
+    h = Dense(table_vd.shape[-1], ("embed", "mlp"), dtype=self.dtype, name="dense")(x_bld)
+    h = LayerNorm(name="norm")(nn.gelu(h, approximate=False))
+    bias = self.param("bias", nn.with_logical_partitioning(zeros, ("vocab",)),
+                      (table_vd.shape[0],))
+    logits = jnp.einsum("bld,vd->blv", h, table_vd.astype(h.dtype))
+    return logits.astype(jnp.float32) + bias

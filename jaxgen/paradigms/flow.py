@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 

@@ -23,7 +23,6 @@ from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -94,12 +93,9 @@ class TokenizerParadigm(Paradigm):
 
   def make_optimizer(self):
     cfg = self.config
-    tx_g, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
-    d_optim = ml_collections.ConfigDict(cfg.optim.to_dict())
-    d_optim.lr = cfg.optim.lr * cfg.paradigm.disc_lr_ratio
-    tx_d, _ = optim.make_optimizer(d_optim, cfg.train.num_steps)
-    labels = lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
-    return optax.multi_transform({"autoencoder": tx_g, "discriminator": tx_d}, labels), schedule
+    return optim.per_network_optimizer(
+        cfg.optim, cfg.train.num_steps,
+        {"autoencoder": 1.0, "discriminator": cfg.paradigm.disc_lr_ratio})
 
   # -- losses ---------------------------------------------------------------------
   def reconstruction_loss(self, x, x_rec):

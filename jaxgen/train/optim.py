@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 
@@ -34,6 +37,49 @@ def make_optimizer(cfg, num_steps: int):
   parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                            weight_decay=cfg.weight_decay, mask=decay_mask))
   return optax.chain(*parts), schedule
+
+
+def per_network_optimizer(cfg, num_steps: int, lr_ratios: Dict[str, float]):
+  """One optimizer per network for params ``{name: network_params, ...}``.
+
+  Each network gets ``make_optimizer`` of ``cfg`` with its learning rate scaled by
+  ``lr_ratios[name]`` (its own Adam moments, clipping norm and step count), combined
+  by one ``optax.multi_transform`` over the top-level keys, so the train state and
+  checkpoints hold a single optimizer state. Returns ``(tx, schedule)``: the schedule
+  is the first network's (the one the loop logs as ``lr``).
+  """
+  txs, schedules = {}, []
+  for name, ratio in lr_ratios.items():
+    net_cfg = cfg
+    if ratio != 1.0:
+      net_cfg = ml_collections.ConfigDict(cfg.to_dict())
+      net_cfg.lr = cfg.lr * ratio
+    txs[name], schedule = make_optimizer(net_cfg, num_steps)
+    schedules.append(schedule)
+  labels = lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
+  return optax.multi_transform(txs, labels), schedules[0]
+
+
+def update_networks(tx: optax.GradientTransformation, grads: Dict[str, Any], opt_state,
+                    params: Dict[str, Any]):
+  """Updates only the networks named in ``grads`` with a ``per_network_optimizer``.
+
+  The other networks' parameters and optimizer states come back unchanged (the same
+  arrays: not even Adam's momentum or weight decay moves them, as zero gradients
+  would). Their share of the update is computed on zeros and discarded, which XLA
+  removes as dead code. Returns ``(params, opt_state)``.
+  """
+  unknown = set(grads) - set(params)
+  if unknown:
+    raise KeyError(f"No network {sorted(unknown)} in params ({sorted(params)}).")
+  full = {k: grads[k] if k in grads else jax.tree.map(jnp.zeros_like, v)
+          for k, v in params.items()}
+  updates, new_state = tx.update(full, opt_state, params)
+  params = {k: optax.apply_updates(v, updates[k]) if k in grads else v
+            for k, v in params.items()}
+  inner = {k: new_state.inner_states[k] if k in grads else s
+           for k, s in opt_state.inner_states.items()}
+  return params, new_state._replace(inner_states=inner)
 
 
 def ema_decay(cfg, step):

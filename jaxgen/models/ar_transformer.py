@@ -1,0 +1,156 @@
+"""Causal (decoder-only) transformer over a flattened token grid, as in the second stage
+of VQGAN (Esser et al. 2021) and ViT-VQGAN (Yu et al. 2022), as a Flax Linen module.
+
+Sequence: ``num_class_tokens`` class-prefix tokens (label ``num_classes`` is the null
+class, for classifier-free guidance), then the codes in raster order. Position ``p``
+holds class token ``p`` for ``p < k`` and code ``p - k`` after; the output at position
+``p`` predicts code ``p - k + 1``, so the inputs are ``prefix + codes[:-1]`` (length
+``k + N - 1``) and the outputs from position ``k - 1`` on are the N code logits (teacher
+forcing). Learned positions, embedding dropout, pre-LN causal blocks, a final LN, and a
+linear head (or one tied to the token embedding, ``tie_output``).
+
+Cached decoding: ``init_cache(batch)`` gives one KV cache per block
+(``jaxgen.nn.layers.init_kv_cache``); ``decode(tokens, labels, cache)`` runs ``l`` new
+inputs at the cache's positions ``index .. index + l - 1`` and returns their logits and
+the new cache; ``decode_step`` is the one-token case. The cache is explicit (in and
+out), so it lives in the sampler loop's carry.
+
+Named sizes: ``base`` is GPT-2 small's shape (12 layers, 768 wide, 12 heads); the
+``fmnist_*`` sizes match MaskGIT's of the same name (jaxgen.models.token_transformer).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxgen import registry
+from jaxgen.nn import layers
+
+# depth, hidden_size, num_heads, mlp_dim
+SIZES = {
+    "base": (12, 768, 12, 3072),
+    "fmnist_small": (6, 256, 8, 1024),
+    "fmnist_tiny": (4, 128, 4, 512),
+}
+
+
+class ARTransformer(nn.Module):
+  """See the module docstring."""
+  num_tokens: int
+  codebook_size: int
+  num_classes: int
+  hidden_size: int = 512
+  depth: int = 12
+  num_heads: int = 8
+  mlp_dim: int = 2048
+  num_class_tokens: int = 1
+  dropout: float = 0.1
+  tie_output: bool = False
+  attn_impl: str = "xla"
+  dtype: jnp.dtype = jnp.float32
+
+  @property
+  def seq_len(self) -> int:
+    """Positions the model has: the prefix and every code but the last."""
+    return self.num_class_tokens + self.num_tokens - 1
+
+  def setup(self):
+    d, k = self.hidden_size, self.num_class_tokens
+    if k < 1:
+      raise ValueError(f"num_class_tokens={k}: the first code needs a prefix token.")
+    self.token_embedding = layers.embedding_table(self, "token_embedding",
+                                                  self.codebook_size, d)
+    self.class_embedding = layers.LabelEmbedder(self.num_classes, d * k)
+    self.position_embedding = layers.embedding_table(self, "position_embedding",
+                                                     self.seq_len, d)
+    self.embedding_dropout = nn.Dropout(self.dropout)
+    self.transformer = layers.Transformer(self.depth, self.num_heads, self.mlp_dim,
+                                          self.dropout, self.attn_impl, self.dtype)
+    if not self.tie_output:
+      self.head = layers.Dense(self.codebook_size, ("embed", "vocab"), dtype=self.dtype)
+
+  def _embed(self, tokens_bl, labels_b, start):
+    """Inputs at positions ``start .. start + l - 1``: class tokens below ``k``, the
+    embedded ``tokens_bl`` (codes) from ``k`` on; plus learned positions."""
+    b, l = tokens_bl.shape
+    d, k = self.hidden_size, self.num_class_tokens
+    pos = start + jnp.arange(l, dtype=jnp.int32)
+    cls_bkd = self.class_embedding(labels_b).reshape(b, k, d)
+    cls_bld = jnp.take(cls_bkd, jnp.clip(pos, 0, k - 1), axis=1)
+    tok_bld = jnp.take(self.token_embedding, jnp.clip(tokens_bl, 0, self.codebook_size - 1),
+                       axis=0)
+    x = jnp.where((pos < k)[None, :, None], cls_bld, tok_bld)
+    x = x + jax.lax.dynamic_slice_in_dim(self.position_embedding, start, l)[None]
+    return layers.constrain(x.astype(self.dtype), ("batch", "length", "act_embed"))
+
+  def _logits(self, x_bld):
+    if self.tie_output:
+      logits = jnp.einsum("bld,vd->blv", x_bld, self.token_embedding.astype(x_bld.dtype))
+    else:
+      logits = self.head(x_bld)
+    return logits.astype(jnp.float32)
+
+  def __call__(self, codes_bn, labels_b, train: bool = False):
+    """Teacher-forced logits (B, N, codebook_size): entry ``i`` predicts code ``i`` from
+    the prefix and codes ``< i``."""
+    b, n = codes_bn.shape
+    if n != self.num_tokens:
+      raise ValueError(f"AR transformer: {n} tokens per example, the model was built for "
+                       f"{self.num_tokens}.")
+    k = self.num_class_tokens
+    inputs = jnp.concatenate([jnp.zeros((b, k), jnp.int32), codes_bn[:, :-1]], axis=1)
+    x = self.embedding_dropout(self._embed(inputs, labels_b, 0), deterministic=not train)
+    x = self.transformer(x, layers.causal_mask(self.seq_len), train)
+    return self._logits(x[:, k - 1:])
+
+  def init_cache(self, batch: int, max_len: int = 0):
+    """Empty KV caches (one per block) for ``max_len`` positions (default: all of them,
+    ``seq_len``). Needs no parameters."""
+    max_len = max_len or self.seq_len
+    if max_len > self.seq_len:
+      raise ValueError(f"A KV cache of {max_len} positions is longer than the model's "
+                       f"{self.seq_len} positions ({self.num_class_tokens} prefix + "
+                       f"{self.num_tokens} - 1 codes).")
+    head_dim = self.hidden_size // self.num_heads
+    return tuple(layers.init_kv_cache(batch, max_len, self.num_heads, head_dim, self.dtype)
+                 for _ in range(self.depth))
+
+  def decode(self, tokens_bl, labels_b, cache):
+    """Cached forward of ``l`` new inputs at positions ``index .. index + l - 1`` (the
+    tokens at prefix positions are ignored: the labels fill them). Returns logits
+    (B, l, codebook_size), each predicting the code after its position, and the cache."""
+    l, max_len = tokens_bl.shape[1], cache[0]["k"].shape[1]
+    if max_len > self.seq_len:
+      raise ValueError(f"KV cache of {max_len} positions > the model's {self.seq_len}.")
+    layers.check_cache_room(cache[0]["index"], l, max_len)
+    x = self._embed(tokens_bl, labels_b, cache[0]["index"])
+    x, cache = self.transformer(x, None, False, cache=cache)
+    return self._logits(x), cache
+
+  def decode_step(self, token_b, labels_b, cache):
+    """One position: ``token_b`` (B,) in, next-code logits (B, V) and the cache out."""
+    logits, cache = self.decode(token_b[:, None], labels_b, cache)
+    return logits[:, 0], cache
+
+
+@registry.MODELS.register("ar_transformer")
+def build_ar_transformer(cfg: ml_collections.ConfigDict, *, num_tokens: int,
+                         codebook_size: int, num_classes: int, dtype=jnp.float32
+                         ) -> ARTransformer:
+  """From ``config.model``: ``variant`` (a SIZES name) fills depth/width/heads/MLP;
+  explicit fields override it."""
+  kw = {}
+  if cfg.get("variant"):
+    if cfg.variant not in SIZES:
+      raise ValueError(f"Unknown AR transformer size {cfg.variant!r}; use one of "
+                       f"{', '.join(SIZES)} or set depth/hidden_size/num_heads/mlp_dim.")
+    kw = dict(zip(("depth", "hidden_size", "num_heads", "mlp_dim"), SIZES[cfg.variant]))
+  for key in ("depth", "hidden_size", "num_heads", "mlp_dim", "num_class_tokens",
+              "dropout", "tie_output", "attn_impl"):
+    if cfg.get(key) is not None:
+      kw[key] = cfg[key]
+  return ARTransformer(num_tokens=num_tokens, codebook_size=codebook_size,
+                       num_classes=num_classes, dtype=dtype, **kw)

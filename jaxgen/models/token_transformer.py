@@ -1,0 +1,92 @@
+"""Bidirectional token transformer (MaskGIT, Chang et al. 2022) as a Flax Linen module.
+
+Input: a flattened token grid (B, N) with codes in ``[0, codebook_size)`` and the
+[MASK] id ``codebook_size``, and class labels (B,) (label ``num_classes`` is the null
+class, for classifier-free guidance). The labels become ``num_class_tokens`` prefix
+tokens; learned position embeddings, an embedding LayerNorm and dropout (BERT's
+embedding layer), pre-LN blocks, and BERT's masked-token head whose output weights
+are tied to the token embedding (``tie_output``), as in the official model.
+Output: logits (B, N, codebook_size) over the codes (never over [MASK]).
+
+Named sizes: ``maskgit_imagenet`` is the paper's ImageNet model (24 layers, 768 wide,
+3072 MLP, 16 heads in the official config) with 16x16 tokens and 1024 codes.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from jaxgen import registry
+from jaxgen.nn import layers
+
+# depth, hidden_size, num_heads, mlp_dim
+SIZES = {
+    "maskgit_imagenet": (24, 768, 16, 3072),  # maskgit/configs/maskgit_class_cond_config.py
+    "fmnist_small": (6, 256, 8, 1024),
+    "fmnist_tiny": (4, 128, 4, 512),
+}
+
+
+class MaskGITTransformer(nn.Module):
+  """See the module docstring."""
+  num_tokens: int
+  codebook_size: int
+  num_classes: int
+  hidden_size: int = 768
+  depth: int = 24
+  num_heads: int = 16
+  mlp_dim: int = 3072
+  num_class_tokens: int = 1
+  dropout: float = 0.1
+  tie_output: bool = True
+  attn_impl: str = "xla"
+  dtype: jnp.dtype = jnp.float32
+
+  @property
+  def mask_id(self) -> int:
+    return self.codebook_size
+
+  @nn.compact
+  def __call__(self, tokens_bn, labels_b, train: bool = False):
+    b, n = tokens_bn.shape
+    if n != self.num_tokens:
+      raise ValueError(f"MaskGIT: {n} tokens per example, the model was built for "
+                       f"{self.num_tokens}.")
+    d, k = self.hidden_size, self.num_class_tokens
+    table = layers.embedding_table(self, "token_embedding", self.codebook_size + 1, d)
+    x = jnp.take(table, tokens_bn, axis=0)
+    cls = layers.LabelEmbedder(self.num_classes, d * k, name="class_embedding")(labels_b)
+    x = jnp.concatenate([cls.reshape(b, k, d), x], axis=1)
+    x = x + layers.embedding_table(self, "position_embedding", k + n, d)[None]
+    x = layers.LayerNorm(name="embedding_norm")(x).astype(self.dtype)
+    x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    x = layers.constrain(x, ("batch", "length", "act_embed"))
+    x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, self.dropout,
+                           self.attn_impl, self.dtype, name="transformer")(x, None, train)
+    x = x[:, k:]
+    if self.tie_output:
+      return layers.MlmHead(self.dtype, name="head")(x, table[:self.codebook_size])
+    return layers.Dense(self.codebook_size, ("embed", "vocab"), dtype=self.dtype,
+                        name="head")(x).astype(jnp.float32)
+
+
+@registry.MODELS.register("maskgit_transformer")
+def build_maskgit_transformer(cfg: ml_collections.ConfigDict, *, num_tokens: int,
+                              codebook_size: int, num_classes: int, dtype=jnp.float32
+                              ) -> MaskGITTransformer:
+  """From ``config.model``: ``variant`` (a SIZES name) fills depth/width/heads/MLP;
+  explicit fields override it."""
+  kw = {}
+  if cfg.get("variant"):
+    if cfg.variant not in SIZES:
+      raise ValueError(f"Unknown MaskGIT size {cfg.variant!r}; use one of "
+                       f"{', '.join(SIZES)} or set depth/hidden_size/num_heads/mlp_dim.")
+    kw = dict(zip(("depth", "hidden_size", "num_heads", "mlp_dim"), SIZES[cfg.variant]))
+  for key in ("depth", "hidden_size", "num_heads", "mlp_dim", "num_class_tokens",
+              "dropout", "tie_output", "attn_impl"):
+    if cfg.get(key) is not None:
+      kw[key] = cfg[key]
+  return MaskGITTransformer(num_tokens=num_tokens, codebook_size=codebook_size,
+                            num_classes=num_classes, dtype=dtype, **kw)

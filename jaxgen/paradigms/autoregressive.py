@@ -1,0 +1,119 @@
+"""Raster-order autoregressive generation over a frozen VQ tokenizer's codes (the second
+stage of VQGAN, Esser et al. 2021, and ViT-VQGAN, Yu et al. 2022), class-conditional.
+
+Model: ``jaxgen.models.ar_transformer.ARTransformer`` (causal, class-prefix tokens with
+a null class). Loss: teacher-forced next-token cross-entropy over all N positions
+(optional label smoothing); label dropout to the null class trains the unconditional
+model for classifier-free guidance.
+Sampler: ``jaxgen.samplers.autoregressive.cached_step`` in the shared ``lax.scan``
+loop, one token per step (N steps), the KV cache in the carry; temperature, top-k,
+top-p, and CFG with the conditional and unconditional streams as one batch.
+``sample_tokens_uncached`` recomputes the whole sequence at every step with the same
+randomness: the reference for the equality test and the speed benchmark.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxgen import registry
+from jaxgen.config import ConfigError
+from jaxgen.losses import token as token_losses
+from jaxgen.paradigms.tokens import TokenParadigm
+from jaxgen.samplers import autoregressive as decoding
+
+SAMPLE_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale")
+
+
+@registry.PARADIGMS.register("autoregressive")
+class Autoregressive(TokenParadigm):
+  """config.paradigm: label_smoothing, label_dropout. config.sample: temperature,
+  top_k, top_p, cfg_scale (no ``steps``: decoding takes one step per token)."""
+
+  def __init__(self, config, dataset):
+    super().__init__(config, dataset)
+    self.model = registry.MODELS.get(config.model.name)(
+        config.model, num_tokens=self.num_tokens, codebook_size=self.codebook_size,
+        num_classes=self.num_classes, dtype=self.compute_dtype)
+
+  @classmethod
+  def validate_config(cls, config) -> None:
+    s, p = config.sample, config.paradigm
+    if "steps" in s:
+      raise ConfigError(f"config.sample.steps={s.steps}: autoregressive decoding takes "
+                        "one step per token (the grid fixes the count); remove the field.")
+    shared = ml_collections.ConfigDict(config.to_dict())
+    shared.sample.steps = 1  # TokenParadigm's check of a field this paradigm has not
+    super().validate_config(shared)
+    if s.temperature < 0:
+      raise ConfigError(f"config.sample.temperature={s.temperature} must be >= 0.")
+    if s.top_k < 0:
+      raise ConfigError(f"config.sample.top_k={s.top_k} must be >= 0 (0 = off).")
+    if not 0.0 < s.top_p <= 1.0:
+      raise ConfigError(f"config.sample.top_p={s.top_p} must be in (0, 1] (1 = off).")
+    if not 0.0 <= p.label_dropout < 1.0:
+      raise ConfigError(f"config.paradigm.label_dropout={p.label_dropout} must be in "
+                        "[0, 1).")
+    if not 0.0 <= p.label_smoothing < 1.0:
+      raise ConfigError(f"config.paradigm.label_smoothing={p.label_smoothing} must be in "
+                        "[0, 1).")
+
+  def init_params(self, rng):
+    return self.model.init(rng, *self._dummy_inputs())["params"]
+
+  def logits(self, params, codes, labels, train: bool = False, rng=None):
+    """Teacher-forced (B, N, V) logits; entry i predicts code i from codes < i."""
+    rngs = {"dropout": rng} if rng is not None else None
+    return self.model.apply({"params": params}, codes, labels, train=train, rngs=rngs)
+
+  def loss(self, params, batch, rng, train: bool = True):
+    codes = self.codes(batch)
+    r_drop, r_model = jax.random.split(rng)
+    labels = self.drop_labels(batch["label"], r_drop, train)
+    logits = self.logits(params, codes, labels, train, r_model)
+    loss, acc = token_losses.masked_cross_entropy(
+        logits, codes, jnp.ones(codes.shape, jnp.bool_), self.config.paradigm.label_smoothing)
+    return loss, {"accuracy": acc}
+
+  # -- sampling -----------------------------------------------------------------------
+  def _sampling(self, kwargs):
+    steps = kwargs.pop("steps", None)
+    if steps is not None and steps != self.num_tokens:
+      raise ValueError(f"steps={steps}: autoregressive decoding takes one step per token "
+                       f"({self.num_tokens} here).")
+    unknown = set(kwargs) - set(SAMPLE_FIELDS)
+    if unknown:
+      raise TypeError(f"Unknown sampling option(s) {sorted(unknown)}; use "
+                      f"{', '.join(SAMPLE_FIELDS)}.")
+    s = self.config.sample
+    out = {f: kwargs[f] if kwargs.get(f) is not None else s[f] for f in SAMPLE_FIELDS}
+    return dict(out, null_label=self.null_label)
+
+  def init_cache(self, params, labels, cfg_scale: float):
+    """KV caches for the decoding batch (2B with guidance) with the prefix before its
+    last token already in them; returns ``(cache, positions in it)``."""
+    cond = decoding.guided_labels(labels, self.null_label, cfg_scale)
+    cache = self.model.init_cache(cond.shape[0])
+    start = self.model.num_class_tokens - 1
+    if start:
+      _, cache = self.model.apply({"params": params}, jnp.zeros((cond.shape[0], start),
+                                                                 jnp.int32),
+                                  cond, cache, method="decode")
+    return cache, start
+
+  def sample_tokens(self, params, rng, labels, **kwargs):
+    """(B, N) codes, one per step with the KV cache. kwargs: ``SAMPLE_FIELDS``."""
+    kw = self._sampling(kwargs)
+    cache, start = self.init_cache(params, labels, kw["cfg_scale"])
+    decode_fn = lambda t, y, c: self.model.apply({"params": params}, t, y, c,
+                                                 method="decode_step")
+    return decoding.decode_cached(decode_fn, cache, labels, rng, num_tokens=self.num_tokens,
+                                  start=start, **kw)
+
+  def sample_tokens_uncached(self, params, rng, labels, **kwargs):
+    """The same draws as ``sample_tokens`` by full recomputation at every step."""
+    kw = self._sampling(kwargs)
+    return decoding.decode_uncached(lambda t, y: self.logits(params, t, y), labels, rng,
+                                    num_tokens=self.num_tokens, **kw)

@@ -1,0 +1,175 @@
+"""What every paradigm over a frozen tokenizer's codes shares (MaskGIT, MAGE, and the
+autoregressive ones): where the codes come from, the checks that they fit the model,
+and decoding generated codes back to images.
+
+Codes come from pre-computed files (``config.data.name="tokens"``, written once by
+``jaxgen tokenize``; the fast path) or from images encoded inside the train step by
+the tokenizer of ``config.tokenizer.workdir``. Either way the model sees a flattened
+(B, N) int32 grid. The tokenizer is needed to turn sampled codes into images; with
+pre-computed codes it defaults to the run that wrote them (``tokens.json``).
+
+A tokenizer or code files whose grid or vocabulary differ from ``config.model.grid_size``
+/ ``config.model.codebook_size``, or codes written by another tokenizer than the
+configured one, are refused before anything compiles, with both values in the message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxgen.config import ConfigError
+from jaxgen.losses import token as token_losses
+from jaxgen.paradigms.base import Paradigm
+
+
+def tokens_meta(config) -> Optional[dict]:
+  """``tokens.json`` of the pre-computed codes the config trains on (else None)."""
+  if config.data.name != "tokens":
+    return None
+  from jaxgen.tokenizers import precompute  # pylint: disable=g-import-not-at-top
+  return precompute.read_meta(config.data.get("data_dir"))
+
+
+def tokenizer_workdir(config) -> str:
+  """The configured tokenizer run, else the one that wrote the pre-computed codes."""
+  configured = config.tokenizer.get("workdir", "") if "tokenizer" in config else ""
+  meta = tokens_meta(config)
+  written_by = (meta or {}).get("tokenizer_workdir") or ""
+  if configured and written_by and os.path.abspath(configured) != os.path.abspath(written_by):
+    raise ConfigError(
+        f"config.data.data_dir={config.data.data_dir} holds codes written by the tokenizer "
+        f"{written_by}, but config.tokenizer.workdir={configured}: codes of one tokenizer "
+        "mean nothing to another. Re-run `jaxgen tokenize --workdir "
+        f"{configured} --out DIR`, or set config.tokenizer.workdir={written_by}.")
+  return configured or written_by
+
+
+def image_data_config(config) -> ml_collections.ConfigDict:
+  """The image dataset behind a token run (for evaluation against real images): the
+  tokenizer run's ``config.data`` when the run trains on codes, else its own."""
+  if config.data.name != "tokens":
+    return config.data
+  workdir = tokenizer_workdir(config)
+  path = os.path.join(workdir, "config.json")
+  if not workdir or not os.path.isfile(path):
+    raise ConfigError(f"Cannot find the images behind {config.data.data_dir}: its tokenizer "
+                      f"run {workdir!r} has no config.json. Set config.tokenizer.workdir.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f)["data"])
+
+
+def check_codes(where: str, grid, vocab, config) -> None:
+  """Raises unless a tokenizer's (or code files') grid and vocabulary equal the model's."""
+  m = config.model
+  want_grid, want_vocab = tuple(m.grid_size), int(m.codebook_size)
+  if tuple(grid) != want_grid or int(vocab) != want_vocab:
+    raise ConfigError(
+        f"{where} has a {tuple(grid)} grid of {vocab} codes, but config.model.grid_size="
+        f"{want_grid} and config.model.codebook_size={want_vocab}. Point the config at a "
+        "matching tokenizer, or set both model fields to the tokenizer's values.")
+
+
+class TokenParadigm(Paradigm):
+  """Base of the token paradigms; a subclass builds ``self.model`` and implements
+  ``loss`` and ``sample_tokens``."""
+
+  needs_vq = True
+
+  def __init__(self, config, dataset):
+    super().__init__(config, dataset)
+    m = config.model
+    self.grid_shape = tuple(m.grid_size)
+    self.num_tokens = math.prod(self.grid_shape)
+    self.codebook_size = int(m.codebook_size)
+    self.mask_id = self.codebook_size
+    self.null_label = self.num_classes
+    self.tokenizer = None
+    workdir = tokenizer_workdir(config)
+    if workdir:
+      from jaxgen.tokenizers.base import Tokenizer  # pylint: disable=g-import-not-at-top
+      tok = Tokenizer.from_workdir(workdir, params=config.tokenizer.get("params") or None)
+      if tok.kind != "vq":
+        raise ConfigError(f"{workdir} is a {tok.kind!r} tokenizer; this paradigm needs a "
+                          "single-scale VQ one (configs/fmnist_vqgan.py or _vitvq.py).")
+      check_codes(f"The tokenizer {workdir}", tok.grid_shape, tok.vocab_size, config)
+      self.tokenizer = tok
+      self.image_shape = tok.image_shape
+    elif config.data.name != "tokens":
+      raise ConfigError(f"{type(self).__name__} trains on a tokenizer's codes: set "
+                        "config.tokenizer.workdir=TOKENIZER_RUN, or train on codes from "
+                        "`jaxgen tokenize` with config.data.name=tokens.")
+    self.on_codes = config.data.name == "tokens"
+
+  @classmethod
+  def validate_config(cls, config) -> None:
+    if "tokenizer" not in config:
+      raise ConfigError("Token paradigms need a config.tokenizer section "
+                        "(see configs/common.py: token_config).")
+    for f in ("grid_size", "codebook_size"):
+      if config.model.get(f) is None:
+        raise ConfigError(f"config.model.{f} is not set: it must equal the tokenizer's.")
+    meta = tokens_meta(config)
+    if meta is not None:
+      if meta["kind"] != "vq":
+        raise ConfigError(f"{config.data.data_dir} holds {meta['kind']!r} codes; this "
+                          "paradigm needs single-scale VQ codes.")
+      check_codes(f"config.data.data_dir={config.data.data_dir}", meta["code_shape"],
+                  meta["vocab_size"], config)
+    tokenizer_workdir(config)  # same tokenizer for codes and decoding
+    s = config.sample
+    if s.steps < 1:
+      raise ConfigError(f"config.sample.steps={s.steps} must be >= 1.")
+
+  # -- data -------------------------------------------------------------------------
+  def example_batch(self, batch_size: int):
+    if self.on_codes:
+      return {"codes": jax.ShapeDtypeStruct((batch_size,) + self.grid_shape, jnp.int32),
+              "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    return super().example_batch(batch_size)
+
+  def codes(self, batch) -> jax.Array:
+    """The batch's flattened (B, N) codes (encoding images with the tokenizer if needed)."""
+    if "codes" in batch:
+      c = batch["codes"]
+    else:
+      c = jax.lax.stop_gradient(self.tokenizer.encode_fn(self.tokenizer.params, batch["image"]))
+    return c.reshape(c.shape[0], -1).astype(jnp.int32)
+
+  def drop_labels(self, labels, rng, train: bool):
+    p = self.config.paradigm.label_dropout
+    if not train or p <= 0:
+      return labels
+    return jnp.where(jax.random.bernoulli(rng, p, labels.shape), self.null_label, labels)
+
+  # -- sampling -----------------------------------------------------------------------
+  def decode_images(self, tokens_bn) -> jax.Array:
+    if self.tokenizer is None:
+      raise ValueError("No tokenizer to decode codes into images: set "
+                       "config.tokenizer.workdir (or sample with sample_tokens).")
+    codes = tokens_bn.reshape((-1,) + self.grid_shape)
+    return self.tokenizer.decode_fn(self.tokenizer.params, codes)
+
+  def sample_tokens(self, params, rng, labels, **kwargs) -> jax.Array:
+    raise NotImplementedError
+
+  def sample(self, params, rng, labels, **kwargs):
+    return self.decode_images(self.sample_tokens(params, rng, labels, **kwargs))
+
+  def masked_token_loss(self, logits, codes, mask) -> tuple:
+    loss, acc = token_losses.masked_cross_entropy(
+        logits, codes, mask, self.config.paradigm.label_smoothing)
+    return loss, {"masked_accuracy": acc}
+
+  def model_summary(self) -> Dict[str, Any]:
+    return dict(module=self.model, inputs=self._dummy_inputs(), fixed_params=0)
+
+  def _dummy_inputs(self, batch: int = 1):
+    return (jnp.zeros((batch, self.num_tokens), jnp.int32),
+            jnp.zeros((batch,), jnp.int32))
