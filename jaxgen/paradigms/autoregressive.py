@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from jaxgen import registry
 from jaxgen.config import ConfigError
@@ -44,9 +43,7 @@ class Autoregressive(TokenParadigm):
     if "steps" in s:
       raise ConfigError(f"config.sample.steps={s.steps}: autoregressive decoding takes "
                         "one step per token (the grid fixes the count); remove the field.")
-    shared = ml_collections.ConfigDict(config.to_dict())
-    shared.sample.steps = 1  # TokenParadigm's check of a field this paradigm has not
-    super().validate_config(shared)
+    super().validate_config(config)
     if s.temperature < 0:
       raise ConfigError(f"config.sample.temperature={s.temperature} must be >= 0.")
     if s.top_k < 0:

@@ -26,6 +26,8 @@ from jaxgen.samplers import maskgit as decoding
 def check_decoding_config(config) -> None:
   """Config checks shared by the paradigms that decode with MaskGIT's sampler."""
   p, s = config.paradigm, config.sample
+  if s.steps < 1:
+    raise ConfigError(f"config.sample.steps={s.steps} must be >= 1.")
   if p.mask_schedule not in decoding.SCHEDULES:
     raise ConfigError(f"config.paradigm.mask_schedule={p.mask_schedule!r}; use one of "
                       f"{', '.join(decoding.SCHEDULES)}.")

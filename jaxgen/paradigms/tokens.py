@@ -123,9 +123,6 @@ class TokenParadigm(Paradigm):
       check_codes(f"config.data.data_dir={config.data.data_dir}", meta["code_shape"],
                   meta["vocab_size"], config)
     tokenizer_workdir(config)  # same tokenizer for codes and decoding
-    s = config.sample
-    if s.steps < 1:
-      raise ConfigError(f"config.sample.steps={s.steps} must be >= 1.")
 
   # -- data -------------------------------------------------------------------------
   def example_batch(self, batch_size: int):
