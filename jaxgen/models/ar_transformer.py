@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxgen import registry
+from jaxgen.models import token_transformer
 from jaxgen.nn import layers
 
 # depth, hidden_size, num_heads, mlp_dim
@@ -142,15 +143,8 @@ def build_ar_transformer(cfg: ml_collections.ConfigDict, *, num_tokens: int,
                          ) -> ARTransformer:
   """From ``config.model``: ``variant`` (a SIZES name) fills depth/width/heads/MLP;
   explicit fields override it."""
-  kw = {}
-  if cfg.get("variant"):
-    if cfg.variant not in SIZES:
-      raise ValueError(f"Unknown AR transformer size {cfg.variant!r}; use one of "
-                       f"{', '.join(SIZES)} or set depth/hidden_size/num_heads/mlp_dim.")
-    kw = dict(zip(("depth", "hidden_size", "num_heads", "mlp_dim"), SIZES[cfg.variant]))
-  for key in ("depth", "hidden_size", "num_heads", "mlp_dim", "num_class_tokens",
-              "dropout", "tie_output", "attn_impl"):
-    if cfg.get(key) is not None:
-      kw[key] = cfg[key]
+  kw = token_transformer.sized_kwargs(
+      cfg, SIZES, ("depth", "hidden_size", "num_heads", "mlp_dim"),
+      ("num_class_tokens", "dropout", "tie_output", "attn_impl"), "AR transformer")
   return ARTransformer(num_tokens=num_tokens, codebook_size=codebook_size,
                        num_classes=num_classes, dtype=dtype, **kw)

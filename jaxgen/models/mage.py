@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxgen import registry
+from jaxgen.models import token_transformer
 from jaxgen.nn import layers
 
 # depth, hidden, heads, decoder depth, decoder hidden, decoder heads (mlp ratio 4).
@@ -144,14 +145,7 @@ def build_mage(cfg: ml_collections.ConfigDict, *, num_tokens: int, codebook_size
   override it."""
   names = ("depth", "hidden_size", "num_heads", "decoder_depth", "decoder_hidden_size",
            "decoder_num_heads")
-  kw = {}
-  if cfg.get("variant"):
-    if cfg.variant not in SIZES:
-      raise ValueError(f"Unknown MAGE size {cfg.variant!r}; use one of "
-                       f"{', '.join(SIZES)} or set the sizes explicitly.")
-    kw = dict(zip(names, SIZES[cfg.variant]))
-  for key in names + ("mlp_ratio", "buffer_size", "dropout", "attn_impl"):
-    if cfg.get(key) is not None:
-      kw[key] = cfg[key]
+  kw = token_transformer.sized_kwargs(
+      cfg, SIZES, names, ("mlp_ratio", "buffer_size", "dropout", "attn_impl"), "MAGE")
   return MAGE(num_tokens=num_tokens, codebook_size=codebook_size, num_classes=num_classes,
               dtype=dtype, **kw)

@@ -72,21 +72,30 @@ class MaskGITTransformer(nn.Module):
                         name="head")(x).astype(jnp.float32)
 
 
+def sized_kwargs(cfg: ml_collections.ConfigDict, sizes: dict, size_fields, extra_fields,
+                 what: str) -> dict:
+  """Constructor kwargs of a token model from ``config.model``: ``variant`` (a ``sizes``
+  name) fills ``size_fields``; any non-None field of ``size_fields + extra_fields``
+  overrides. Shared by MaskGIT, MAGE and the autoregressive transformer."""
+  kw = {}
+  if cfg.get("variant"):
+    if cfg.variant not in sizes:
+      raise ValueError(f"Unknown {what} size {cfg.variant!r}; use one of "
+                       f"{', '.join(sizes)} or set {'/'.join(size_fields)}.")
+    kw = dict(zip(size_fields, sizes[cfg.variant]))
+  for key in tuple(size_fields) + tuple(extra_fields):
+    if cfg.get(key) is not None:
+      kw[key] = cfg[key]
+  return kw
+
+
 @registry.MODELS.register("maskgit_transformer")
 def build_maskgit_transformer(cfg: ml_collections.ConfigDict, *, num_tokens: int,
                               codebook_size: int, num_classes: int, dtype=jnp.float32
                               ) -> MaskGITTransformer:
   """From ``config.model``: ``variant`` (a SIZES name) fills depth/width/heads/MLP;
   explicit fields override it."""
-  kw = {}
-  if cfg.get("variant"):
-    if cfg.variant not in SIZES:
-      raise ValueError(f"Unknown MaskGIT size {cfg.variant!r}; use one of "
-                       f"{', '.join(SIZES)} or set depth/hidden_size/num_heads/mlp_dim.")
-    kw = dict(zip(("depth", "hidden_size", "num_heads", "mlp_dim"), SIZES[cfg.variant]))
-  for key in ("depth", "hidden_size", "num_heads", "mlp_dim", "num_class_tokens",
-              "dropout", "tie_output", "attn_impl"):
-    if cfg.get(key) is not None:
-      kw[key] = cfg[key]
+  kw = sized_kwargs(cfg, SIZES, ("depth", "hidden_size", "num_heads", "mlp_dim"),
+                    ("num_class_tokens", "dropout", "tie_output", "attn_impl"), "MaskGIT")
   return MaskGITTransformer(num_tokens=num_tokens, codebook_size=codebook_size,
                             num_classes=num_classes, dtype=dtype, **kw)

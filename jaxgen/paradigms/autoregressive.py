@@ -31,15 +31,9 @@ class Autoregressive(TokenParadigm):
   """config.paradigm: label_smoothing, label_dropout. config.sample: temperature,
   top_k, top_p, cfg_scale (no ``steps``: decoding takes one step per token)."""
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
-    self.model = registry.MODELS.get(config.model.name)(
-        config.model, num_tokens=self.num_tokens, codebook_size=self.codebook_size,
-        num_classes=self.num_classes, dtype=self.compute_dtype)
-
   @classmethod
   def validate_config(cls, config) -> None:
-    s, p = config.sample, config.paradigm
+    s = config.sample
     if "steps" in s:
       raise ConfigError(f"config.sample.steps={s.steps}: autoregressive decoding takes "
                         "one step per token (the grid fixes the count); remove the field.")
@@ -50,15 +44,6 @@ class Autoregressive(TokenParadigm):
       raise ConfigError(f"config.sample.top_k={s.top_k} must be >= 0 (0 = off).")
     if not 0.0 < s.top_p <= 1.0:
       raise ConfigError(f"config.sample.top_p={s.top_p} must be in (0, 1] (1 = off).")
-    if not 0.0 <= p.label_dropout < 1.0:
-      raise ConfigError(f"config.paradigm.label_dropout={p.label_dropout} must be in "
-                        "[0, 1).")
-    if not 0.0 <= p.label_smoothing < 1.0:
-      raise ConfigError(f"config.paradigm.label_smoothing={p.label_smoothing} must be in "
-                        "[0, 1).")
-
-  def init_params(self, rng):
-    return self.model.init(rng, *self._dummy_inputs())["params"]
 
   def logits(self, params, codes, labels, train: bool = False, rng=None):
     """Teacher-forced (B, N, V) logits; entry i predicts code i from codes < i."""

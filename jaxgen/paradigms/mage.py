@@ -54,9 +54,6 @@ class MAGEParadigm(TokenParadigm):
 
   def __init__(self, config, dataset):
     super().__init__(config, dataset)
-    self.model = registry.MODELS.get(config.model.name)(
-        config.model, num_tokens=self.num_tokens, codebook_size=self.codebook_size,
-        num_classes=self.num_classes, dtype=self.compute_dtype)
     self.num_dropped = int(math.ceil(self.num_tokens * config.paradigm.mask_ratio_min))
 
   @classmethod
@@ -70,9 +67,6 @@ class MAGEParadigm(TokenParadigm):
     if p.contrastive_weight < 0 or p.contrastive_temperature <= 0:
       raise ConfigError("config.paradigm.contrastive_weight must be >= 0 and "
                         "contrastive_temperature > 0.")
-
-  def init_params(self, rng):
-    return self.model.init(rng, *self._dummy_inputs())["params"]
 
   def _apply(self, params, *args, method=None, train=False, rng=None, **kw):
     rngs = {"dropout": rng} if rng is not None else None

@@ -36,11 +36,6 @@ def check_decoding_config(config) -> None:
                       f"{', '.join(decoding.CFG_SCHEDULES)}.")
   if s.temperature < 0 or s.choice_temperature < 0:
     raise ConfigError("config.sample.temperature and choice_temperature must be >= 0.")
-  if not 0.0 <= p.label_dropout < 1.0:
-    raise ConfigError(f"config.paradigm.label_dropout={p.label_dropout} must be in [0, 1).")
-  if not 0.0 <= p.label_smoothing < 1.0:
-    raise ConfigError(f"config.paradigm.label_smoothing={p.label_smoothing} must be in "
-                      "[0, 1).")
 
 
 def iterative_decode(logits_fn, *, batch: int, num_tokens: int, mask_id: int, rng,
@@ -81,19 +76,10 @@ class MaskGIT(TokenParadigm):
   """config.paradigm: mask_schedule, label_smoothing, label_dropout. config.sample:
   steps, temperature, choice_temperature, top_k, cfg_scale, cfg_schedule."""
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
-    self.model = registry.MODELS.get(config.model.name)(
-        config.model, num_tokens=self.num_tokens, codebook_size=self.codebook_size,
-        num_classes=self.num_classes, dtype=self.compute_dtype)
-
   @classmethod
   def validate_config(cls, config) -> None:
     super().validate_config(config)
     check_decoding_config(config)
-
-  def init_params(self, rng):
-    return self.model.init(rng, *self._dummy_inputs())["params"]
 
   def logits(self, params, tokens, labels, train: bool = False, rng=None):
     rngs = {"dropout": rng} if rng is not None else None

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxgen import registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import token as token_losses
 from jaxgen.paradigms.base import Paradigm
@@ -77,8 +78,9 @@ def check_codes(where: str, grid, vocab, config) -> None:
 
 
 class TokenParadigm(Paradigm):
-  """Base of the token paradigms; a subclass builds ``self.model`` and implements
-  ``loss`` and ``sample_tokens``."""
+  """Base of the token paradigms: builds ``config.model`` (any registered token model
+  taking ``num_tokens, codebook_size, num_classes``); a subclass implements ``loss`` and
+  ``sample_tokens``."""
 
   needs_vq = True
 
@@ -106,6 +108,12 @@ class TokenParadigm(Paradigm):
                         "config.tokenizer.workdir=TOKENIZER_RUN, or train on codes from "
                         "`jaxgen tokenize` with config.data.name=tokens.")
     self.on_codes = config.data.name == "tokens"
+    self.model = registry.MODELS.get(m.name)(
+        m, num_tokens=self.num_tokens, codebook_size=self.codebook_size,
+        num_classes=self.num_classes, dtype=self.compute_dtype)
+
+  def init_params(self, rng):
+    return self.model.init(rng, *self._dummy_inputs())["params"]
 
   @classmethod
   def validate_config(cls, config) -> None:
@@ -123,6 +131,10 @@ class TokenParadigm(Paradigm):
       check_codes(f"config.data.data_dir={config.data.data_dir}", meta["code_shape"],
                   meta["vocab_size"], config)
     tokenizer_workdir(config)  # same tokenizer for codes and decoding
+    p = config.paradigm
+    for f in ("label_dropout", "label_smoothing"):
+      if not 0.0 <= p[f] < 1.0:
+        raise ConfigError(f"config.paradigm.{f}={p[f]} must be in [0, 1).")
 
   # -- data -------------------------------------------------------------------------
   def example_batch(self, batch_size: int):
