@@ -8,6 +8,8 @@
       # raster AR: tokens/s of KV-cache decoding against full recomputation at every step
       # (same draws), then each --compare run on the same batch in the same process, and
       # one summary table of every row (AR cached / uncached vs MaskGIT)
+  python benchmarks/sampling.py --workdir runs/var --compare runs/maskgit,runs/ar --steps 8
+      # VAR: the same, one step per scale (KV cache vs the whole pyramid at every scale)
 
 The sampler is one ``lax.scan`` over steps, so compile time should stay flat as the
 number of steps grows while images/s falls as 1/steps (times model calls per step).
@@ -44,7 +46,8 @@ def main():
   p.add_argument("--cfg-scale", type=float, default=1.5)
   p.add_argument("--compare", default="",
                  help="comma list of further token-paradigm workdirs (e.g. a MaskGIT run "
-                      "beside an AR one), benchmarked on the same batch in this run")
+                      "beside an AR one), or config files (random weights on random "
+                      "codes), benchmarked on the same batch in this run")
   p.add_argument("--token-grid", type=int, default=0,
                  help="token configs with random weights: decode a G x G grid (random "
                       "codes are written to a temporary tokens directory; no tokenizer)")
@@ -139,12 +142,21 @@ def token_table(exp, params, key, labels, args):
 
 
 def _compare_rows(workdir, key, labels, args):
-  """The table of a further trained token run, on the same batch."""
-  from jaxgen import generate  # pylint: disable=g-import-not-at-top
-  exp, state, _ = generate.load_run(workdir)
+  """The table of a further token run (a workdir: its EMA weights; or a config file with
+  random weights on random 8x8 codes, ``--token-grid`` or 8: decoding time does not
+  depend on the weights), on the same batch."""
+  if workdir.endswith(".py"):
+    config = config_lib.apply_overrides(config_lib.load_config_file(workdir),
+                                        _random_token_data(args.token_grid or 8))
+    exp = loop.build_abstract(config)
+    params = exp.init_state().params
+  else:
+    from jaxgen import generate  # pylint: disable=g-import-not-at-top
+    exp, state, _ = generate.load_run(workdir)
+    params = state.ema_params
   print(f"\n{workdir}: model {exp.config.model.name} {exp.config.model.get('variant', '')}, "
         f"batch {args.batch}")
-  return _token_rows(exp, state.ema_params, key, labels, args)
+  return _token_rows(exp, params, key, labels, args)
 
 
 def _token_rows(exp, params, key, labels, args):
@@ -154,12 +166,14 @@ def _token_rows(exp, params, key, labels, args):
 
 
 def ar_table(exp, params, key, labels, args):
-  """Raster AR: KV-cache decoding against full recomputation at every step, same batch
-  and same draws (the two give identical codes; tests/test_autoregressive.py). Both
-  take one step per token; ``speed-up`` = uncached time / cached time."""
+  """Raster AR and VAR: KV-cache decoding against full recomputation at every step, same
+  batch and same draws (the two give identical codes; tests/test_autoregressive.py,
+  tests/test_var.py). AR takes one step per token, VAR one per scale; ``speed-up`` =
+  uncached time / cached time."""
   p = exp.paradigm
   n = p.num_tokens
-  print(f"{n} tokens per image, one per step; sampling {p.config.sample.to_dict()}")
+  steps = len(p.scales) if hasattr(p, "scales") else n
+  print(f"{n} tokens per image in {steps} steps; sampling {p.config.sample.to_dict()}")
   print(f"{'decoding':>9} {'cfg':>4} {'compile s':>10} {'images/s':>10} {'tokens/s':>10} "
         f"{'speed-up':>9}")
   rows = []
@@ -176,7 +190,7 @@ def ar_table(exp, params, key, labels, args):
       speedup = secs["uncached"] / secs["cached"] if mode == "uncached" else 1.0
       print(f"{mode:>9} {cfg:>4.1f} {compile_s:>10.2f} {args.batch / sec:>10.1f} "
             f"{args.batch * n / sec:>10.0f} {speedup:>9.1f}")
-      rows.append((exp.config.paradigm.name, f"{mode} ({n} steps)", cfg, args.batch / sec,
+      rows.append((exp.config.paradigm.name, f"{mode} ({steps} steps)", cfg, args.batch / sec,
                    args.batch * n / sec))
   return rows
 

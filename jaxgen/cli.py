@@ -9,6 +9,10 @@ Examples:
   jaxgen train --config configs/fmnist_vqgan.py --workdir runs/vqgan      # a tokenizer
   jaxgen eval --workdir runs/vqgan                                       # PSNR, SSIM, rFD
   jaxgen tokenize --workdir runs/vqgan --out data/fmnist_vqgan_codes     # codes, once
+  jaxgen recaption --data fashion_mnist_captions --out data/fmnist_captions  # captions
+  jaxgen embed-captions --config configs/fmnist_t2i.py --out data/fmnist_minilm  # once
+  jaxgen sample --workdir runs/t2i --prompt "a small dark sandal" --num 8   # text runs
+  jaxgen eval --workdir runs/t2i --prompt-following 1000   # class + attribute accuracy
 """
 
 from __future__ import annotations
@@ -60,15 +64,104 @@ def cmd_sample(args, overrides):
   labels = None
   if args.label is not None:
     labels = [args.label] * args.num
+  prompts = _sample_prompts(args, exp)
   t0 = time.time()
   images, labels = generate.generate(exp, params, num=args.num, seed=args.seed, labels=labels,
                                      batch_size=args.batch_size or exp.config.sample.batch_size,
-                                     **kwargs)
+                                     prompts=prompts, **kwargs)
   out = args.out or os.path.join(args.workdir, f"samples_step{step}_seed{args.seed}.npz")
   nc = exp.paradigm.num_classes
-  png = generate.save_samples(out, images, labels, ncols=nc if args.num >= nc * nc else None)
+  ncols = nc if args.num >= nc * nc and prompts is None else None
+  if prompts is not None and args.prompt is not None:
+    ncols = min(args.num, 10)
+  png = generate.save_samples(out, images, labels, ncols=ncols, prompts=prompts)
   print(f"Wrote {len(images)} samples from step {step} ({args.params} weights) in "
         f"{time.time() - t0:.1f}s to {out} and a grid to {png}")
+
+
+def _sample_prompts(args, exp):
+  """--prompt (repeated for all --num samples) or --prompts FILE (cycled to --num)."""
+  prompt, path = getattr(args, "prompt", None), getattr(args, "prompts", None)
+  text = getattr(exp.paradigm, "conditioner", None)
+  is_text = getattr(text, "kind", "label") == "text"
+  if prompt is None and path is None:
+    if is_text:
+      raise config_lib.ConfigError(
+          f"{args.workdir} is a text-to-image run: pass --prompt \"...\" or --prompts FILE.")
+    return None
+  if prompt is not None and path is not None:
+    raise config_lib.ConfigError("Pass --prompt or --prompts, not both.")
+  if not is_text:
+    raise config_lib.ConfigError(f"{args.workdir} is not text-conditioned (no "
+                                 "config.text.encoder); --prompt needs a text-to-image run.")
+  from jaxgen import generate  # pylint: disable=g-import-not-at-top
+  prompts = [prompt] if prompt is not None else generate.read_prompts(path)
+  return [prompts[i % len(prompts)] for i in range(args.num)]
+
+
+def cmd_prompt_following(args, overrides):
+  """Samples from held-out prompts (captions.make_prompts) and scores them."""
+  from jaxgen import generate  # pylint: disable=g-import-not-at-top
+  from jaxgen.data import captions  # pylint: disable=g-import-not-at-top
+  from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
+  exp, state, step = generate.load_run(args.workdir, overrides)
+  if getattr(exp.paradigm, "conditioner", None) is None or exp.paradigm.conditioner.kind != "text":
+    raise config_lib.ConfigError(f"{args.workdir} is not a text-to-image run; "
+                                 "--prompt-following needs one (configs/fmnist_t2i.py).")
+  params = state.ema_params if (args.params or "ema") == "ema" else state.params
+  figs = prompt_following_figures(exp, params, args.prompt_following, seed=args.seed,
+                                  cfg_scale=args.cfg_scale)
+  figs = {"prompt_following": figs, "step": step}
+  _print_figures(figs, args.json_out)
+  del evaluate, captions
+
+
+def prompt_following_figures(exp, params, num: int, seed: int = 0, cfg_scale=None,
+                             out_npz=None):
+  """Class and attribute accuracy of ``num`` samples from ``make_prompts(num, seed)``."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from jaxgen import generate  # pylint: disable=g-import-not-at-top
+  from jaxgen.data import captions, datasets  # pylint: disable=g-import-not-at-top
+  from jaxgen.eval import classifier as clf_lib, evaluate  # pylint: disable=g-import-not-at-top
+  c = exp.config
+  prompts, targets = captions.make_prompts(num, seed, exp.dataset.class_names)
+  kwargs = {} if cfg_scale is None else {"cfg_scale": cfg_scale}
+  images, _ = generate.generate(exp, params, num=num, seed=seed, prompts=prompts,
+                                labels=targets["label"], batch_size=c.sample.batch_size,
+                                **kwargs)
+  image_cfg = ml_collections.ConfigDict(dict(
+      name=getattr(registry_dataset(c.data.name), "image_dataset", c.data.name),
+      data_dir=c.data.get("data_dir", ""), source_dir=c.data.get("source_dir", "")))
+  spec = datasets.get_dataset(image_cfg)
+  native = evaluate.to_native(images, spec.image_shape, c.data.pp)
+  if out_npz:
+    generate.save_samples(out_npz, native, targets["label"], prompts=prompts)
+  clf = clf_lib.load_or_train(spec, c.eval.classifier_dir)
+  return captions.prompt_following(native, targets, clf)
+
+
+def registry_dataset(name):
+  from jaxgen import registry  # pylint: disable=g-import-not-at-top
+  return registry.DATASETS.get(name)
+
+
+def cmd_embed_captions(args, overrides):
+  """Encodes every caption once with the config's text encoder (a cache for training)."""
+  from jaxgen import conditioning  # pylint: disable=g-import-not-at-top
+  from jaxgen.data import caption_embeddings, datasets  # pylint: disable=g-import-not-at-top
+  config = _load_config(args, overrides)
+  if not conditioning.uses_text(config):
+    raise config_lib.ConfigError(f"{args.config} sets no config.text.encoder: nothing to "
+                                 "embed the captions with.")
+  enc = conditioning.load_text_encoder(config.text)
+  spec = datasets.get_dataset(config.data)
+  t0 = time.time()
+  entries = caption_embeddings.embed_captions(spec, config.data, enc, args.out,
+                                              args.splits.split(","))
+  for split, e in entries.items():
+    print(f"{split}: {e['num_examples']} examples, {e['num_unique']} distinct captions")
+  print(f"Embedded with {enc!r} in {time.time() - t0:.0f}s into {args.out}; train with "
+        f"--config.data.embeddings_dir={args.out}")
 
 
 def _print_figures(result, json_out=None):
@@ -174,6 +267,8 @@ def cmd_eval(args, overrides):
   from jaxgen.paradigms import tokens  # pylint: disable=g-import-not-at-top
   if args.linear_probe:
     return cmd_linear_probe(args, overrides)
+  if args.prompt_following:
+    return cmd_prompt_following(args, overrides)
   if args.samples is None:
     return cmd_eval_tokenizer(args, overrides)
   config = _load_config(args, overrides)
@@ -212,6 +307,64 @@ def cmd_data(args, overrides):
         f"{config.data.data_dir or datasets.default_data_dir()}")
 
 
+def cmd_recaption(args, overrides):
+  """Runs a captioner over a dataset's splits; writes <out>/<split>.jsonl + meta.json."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  from jaxgen import registry  # pylint: disable=g-import-not-at-top
+  from jaxgen.data import captions, datasets  # pylint: disable=g-import-not-at-top
+  if overrides:
+    raise config_lib.ConfigError(
+        "`jaxgen recaption` takes no --config.* overrides; use --data-dir / --source-dir.")
+  cls = registry.DATASETS.get(args.data)
+  data_cfg = ml_collections.ConfigDict(dict(
+      name=getattr(cls, "image_dataset", args.data), data_dir=args.data_dir,
+      source_dir=args.source_dir))
+  spec = datasets.get_dataset(data_cfg)
+  if args.captioner:
+    try:
+      captioner = captions.load_captioner(args.captioner)
+    except ValueError as e:
+      raise config_lib.ConfigError(str(e)) from None
+    name = args.captioner
+  elif hasattr(cls, "make_captioner"):
+    captioner = cls.make_captioner(args.seed, data_cfg, args.classifier_dir)
+    name = getattr(captioner, "name", type(captioner).__name__)
+  else:
+    raise config_lib.ConfigError(f"{args.data} has no built-in captioner; pass "
+                                 "--captioner module:attr (any (images, indices) -> "
+                                 "list of str callable).")
+  t0 = time.time()
+  shown = []
+  for split in args.splits.split(","):
+    source = spec.source(split)
+    n, written = len(source), []
+    with tqdm(total=n, desc=f"recaption {split}", unit="img") as bar:
+      for start in range(0, n, args.batch):
+        indices = np.arange(start, min(n, start + args.batch))
+        examples = source.__getitems__(indices.tolist()) if hasattr(
+            source, "__getitems__") else [source[int(i)] for i in indices]
+        batch = captioner(np.stack([e["image"] for e in examples]), indices)
+        if len(batch) != len(indices):
+          raise ValueError(f"Captioner {name!r} returned {len(batch)} captions for "
+                           f"{len(indices)} images.")
+        written.extend(batch)
+        shown += [(split, int(i), int(e["label"]), c) for i, e, c in
+                  zip(indices, examples, batch)][:max(0, args.show - len(shown))]
+        bar.update(len(indices))
+    path = captions.write_captions(args.out, split, written, captioner=name, seed=args.seed,
+                                   dataset=args.data,
+                                   fingerprint=captions.split_fingerprint(source))
+    print(f"{split}: {n} captions -> {path}")
+  print(f"Recaptioned in {time.time() - t0:.0f}s with {name} (seed {args.seed}). Examples:")
+  for split, i, label, caption in shown:
+    print(f"  {split}[{i}] ({captions.short_caption(label, spec.class_names)}): {caption}")
+  print(f"Train on them with config.data.name={args.data!r}, config.data.captions_dir="
+        f"{args.out!r} and config.data.pp starting with choose_caption(r), r = "
+        "config.data.detailed_ratio.")
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="jaxgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -233,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--solver", default=None, help="ODE solver: euler | heun | midpoint")
   s.add_argument("--shift", type=float, default=None, help="time-grid shift (1 = none)")
   s.add_argument("--label", type=int, default=None, help="one class for all samples")
+  s.add_argument("--prompt", default=None,
+                 help="text-to-image runs: one prompt for all --num samples")
+  s.add_argument("--prompts", default=None,
+                 help="text-to-image runs: a file of prompts, one per line (cycled to --num)")
   s.add_argument("--params", choices=("ema", "raw"), default="ema")
   s.add_argument("--batch-size", type=int, default=None)
   s.add_argument("--out", default=None, help="output .npz (a .png grid is written beside)")
@@ -260,8 +417,22 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--linear-probe", action="store_true",
                  help="MAGE runs: fit a linear classifier on the frozen encoder features "
                       "of the train split (nothing masked) and report test accuracy")
+  e.add_argument("--prompt-following", type=int, default=0, metavar="N",
+                 help="text-to-image runs: sample N held-out prompts (captions.make_prompts)"
+                      " and report class and attribute accuracy")
+  e.add_argument("--seed", type=int, default=0, help="--prompt-following: prompts and noise")
+  e.add_argument("--cfg-scale", type=float, default=None,
+                 help="--prompt-following: guidance scale (default: the config's)")
   e.add_argument("--json-out", default=None)
   e.set_defaults(fn=cmd_eval)
+
+  m = sub.add_parser("embed-captions",
+                     help="encode every caption once with the config's frozen text encoder "
+                          "(cache for text-to-image training)")
+  m.add_argument("--config", required=True, help="the text-to-image experiment's config")
+  m.add_argument("--out", required=True, help="cache directory (config.data.embeddings_dir)")
+  m.add_argument("--splits", default="train,test", help="comma-separated splits")
+  m.set_defaults(fn=cmd_embed_captions, workdir=None)
 
   i = sub.add_parser("info", help="parameter count and forward GFLOPs, nothing allocated")
   i.add_argument("--config", required=True)
@@ -278,6 +449,25 @@ def build_parser() -> argparse.ArgumentParser:
   k.add_argument("--scale-examples", type=int, default=2000,
                  help="KL-VAE: train images used to fit the latent scale factor")
   k.set_defaults(fn=cmd_tokenize, config=None)
+
+  r = sub.add_parser("recaption", help="caption a dataset with a captioner (DALL-E 3 style) "
+                                       "and write the captions beside it")
+  r.add_argument("--data", default="fashion_mnist_captions", help="registered dataset")
+  r.add_argument("--out", required=True,
+                 help="captions directory (<split>.jsonl + meta.json); the config's "
+                      "data.captions_dir")
+  r.add_argument("--captioner", default="",
+                 help="module:attr of a captioner, (images uint8 NHWC, indices) -> list "
+                      "of str, or a class making one; default: the dataset's own")
+  r.add_argument("--seed", type=int, default=0, help="same seed, same captions")
+  r.add_argument("--splits", default="train,test", help="comma-separated splits")
+  r.add_argument("--batch", type=int, default=1000, help="images per captioner call")
+  r.add_argument("--show", type=int, default=10, help="example captions to print")
+  r.add_argument("--data-dir", default="", help="prepared TFDS data; default as in configs")
+  r.add_argument("--source-dir", default="", help="raw files (IDX for Fashion-MNIST)")
+  r.add_argument("--classifier-dir", default="",
+                 help="cache of jaxgen's dataset classifiers (built-in captioner)")
+  r.set_defaults(fn=cmd_recaption)
 
   d = sub.add_parser("data", help="prepare a config's dataset and print its splits")
   d.add_argument("--config", required=True)

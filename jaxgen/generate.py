@@ -48,13 +48,18 @@ def load_run(workdir: str, overrides=(), step: Optional[int] = None, devices=Non
 
 
 def generate(exp, params, *, num: int, seed: int, labels: Optional[np.ndarray] = None,
-             batch_size: int = 500, progress: bool = True, **sample_kwargs):
+             batch_size: int = 500, progress: bool = True, prompts=None, **sample_kwargs):
   """``num`` samples as uint8 NHWC and their labels; deterministic in ``seed``.
 
   Labels default to a balanced cycle over the classes. Chunk ``i`` uses the key
   ``fold_in(PRNGKey(seed), i)``, so the same seed and batch size give the same samples.
+  ``prompts`` (text-conditioned runs): one prompt per sample, encoded with the run's
+  text encoder; the returned labels are then ``labels`` or, if None, the null label.
   """
   nc = exp.paradigm.num_classes
+  if prompts is not None:
+    return _generate_text(exp, params, num=num, seed=seed, labels=labels, prompts=prompts,
+                          batch_size=batch_size, progress=progress, **sample_kwargs)
   labels = loop.grid_labels(num, nc) if labels is None else np.asarray(labels, np.int32)
   if len(labels) != num:
     raise ValueError(f"{len(labels)} labels for {num} samples.")
@@ -76,12 +81,57 @@ def generate(exp, params, *, num: int, seed: int, labels: Optional[np.ndarray] =
   return np.concatenate(out), labels
 
 
+def _generate_text(exp, params, *, num, seed, labels, prompts, batch_size, progress,
+                   **sample_kwargs):
+  """`generate` for a text-conditioned run: the prompts are encoded once, then sampled
+  in chunks of ``batch_size`` (the last one padded to keep one compiled shape)."""
+  cond_fn = exp.paradigm.conditioner
+  if getattr(cond_fn, "kind", "label") != "text":
+    raise ValueError("Prompts given, but this run is not text-conditioned (no "
+                     "config.text.encoder); sample it with labels.")
+  prompts = list(prompts)
+  if len(prompts) != num:
+    raise ValueError(f"{len(prompts)} prompts for {num} samples.")
+  nc = exp.paradigm.num_classes
+  labels = np.full(num, nc, np.int32) if labels is None else np.asarray(labels, np.int32)
+  cond = cond_fn.encode(prompts)
+  batch_size = min(batch_size, num)
+  fn = jax.jit(lambda p, r, c: exp.paradigm.sample(p, r, c, **sample_kwargs))
+  key = jax.random.PRNGKey(seed)
+  out = []
+  chunks = range(0, num, batch_size)
+  for i, start in enumerate(tqdm(chunks, desc="sample", unit="batch", disable=not progress)):
+    c = {k: v[start:start + batch_size] for k, v in cond.items()}
+    n = len(c["text_pooled"])
+    if n < batch_size:
+      c = {k: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)]) for k, v in c.items()}
+    with mesh_lib.activate(exp.mesh):
+      x = fn(params, jax.random.fold_in(key, i), jax.tree.map(jnp.asarray, c))
+    out.append(images_lib.to_uint8(mesh_lib.to_host(x))[:n])
+  return np.concatenate(out), labels
+
+
+def read_prompts(path: str):
+  """Prompts from a text file, one per line (blank lines = the null text "")."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Prompts file {path} does not exist.")
+  with open(path, encoding="utf-8") as f:
+    prompts = [line.rstrip("\n") for line in f]
+  while prompts and not prompts[-1].strip():
+    prompts.pop()
+  if not prompts:
+    raise ValueError(f"{path} holds no prompts (one per line).")
+  return prompts
+
+
 def save_samples(path: str, images_uint8: np.ndarray, labels: np.ndarray,
-                 grid: int = 100, ncols: Optional[int] = None) -> str:
-  """Writes ``path`` (.npz: arr_0 uint8 NHWC, labels) and a PNG grid beside it."""
+                 grid: int = 100, ncols: Optional[int] = None, prompts=None) -> str:
+  """Writes ``path`` (.npz: arr_0 uint8 NHWC, labels, and ``prompts`` (str array) for
+  text-conditioned samples) and a PNG grid beside it."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp.npz"
-  np.savez(tmp, arr_0=images_uint8, labels=labels)
+  extra = {} if prompts is None else {"prompts": np.asarray(list(prompts), dtype=str)}
+  np.savez(tmp, arr_0=images_uint8, labels=labels, **extra)
   os.replace(tmp, path)
   png = os.path.splitext(path)[0] + ".png"
   images_lib.save_grid(png, images_uint8[:grid], ncols=ncols)

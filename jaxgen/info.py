@@ -31,7 +31,8 @@ def model_info(config, batch: int = 1) -> Dict[str, Any]:
   if getattr(module, "scan_blocks", False):
     # XLA's cost analysis counts a scanned body once; count the unrolled network.
     module = module.clone(scan_blocks=False)
-  inputs = tuple(jnp.zeros((batch,) + x.shape[1:], x.dtype) for x in summary["inputs"])
+  inputs = jax.tree.map(lambda x: jnp.zeros((batch,) + x.shape[1:], x.dtype),
+                        tuple(summary["inputs"]))  # a condition may be a dict (text)
   abstract = jax.eval_shape(lambda: nn.meta.unbox(module.init(jax.random.PRNGKey(0), *inputs)))
   params = abstract["params"]
   n = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -64,17 +64,22 @@ _REGISTERING_MODULES = (
     "jaxgen.models.token_transformer",
     "jaxgen.models.mage",
     "jaxgen.models.ar_transformer",
+    "jaxgen.models.var",
     "jaxgen.models.text_encoders",
     "jaxgen.paradigms.flow",
     "jaxgen.paradigms.maskgit",
     "jaxgen.paradigms.mage",
     "jaxgen.paradigms.autoregressive",
+    "jaxgen.paradigms.var",
     "jaxgen.paradigms.tokenizer",
     "jaxgen.paradigms.gan",
     "jaxgen.tokenizers.models",
     "jaxgen.tokenizers.precompute",
     "jaxgen.data.preprocess",
     "jaxgen.data.datasets",
+    "jaxgen.data.captions",
+    "jaxgen.data.caption_embeddings",
+    "jaxgen.conditioning",
 )
 _imported = False
 

@@ -58,3 +58,26 @@ def vq_run(fake_fmnist_dir, data_dir, tmp_path_factory):
                               out_dir=codes, splits=["train", "test"], batch_size=64,
                               progress=False)
   return wd, codes
+
+
+@pytest.fixture(scope="session")
+def msvq_run(fake_fmnist_dir, data_dir, tmp_path_factory):
+  """A tiny multi-scale VQ tokenizer trained for 2 steps (f4: scales 1,2,3,4,6,8 of 32
+  codes, 8 channels) and its codes of both splits: ``(tokenizer_workdir, codes_dir)``.
+  VAR's tests train on it."""
+  from helpers import tiny_tokenizer_config
+  from jaxgen.data import datasets
+  from jaxgen.tokenizers import base, precompute
+  from jaxgen.train import loop
+  root = tmp_path_factory.mktemp("msvq_run")
+  config = tiny_tokenizer_config(fake_fmnist_dir, data_dir, "msvq", gan=False, num_steps=2)
+  config.model.channel_mult = (1, 2, 2)
+  config.model.scales = (1, 2, 3, 4, 6, 8)
+  wd = str(root / "tokenizer")
+  loop.train(config, wd, jax.devices()[:1], progress=False)
+  tok = base.Tokenizer.from_workdir(wd)
+  codes = str(root / "codes")
+  precompute.tokenize_dataset(tok, datasets.get_dataset(config.data), pp=config.data.pp,
+                              out_dir=codes, splits=["train", "test"], batch_size=64,
+                              progress=False)
+  return wd, codes

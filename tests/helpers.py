@@ -101,15 +101,22 @@ def tiny_token_config(paradigm, codes_dir, grid=(8, 8), codebook_size=32,
   c.data.data_dir = codes_dir
   c.eval.classifier_dir = classifier_dir
   c.model.variant = None
-  c.model.grid_size = tuple(grid)
+  if paradigm == "var":  # ``grid`` is the scale schedule (conftest.msvq_run's)
+    c.model.scales = tuple(grid) if grid != (8, 8) else (1, 2, 3, 4, 6, 8)
+    c.model.code_dim = 8
+  else:
+    c.model.grid_size = tuple(grid)
   c.model.codebook_size = codebook_size
   sizes = dict(depth=2, hidden_size=32, num_heads=2)
   if paradigm in ("maskgit", "autoregressive"):
     sizes.update(mlp_dim=64)
+  elif paradigm == "var":
+    sizes.update(drop_path_rate=0.0)
   else:
     sizes.update(decoder_depth=1, decoder_hidden_size=32, decoder_num_heads=2)
   c.model.update(sizes)
-  c.model.dropout = 0.0
+  if paradigm != "var":
+    c.model.dropout = 0.0
   c.train.batch_size = 8
   c.train.num_steps = 4
   c.train.log_every = 2

@@ -116,6 +116,7 @@ class DatasetSpec:
   class_names: Sequence[str]
   splits: Dict[str, int]              # split -> number of examples
   source: Callable[[str], object]     # split -> random-access data source (grain)
+  has_captions: bool = False          # examples carry caption_short / caption_detailed
 
 
 def prepare_builder(builder: tfds.core.DatasetBuilder) -> None:

@@ -4,6 +4,20 @@ Patchify -> fixed 2-D sin-cos positions -> N adaLN-Zero blocks conditioned on
 timestep + class embeddings -> adaLN final layer -> unpatchify. The class table has
 one extra row, the null class (label == num_classes), for classifier-free guidance.
 Named sizes ``S/B/L/XL`` with patch ``2/4/8``: e.g. ``DiT(**dit_variant("XL/2"))``.
+
+Text conditioning (``text_conditioning``; the condition is then the dict of
+`jaxgen.conditioning`: ``text_tokens`` (B, L, Dt), ``text_mask`` (B, L), ``text_pooled``
+(B, Dt)). In both variants the pooled text goes through an MLP into the adaLN
+condition, added to the timestep embedding (SD3), and the tokens through PixArt's
+caption projection (Linear, GELU-tanh, Linear) to the model width:
+
+* ``"cross_attention"`` (PixArt-alpha): each block adds a cross-attention sub-layer from
+  the image tokens to the projected text tokens (`layers.AdaLNBlock`), padding masked.
+* ``"joint"`` (MMDiT, SD3): each `JointBlock` keeps two streams, text and image, with
+  their own adaLN modulation, qkv/output projections and MLPs, and one attention over
+  the concatenated [text; image] sequence (text padding masked as keys). Simplified
+  from SD3: no QK-norm, the last block keeps its (then unused) text MLP, and the text
+  tokens carry the encoder's own positions (no added position embedding).
 """
 
 from __future__ import annotations
@@ -36,43 +50,80 @@ def dit_variant(variant: str) -> dict:
                      f"{', '.join(k + '/' + p for k in SIZES for p in '248')}.") from None
 
 
-class DiTBlock(nn.Module):
-  """Transformer block with adaLN-Zero conditioning (identity at initialisation)."""
+# DiT's block is the shared adaLN block with its defaults (adaLN-Zero).
+DiTBlock = layers.AdaLNBlock
+
+
+TEXT_CONDITIONINGS = ("none", "cross_attention", "joint")
+
+
+class JointBlock(nn.Module):
+  """MMDiT block (SD3): text and image streams, each with its own adaLN-Zero
+  modulation, qkv and output projections and MLP, attending jointly over
+  [text; image]. ``txt_mask`` (B, Lt) masks text padding as keys."""
   hidden_size: int
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: jnp.dtype = jnp.float32
   attn_impl: str = "xla"
 
-  @nn.compact
-  def __call__(self, x_bld, c_bd):
+  def _stream_in(self, x_bld, c_bd, prefix):
     mod = layers.Dense(6 * self.hidden_size, ("embed", "mlp"), kernel_init=layers.zeros,
-                       dtype=self.dtype, name="adaLN_modulation")(nn.silu(c_bd))
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, -1)
-    h = layers.modulate(layers.LayerNorm(affine=False, name="norm1")(x_bld),
-                        shift_msa, scale_msa)
-    x_bld = x_bld + gate_msa[:, None] * layers.Attention(
-        self.num_heads, impl=self.attn_impl, dtype=self.dtype, name="attn")(h)
-    h = layers.modulate(layers.LayerNorm(affine=False, name="norm2")(x_bld),
+                       dtype=self.dtype, name=f"{prefix}_adaLN_modulation")(nn.silu(c_bd))
+    chunks = jnp.split(mod, 6, -1)
+    h = layers.modulate(layers.LayerNorm(affine=False, name=f"{prefix}_norm1")(x_bld),
+                        chunks[0], chunks[1])
+    qkv = layers.Dense(3 * self.hidden_size, ("embed", "qkv"), dtype=self.dtype,
+                       name=f"{prefix}_qkv")(h)
+    return qkv, chunks
+
+  def _stream_out(self, x_bld, attn_bld, chunks, prefix):
+    _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = chunks
+    h = layers.Dense(self.hidden_size, ("qkv", "embed"), dtype=self.dtype,
+                     name=f"{prefix}_proj")(attn_bld)
+    x_bld = x_bld + gate_msa[:, None] * h
+    h = layers.modulate(layers.LayerNorm(affine=False, name=f"{prefix}_norm2")(x_bld),
                         shift_mlp, scale_mlp)
-    x_bld = x_bld + gate_mlp[:, None] * layers.Mlp(
-        int(self.hidden_size * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
-    return layers.constrain(x_bld, ("batch", "length", "act_embed"))
+    h = layers.Mlp(int(self.hidden_size * self.mlp_ratio), dtype=self.dtype,
+                   name=f"{prefix}_mlp")(h)
+    return x_bld + gate_mlp[:, None] * h
+
+  @nn.compact
+  def __call__(self, x_bld, txt_bld, c_bd, txt_mask_bl):
+    b, lx, d = x_bld.shape
+    lt = txt_bld.shape[1]
+    hd = d // self.num_heads
+    qkv_x, mod_x = self._stream_in(x_bld, c_bd, "x")
+    qkv_t, mod_t = self._stream_in(txt_bld, c_bd, "txt")
+    qkv = jnp.concatenate([qkv_t, qkv_x], axis=1).reshape(b, lt + lx, 3, self.num_heads, hd)
+    keys = jnp.concatenate([txt_mask_bl.astype(bool), jnp.ones((b, lx), bool)], axis=1)
+    out = layers.attention_core(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                                keys[:, None, None, :], self.attn_impl)
+    out = out.reshape(b, lt + lx, d)
+    x_bld = self._stream_out(x_bld, out[:, lt:], mod_x, "x")
+    txt_bld = self._stream_out(txt_bld, out[:, :lt], mod_t, "txt")
+    x_bld = layers.constrain(x_bld, ("batch", "length", "act_embed"))
+    return x_bld, txt_bld
 
 
 class _ScanBlock(nn.Module):
-  """DiTBlock with the (carry, x) -> (carry, y) signature nn.scan needs."""
+  """A block with the (carry, x) -> (carry, y) signature nn.scan needs; the carry is
+  the image tokens (and the text tokens for joint blocks)."""
   hidden_size: int
   num_heads: int
   mlp_ratio: float
   dtype: jnp.dtype
   attn_impl: str
+  text_conditioning: str = "none"
 
   @nn.compact
-  def __call__(self, x_bld, c_bd):
-    x_bld = DiTBlock(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype,
-                     self.attn_impl, name="block")(x_bld, c_bd)
-    return x_bld, None
+  def __call__(self, carry, c_bd, ctx_bld=None, ctx_mask_bl=None):
+    args = (self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.attn_impl)
+    if self.text_conditioning == "joint":
+      return JointBlock(*args, name="block")(*carry, c_bd, ctx_mask_bl), None
+    block = DiTBlock(*args, cross_attention=self.text_conditioning == "cross_attention",
+                     name="block")
+    return block(carry, c_bd, context_bld=ctx_bld, context_mask_bl=ctx_mask_bl), None
 
 
 class FinalLayer(nn.Module):
@@ -103,6 +154,8 @@ class DiT(nn.Module):
     scan_blocks: run the blocks with ``nn.scan`` (constant compile time in depth).
     remat: rematerialise each block in the backward pass (saves activation memory).
     attn_impl: "xla" (einsums; fastest on CPU/TPU) or "cudnn" (fused, NVIDIA GPUs).
+    text_conditioning: "none" (class labels), "cross_attention" (PixArt-alpha) or
+      "joint" (MMDiT); see the module docstring. With text, ``y`` is the condition dict.
   """
   input_size: int = 32
   in_channels: int = 4
@@ -116,6 +169,7 @@ class DiT(nn.Module):
   scan_blocks: bool = False
   remat: bool = False
   attn_impl: str = "xla"
+  text_conditioning: str = "none"
   dtype: jnp.dtype = jnp.float32
 
   @property
@@ -141,15 +195,38 @@ class DiT(nn.Module):
                              ("batch", "length", "act_embed"))
     t_bd = layers.TimestepEmbedder(self.hidden_size, dtype=self.dtype,
                                    name="t_embedder")(t_b)
-    y_bd = layers.LabelEmbedder(self.num_classes, self.hidden_size,
-                                name="y_embedder")(y_b).astype(self.dtype)
+    ctx = ctx_mask = None
+    if self.text_conditioning == "none":
+      if isinstance(y_b, dict):
+        y_b = y_b["label"]
+      y_bd = layers.LabelEmbedder(self.num_classes, self.hidden_size,
+                                  name="y_embedder")(y_b).astype(self.dtype)
+    else:
+      if self.text_conditioning not in TEXT_CONDITIONINGS:
+        raise ValueError(f"DiT: text_conditioning={self.text_conditioning!r}; use one of "
+                         f"{', '.join(TEXT_CONDITIONINGS)}.")
+      if not isinstance(y_b, dict) or "text_tokens" not in y_b:
+        raise ValueError("A text-conditioned DiT takes the condition dict (text_tokens, "
+                         "text_mask, text_pooled) as y, not labels.")
+      y_bd = self._pooled_embedding(y_b["text_pooled"])
+      ctx = layers.Mlp(self.hidden_size, self.hidden_size, dtype=self.dtype,
+                       name="caption_projection")(y_b["text_tokens"].astype(self.dtype))
+      ctx_mask = y_b["text_mask"].astype(bool)
     c_bd = t_bd + y_bd
-    x_bld = self._blocks(x_bld, c_bd)
+    x_bld = self._blocks(x_bld, c_bd, ctx, ctx_mask)
     out = FinalLayer(p, self.out_channels, dtype=self.dtype, name="final_layer")(x_bld, c_bd)
     return unpatchify(out, h // p, w // p, p, self.out_channels).astype(jnp.float32)
 
-  def _blocks(self, x_bld, c_bd):
+  def _pooled_embedding(self, pooled_bd):
+    """Pooled text -> adaLN condition: Linear, SiLU, Linear (SD3's pooled projection)."""
+    h = layers.Dense(self.hidden_size, ("embed_in", "embed"), dtype=self.dtype,
+                     name="pooled_embedder_in")(pooled_bd.astype(self.dtype))
+    return layers.Dense(self.hidden_size, ("embed", "embed_out"), dtype=self.dtype,
+                        name="pooled_embedder_out")(nn.silu(h))
+
+  def _blocks(self, x_bld, c_bd, ctx_bld=None, ctx_mask_bl=None):
     args = (self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.attn_impl)
+    joint = self.text_conditioning == "joint"
     if self.scan_blocks:
       block = _ScanBlock
       if self.remat:
@@ -157,11 +234,25 @@ class DiT(nn.Module):
       scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=nn.broadcast, length=self.depth,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-      x_bld, _ = scanned(*args, name="blocks")(x_bld, c_bd)
+      carry = (x_bld, ctx_bld) if joint else x_bld
+      extra = () if self.text_conditioning == "none" else (ctx_bld, ctx_mask_bl)
+      carry, _ = scanned(*args, self.text_conditioning, name="blocks")(carry, c_bd, *extra)
+      return carry[0] if joint else carry
+    if joint:
+      block = nn.remat(JointBlock) if self.remat else JointBlock
+      for i in range(self.depth):
+        x_bld, ctx_bld = block(*args, name=f"blocks_{i}")(x_bld, ctx_bld, c_bd, ctx_mask_bl)
       return x_bld
-    block = nn.remat(DiTBlock) if self.remat else DiTBlock
+    cross = self.text_conditioning == "cross_attention"
+    # `train` (argument 4, counting the module) stays a Python bool under remat.
+    block = (nn.remat(DiTBlock, static_argnums=(4,) if cross else ()) if self.remat
+             else DiTBlock)
     for i in range(self.depth):
-      x_bld = block(*args, name=f"blocks_{i}")(x_bld, c_bd)
+      if cross:
+        x_bld = block(*args, cross_attention=True, name=f"blocks_{i}")(
+            x_bld, c_bd, None, False, None, ctx_bld, ctx_mask_bl)
+      else:
+        x_bld = block(*args, name=f"blocks_{i}")(x_bld, c_bd)
     return x_bld
 
 
@@ -180,7 +271,7 @@ def build_dit(cfg: ml_collections.ConfigDict, *, image_shape, num_classes: int,
   explicit fields override it) for inputs of ``image_shape`` = (H, W, C)."""
   kw = dit_variant(cfg.variant) if cfg.get("variant") else {}
   for key in ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio",
-              "learn_sigma", "scan_blocks", "remat", "attn_impl"):
+              "learn_sigma", "scan_blocks", "remat", "attn_impl", "text_conditioning"):
     if cfg.get(key) is not None:
       kw[key] = cfg[key]
   h, w, c = image_shape

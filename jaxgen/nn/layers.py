@@ -151,8 +151,10 @@ class LabelEmbedder(nn.Module):
     return jnp.take(table, labels_b, axis=0)
 
 
-def attention_core(q_blhk, k_blhk, v_blhk, mask=None, impl: str = "xla"):
-  """softmax(q k^T / sqrt(d)) v over (batch, length, heads, head_dim) inputs.
+def attention_core(q_blhk, k_blhk, v_blhk, mask=None, impl: str = "xla",
+                   scale: Optional[float] = None):
+  """softmax(scale * q k^T) v over (batch, length, heads, head_dim) inputs; ``scale``
+  defaults to 1 / sqrt(head_dim).
 
   ``impl="xla"``: explicit einsums with heads moved next to batch, which XLA's CPU
   backend runs about twice as fast as ``jax.nn.dot_product_attention`` (measured in
@@ -161,9 +163,9 @@ def attention_core(q_blhk, k_blhk, v_blhk, mask=None, impl: str = "xla"):
   """
   if impl != "xla":
     return jax.nn.dot_product_attention(
-        q_blhk, k_blhk, v_blhk, mask=mask,
+        q_blhk, k_blhk, v_blhk, mask=mask, scale=scale,
         implementation="cudnn" if impl == "cudnn" else None)
-  scale = 1.0 / math.sqrt(q_blhk.shape[-1])
+  scale = 1.0 / math.sqrt(q_blhk.shape[-1]) if scale is None else scale
   q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q_blhk, k_blhk, v_blhk))  # b h l k
   logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(scale, q.dtype), k)
   if mask is not None:
@@ -220,10 +222,12 @@ def check_cache_room(index, length: int, max_len: int) -> None:
                      f"of {max_len} positions (would end at {start + length}).")
 
 
-def update_kv_cache(cache, k_blhk, v_blhk):
+def update_kv_cache(cache, k_blhk, v_blhk, causal: bool = True):
   """Writes new keys/values at ``cache["index"]``; returns ``(k_all, v_all, mask,
   new_cache)`` where ``mask`` (1, 1, l, max_len) lets query ``index + i`` attend to
-  cache positions ``<= index + i`` (unwritten positions are never attended)."""
+  cache positions ``<= index + i`` (``causal``), or to every position written so far,
+  the ``l`` new ones included (``causal=False``: a block of positions that see each
+  other, as VAR's scales do). Unwritten positions are never attended."""
   max_len, l = cache["k"].shape[1], k_blhk.shape[1]
   index = cache["index"]
   check_cache_room(index, l, max_len)
@@ -231,7 +235,8 @@ def update_kv_cache(cache, k_blhk, v_blhk):
   at = (zero, index, zero, zero)
   k_all = jax.lax.dynamic_update_slice(cache["k"], k_blhk.astype(cache["k"].dtype), at)
   v_all = jax.lax.dynamic_update_slice(cache["v"], v_blhk.astype(cache["v"].dtype), at)
-  q_pos = index + jnp.arange(l, dtype=jnp.int32)
+  q_pos = index + (jnp.arange(l, dtype=jnp.int32) if causal
+                   else jnp.full((l,), l - 1, jnp.int32))
   mask = (jnp.arange(max_len, dtype=jnp.int32)[None, :] <= q_pos[:, None])[None, None]
   return k_all, v_all, mask, {"k": k_all, "v": v_all, "index": index + l}
 
@@ -240,15 +245,25 @@ class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection.
 
   ``mask`` is boolean, broadcastable to (batch, heads, q_len, kv_len), True = attend.
-  ``cache`` (optional, from ``init_kv_cache``): causal attention of the ``l`` new
-  positions over everything written so far; the new keys/values are written at
-  ``cache["index"]`` and the call returns ``(out, new_cache)`` instead of ``out``. A
-  given ``mask`` is then combined (AND) with the causal cache mask over (q_len, max_len).
+  ``cache`` (optional, from ``init_kv_cache``): attention of the ``l`` new positions
+  over everything written so far, causal among them (``cache_causal``) or not; the new
+  keys/values are written at ``cache["index"]`` and the call returns ``(out,
+  new_cache)`` instead of ``out``. A given ``mask`` is then combined (AND) with the
+  cache mask over (q_len, max_len).
+
+  Options of VAR's attention (Tian et al. 2024): ``k_bias=False`` keeps biases on q and
+  v only; ``qk_l2_norm=True`` l2-normalises q and k per head and scales the logits by a
+  learned per-head ``exp(min(log_scale, log 100))`` (initialised to 4) instead of
+  ``1 / sqrt(head_dim)``.
   """
   num_heads: int
   qkv_bias: bool = True
   out_init: nn.initializers.Initializer = xavier
   impl: str = "xla"
+  k_bias: bool = True
+  qk_l2_norm: bool = False
+  cache_causal: bool = True
+  kernel_init: nn.initializers.Initializer = xavier
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -257,16 +272,29 @@ class Attention(nn.Module):
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
     head_dim = d // self.num_heads
-    qkv = Dense(3 * d, ("embed", "qkv"), use_bias=self.qkv_bias, dtype=self.dtype,
-                name="qkv")(x_bld)
+    fused_bias = self.qkv_bias and self.k_bias
+    qkv = Dense(3 * d, ("embed", "qkv"), use_bias=fused_bias, kernel_init=self.kernel_init,
+                dtype=self.dtype, name="qkv")(x_bld)
+    if self.qkv_bias and not self.k_bias:
+      init = nn.with_logical_partitioning(zeros, ("qkv",))
+      q_bias, v_bias = self.param("q_bias", init, (d,)), self.param("v_bias", init, (d,))
+      qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
     qkv_blthk = qkv.reshape(b, l, 3, self.num_heads, head_dim)
     q, k, v = (qkv_blthk[:, :, i] for i in range(3))
+    scale = None
+    if self.qk_l2_norm:
+      log_scale = self.param("log_scale", nn.with_logical_partitioning(
+          nn.initializers.constant(math.log(4.0)), ("heads",)), (self.num_heads,))
+      mul = jnp.exp(jnp.minimum(log_scale, math.log(100.0)))
+      q = _l2_normalize(q) * mul[:, None].astype(q.dtype)
+      k = _l2_normalize(k)
+      scale = 1.0
     q = constrain(q, ("batch", "length", "act_heads", "kv"))
     if cache is not None:
-      k, v, cache_mask, cache = update_kv_cache(cache, k, v)
+      k, v, cache_mask, cache = update_kv_cache(cache, k, v, self.cache_causal)
       mask = cache_mask if mask is None else jnp.logical_and(mask, cache_mask)
       q = q.astype(k.dtype)
-    out_blhk = attention_core(q, k, v, mask, self.impl)
+    out_blhk = attention_core(q, k, v, mask, self.impl, scale)
     out = out_blhk.reshape(b, l, d)
     out = Dense(d, ("qkv", "embed"), kernel_init=self.out_init, dtype=self.dtype,
                 name="proj")(out)
@@ -275,6 +303,39 @@ class Attention(nn.Module):
     # An overflowing write (index traced past the static checks) poisons the output.
     out = jnp.where(cache["index"] <= cache["k"].shape[1], out, jnp.nan)
     return out, cache
+
+
+class CrossAttention(nn.Module):
+  """Multi-head attention of queries ``x`` (B, L, D) to a ``context`` (B, Lc, Dc):
+  q from x, fused k/v from the context; ``context_mask`` (B, Lc) bool, True = attend
+  (text padding is never attended). The output projection is zero-initialised (the
+  branch starts switched off, as adaLN-Zero does for the others)."""
+  num_heads: int
+  impl: str = "xla"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_bld, context_bcd, context_mask_bc=None):
+    b, l, d = x_bld.shape
+    if d % self.num_heads:
+      raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
+    hd = d // self.num_heads
+    q = Dense(d, ("embed", "qkv"), dtype=self.dtype, name="q")(x_bld)
+    kv = Dense(2 * d, ("embed", "qkv"), dtype=self.dtype, name="kv")(
+        context_bcd.astype(self.dtype))
+    q = q.reshape(b, l, self.num_heads, hd)
+    kv = kv.reshape(b, kv.shape[1], 2, self.num_heads, hd)
+    mask = None if context_mask_bc is None else context_mask_bc[:, None, None, :]
+    out = attention_core(q, kv[:, :, 0], kv[:, :, 1], mask, self.impl).reshape(b, l, d)
+    return Dense(d, ("qkv", "embed"), kernel_init=zeros, dtype=self.dtype,
+                 name="proj")(out)
+
+
+def _l2_normalize(x, eps: float = 1e-12):
+  """x / max(|x|, eps) over the last axis (PyTorch's F.normalize)."""
+  x32 = x.astype(jnp.float32)
+  norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True))
+  return (x32 / jnp.maximum(norm, eps)).astype(x.dtype)
 
 
 class Mlp(nn.Module):
@@ -391,6 +452,91 @@ class Transformer(nn.Module):
         new_cache.append(c)
     x_bld = LayerNorm(name="norm")(x_bld)
     return x_bld if cache is None else (x_bld, tuple(new_cache))
+
+
+def drop_path(x_bld, rate: float, module: nn.Module, train: bool):
+  """Stochastic depth: zeroes a residual branch per example with probability ``rate``
+  (and rescales the rest by 1 / (1 - rate)) in training; identity otherwise. Draws
+  from the module's "dropout" rng."""
+  if not train or rate <= 0.0:
+    return x_bld
+  keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate,
+                              (x_bld.shape[0],) + (1,) * (x_bld.ndim - 1))
+  return jnp.where(keep, x_bld / (1.0 - rate), jnp.zeros_like(x_bld))
+
+
+def var_modulation_init(gate_gain: float = 1e-5, gain: float = 0.5):
+  """VAR's adaLN init for a (D, 6C) modulation kernel laid out as [shift, scale, gate]
+  x 2: truncated normal with std sqrt(1 / 3C) (VAR's automatic init_std), times
+  ``gain`` (0.5) on shifts/scales and ``gate_gain`` (1e-5) on the gates."""
+
+  def init(key, shape, dtype=jnp.float32):
+    c = shape[-1] // 6
+    std = math.sqrt(1.0 / (3 * c))
+    w = nn.initializers.truncated_normal(std)(key, shape, dtype)
+    gains = jnp.tile(jnp.repeat(jnp.asarray([gain, gain, gate_gain], dtype), c), 2)
+    return w * gains
+
+  return init
+
+
+class AdaLNBlock(nn.Module):
+  """Transformer block conditioned through adaptive LayerNorm (DiT's adaLN-Zero, VAR's
+  AdaLNSelfAttn): from ``c`` (B, D), ``shift, scale, gate`` for the attention and the
+  MLP branch; ``x + gate * branch(LN(x) * (1 + scale) + shift)``.
+
+  ``modulation_init``: "zeros" (adaLN-Zero: identity at initialisation, DiT) or "var"
+  (`var_modulation_init`). ``mask`` / ``cache`` / attention options as in `Attention`
+  (VAR: block-causal mask, q/v-only biases, l2-normalised q/k, non-causal cache
+  blocks); ``drop_path``: stochastic depth on both branches when ``train``. With a
+  cache the call returns ``(x, new_cache)``.
+
+  ``cross_attention=True`` (PixArt-alpha's text conditioning) adds ``x + CrossAttn(LN(x),
+  context)`` between the self-attention and the MLP: image tokens attend to ``context``
+  (B, Lc, D) where ``context_mask`` (B, Lc) is True. PixArt feeds ``x`` un-normalised;
+  we pre-normalise (affine LayerNorm, as Stable Diffusion's transformer blocks do) and
+  zero-initialise the output projection, so the block starts as DiT's.
+  """
+  hidden_size: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Dtype = jnp.float32
+  attn_impl: str = "xla"
+  modulation_init: str = "zeros"
+  k_bias: bool = True
+  qk_l2_norm: bool = False
+  cache_causal: bool = True
+  drop_path: float = 0.0
+  cross_attention: bool = False
+
+  @nn.compact
+  def __call__(self, x_bld, c_bd, mask=None, train: bool = False, cache=None,
+               context_bld=None, context_mask_bl=None):
+    inits = {"zeros": zeros, "var": var_modulation_init()}
+    if self.modulation_init not in inits:
+      raise ValueError(f"modulation_init={self.modulation_init!r}; use one of {sorted(inits)}.")
+    mod = Dense(6 * self.hidden_size, ("embed", "mlp"),
+                kernel_init=inits[self.modulation_init], dtype=self.dtype,
+                name="adaLN_modulation")(nn.silu(c_bd))
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, -1)
+    h = modulate(LayerNorm(affine=False, name="norm1")(x_bld), shift_msa, scale_msa)
+    h = Attention(self.num_heads, impl=self.attn_impl, k_bias=self.k_bias,
+                  qk_l2_norm=self.qk_l2_norm, cache_causal=self.cache_causal,
+                  dtype=self.dtype, name="attn")(h, mask, cache)
+    if cache is not None:
+      h, cache = h
+    x_bld = x_bld + drop_path(gate_msa[:, None] * h, self.drop_path, self, train)
+    if self.cross_attention:
+      if context_bld is None:
+        raise ValueError("AdaLNBlock(cross_attention=True) needs context_bld (text tokens).")
+      x_bld = x_bld + CrossAttention(self.num_heads, impl=self.attn_impl, dtype=self.dtype,
+                                     name="cross_attn")(
+          LayerNorm(name="norm_cross")(x_bld), context_bld, context_mask_bl)
+    h = modulate(LayerNorm(affine=False, name="norm2")(x_bld), shift_mlp, scale_mlp)
+    h = Mlp(int(self.hidden_size * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
+    x_bld = x_bld + drop_path(gate_mlp[:, None] * h, self.drop_path, self, train)
+    x_bld = constrain(x_bld, ("batch", "length", "act_embed"))
+    return x_bld if cache is None else (x_bld, cache)
 
 
 def embedding_table(module: nn.Module, name: str, rows: int, width: int,

@@ -26,6 +26,32 @@ from jaxgen.samplers import autoregressive as decoding
 SAMPLE_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale")
 
 
+def check_sampling_config(s, takes: str) -> None:
+  """``config.sample`` checks shared by the sequential decoders (raster AR, VAR), whose
+  step count the model fixes (``takes``: e.g. "one step per token")."""
+  if "steps" in s:
+    raise ConfigError(f"config.sample.steps={s.steps}: this paradigm takes {takes}; "
+                      "remove the field.")
+  if s.temperature < 0:
+    raise ConfigError(f"config.sample.temperature={s.temperature} must be >= 0.")
+  if s.top_k < 0:
+    raise ConfigError(f"config.sample.top_k={s.top_k} must be >= 0 (0 = off).")
+  if not 0.0 < s.top_p <= 1.0:
+    raise ConfigError(f"config.sample.top_p={s.top_p} must be in (0, 1] (1 = off).")
+
+
+def sampling_options(kwargs, sample_cfg, fields, num_steps: int, takes: str) -> dict:
+  """Sampling keyword arguments over ``config.sample`` defaults; ``steps`` may only
+  repeat the fixed count."""
+  steps = kwargs.pop("steps", None)
+  if steps is not None and steps != num_steps:
+    raise ValueError(f"steps={steps}: this paradigm takes {takes} ({num_steps} here).")
+  unknown = set(kwargs) - set(fields)
+  if unknown:
+    raise TypeError(f"Unknown sampling option(s) {sorted(unknown)}; use {', '.join(fields)}.")
+  return {f: kwargs[f] if kwargs.get(f) is not None else sample_cfg[f] for f in fields}
+
+
 @registry.PARADIGMS.register("autoregressive")
 class Autoregressive(TokenParadigm):
   """config.paradigm: label_smoothing, label_dropout. config.sample: temperature,
@@ -33,17 +59,8 @@ class Autoregressive(TokenParadigm):
 
   @classmethod
   def validate_config(cls, config) -> None:
-    s = config.sample
-    if "steps" in s:
-      raise ConfigError(f"config.sample.steps={s.steps}: autoregressive decoding takes "
-                        "one step per token (the grid fixes the count); remove the field.")
+    check_sampling_config(config.sample, "one step per token (the grid fixes the count)")
     super().validate_config(config)
-    if s.temperature < 0:
-      raise ConfigError(f"config.sample.temperature={s.temperature} must be >= 0.")
-    if s.top_k < 0:
-      raise ConfigError(f"config.sample.top_k={s.top_k} must be >= 0 (0 = off).")
-    if not 0.0 < s.top_p <= 1.0:
-      raise ConfigError(f"config.sample.top_p={s.top_p} must be in (0, 1] (1 = off).")
 
   def logits(self, params, codes, labels, train: bool = False, rng=None):
     """Teacher-forced (B, N, V) logits; entry i predicts code i from codes < i."""
@@ -61,16 +78,8 @@ class Autoregressive(TokenParadigm):
 
   # -- sampling -----------------------------------------------------------------------
   def _sampling(self, kwargs):
-    steps = kwargs.pop("steps", None)
-    if steps is not None and steps != self.num_tokens:
-      raise ValueError(f"steps={steps}: autoregressive decoding takes one step per token "
-                       f"({self.num_tokens} here).")
-    unknown = set(kwargs) - set(SAMPLE_FIELDS)
-    if unknown:
-      raise TypeError(f"Unknown sampling option(s) {sorted(unknown)}; use "
-                      f"{', '.join(SAMPLE_FIELDS)}.")
-    s = self.config.sample
-    out = {f: kwargs[f] if kwargs.get(f) is not None else s[f] for f in SAMPLE_FIELDS}
+    out = sampling_options(kwargs, self.config.sample, SAMPLE_FIELDS, self.num_tokens,
+                           "one step per token")
     return dict(out, null_label=self.null_label)
 
   def init_cache(self, params, labels, cfg_scale: float):

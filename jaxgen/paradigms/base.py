@@ -25,7 +25,8 @@ Metrics = Dict[str, jax.Array]
 
 def preprocessed_shape(pp: str, stored_shape) -> Tuple[int, ...]:
   """Shape of an image after the ``pp`` string (runs it once on a blank example)."""
-  ex = {"image": np.zeros(stored_shape, np.uint8), "label": 0}
+  ex = {"image": np.zeros(stored_shape, np.uint8), "label": 0, "caption_short": "",
+        "caption_detailed": ""}  # captioned data: pp may start with choose_caption
   return tuple(preprocess.parse(pp)(ex, np.random.default_rng(0))["image"].shape)
 
 

@@ -66,29 +66,48 @@ def image_data_config(config) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f)["data"])
 
 
-def check_codes(where: str, grid, vocab, config) -> None:
-  """Raises unless a tokenizer's (or code files') grid and vocabulary equal the model's."""
-  m = config.model
-  want_grid, want_vocab = tuple(m.grid_size), int(m.codebook_size)
-  if tuple(grid) != want_grid or int(vocab) != want_vocab:
+def _as_grid(grid):
+  """A grid (h, w) or a list of scale grids [(s, s), ...] as nested tuples."""
+  return tuple(_as_grid(g) if isinstance(g, (list, tuple)) else int(g) for g in grid)
+
+
+def check_codes(where: str, grid, vocab, want_grid, config, grid_field: str = "grid_size"
+                ) -> None:
+  """Raises unless a tokenizer's (or code files') grid and vocabulary equal the model's
+  (``want_grid``, set by ``config.model.<grid_field>``, and ``codebook_size``)."""
+  want_vocab = int(config.model.codebook_size)
+  if _as_grid(grid) != _as_grid(want_grid) or int(vocab) != want_vocab:
     raise ConfigError(
-        f"{where} has a {tuple(grid)} grid of {vocab} codes, but config.model.grid_size="
-        f"{want_grid} and config.model.codebook_size={want_vocab}. Point the config at a "
-        "matching tokenizer, or set both model fields to the tokenizer's values.")
+        f"{where} has a {_as_grid(grid)} grid of {vocab} codes, but config.model."
+        f"{grid_field}={config.model[grid_field]} ({_as_grid(want_grid)}) and "
+        f"config.model.codebook_size={want_vocab}. Point the config at a matching tokenizer, "
+        "or set both model fields to the tokenizer's values.")
 
 
 class TokenParadigm(Paradigm):
   """Base of the token paradigms: builds ``config.model`` (any registered token model
   taking ``num_tokens, codebook_size, num_classes``); a subclass implements ``loss`` and
-  ``sample_tokens``."""
+  ``sample_tokens``. ``tokenizer_kind`` is the bottleneck it needs ("vq": a single grid,
+  ``config.model.grid_size``; VAR overrides it with "msvq" and its scales)."""
 
   needs_vq = True
+  tokenizer_kind = "vq"
+  grid_field = "grid_size"
+
+  @classmethod
+  def expected_grid(cls, config):
+    """The code grid ``config.model`` describes (what the tokenizer must produce)."""
+    return tuple(config.model.grid_size)
+
+  @staticmethod
+  def tokens_per_grid(grid) -> int:
+    return math.prod(grid)
 
   def __init__(self, config, dataset):
     super().__init__(config, dataset)
     m = config.model
-    self.grid_shape = tuple(m.grid_size)
-    self.num_tokens = math.prod(self.grid_shape)
+    self.grid_shape = self.expected_grid(config)
+    self.num_tokens = self.tokens_per_grid(self.grid_shape)
     self.codebook_size = int(m.codebook_size)
     self.mask_id = self.codebook_size
     self.null_label = self.num_classes
@@ -97,10 +116,9 @@ class TokenParadigm(Paradigm):
     if workdir:
       from jaxgen.tokenizers.base import Tokenizer  # pylint: disable=g-import-not-at-top
       tok = Tokenizer.from_workdir(workdir, params=config.tokenizer.get("params") or None)
-      if tok.kind != "vq":
-        raise ConfigError(f"{workdir} is a {tok.kind!r} tokenizer; this paradigm needs a "
-                          "single-scale VQ one (configs/fmnist_vqgan.py or _vitvq.py).")
-      check_codes(f"The tokenizer {workdir}", tok.grid_shape, tok.vocab_size, config)
+      self.check_tokenizer_kind(tok.kind, workdir)
+      check_codes(f"The tokenizer {workdir}", tok.grid_shape, tok.vocab_size,
+                  self.grid_shape, config, self.grid_field)
       self.tokenizer = tok
       self.image_shape = tok.image_shape
     elif config.data.name != "tokens":
@@ -116,20 +134,25 @@ class TokenParadigm(Paradigm):
     return self.model.init(rng, *self._dummy_inputs())["params"]
 
   @classmethod
+  def check_tokenizer_kind(cls, kind: str, where: str) -> None:
+    if kind != cls.tokenizer_kind:
+      what = {"vq": "a single-scale VQ tokenizer (configs/fmnist_vqgan.py or _vitvq.py)",
+              "msvq": "a multi-scale VQ tokenizer (configs/fmnist_msvq.py)"}[cls.tokenizer_kind]
+      raise ConfigError(f"{where} holds {kind!r} codes; {cls.__name__} needs {what}.")
+
+  @classmethod
   def validate_config(cls, config) -> None:
     if "tokenizer" not in config:
       raise ConfigError("Token paradigms need a config.tokenizer section "
                         "(see configs/common.py: token_config).")
-    for f in ("grid_size", "codebook_size"):
+    for f in (cls.grid_field, "codebook_size"):
       if config.model.get(f) is None:
         raise ConfigError(f"config.model.{f} is not set: it must equal the tokenizer's.")
     meta = tokens_meta(config)
     if meta is not None:
-      if meta["kind"] != "vq":
-        raise ConfigError(f"{config.data.data_dir} holds {meta['kind']!r} codes; this "
-                          "paradigm needs single-scale VQ codes.")
-      check_codes(f"config.data.data_dir={config.data.data_dir}", meta["code_shape"],
-                  meta["vocab_size"], config)
+      cls.check_tokenizer_kind(meta["kind"], config.data.data_dir)
+      check_codes(f"config.data.data_dir={config.data.data_dir}", meta["grid_shape"],
+                  meta["vocab_size"], cls.expected_grid(config), config, cls.grid_field)
     tokenizer_workdir(config)  # same tokenizer for codes and decoding
     p = config.paradigm
     for f in ("label_dropout", "label_smoothing"):
@@ -139,7 +162,8 @@ class TokenParadigm(Paradigm):
   # -- data -------------------------------------------------------------------------
   def example_batch(self, batch_size: int):
     if self.on_codes:
-      return {"codes": jax.ShapeDtypeStruct((batch_size,) + self.grid_shape, jnp.int32),
+      shape = (self.num_tokens,) if self.tokenizer_kind == "msvq" else self.grid_shape
+      return {"codes": jax.ShapeDtypeStruct((batch_size,) + shape, jnp.int32),
               "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
     return super().example_batch(batch_size)
 
@@ -149,6 +173,8 @@ class TokenParadigm(Paradigm):
       c = batch["codes"]
     else:
       c = jax.lax.stop_gradient(self.tokenizer.encode_fn(self.tokenizer.params, batch["image"]))
+    if isinstance(c, (list, tuple)):  # multi-scale: VAR's flattened order, coarse first
+      c = jnp.concatenate([x.reshape(x.shape[0], -1) for x in c], axis=1)
     return c.reshape(c.shape[0], -1).astype(jnp.int32)
 
   def drop_labels(self, labels, rng, train: bool):

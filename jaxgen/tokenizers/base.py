@@ -103,6 +103,29 @@ class Tokenizer:
   def embed_fn(self, params, codes):
     return self.ae.apply(self._vars(params), codes, method="codes_to_embeddings")
 
+  # -- multi-scale ("msvq") pieces VAR trains and samples with ------------------------------
+  def _quantizer_call(self, params, name: str, *args):
+    if self.kind != "msvq":
+      raise ValueError(f"{name} needs a multi-scale VQ tokenizer; {self.workdir} is "
+                       f"{self.kind!r}.")
+    return self.ae.apply(self._vars(params), *args,
+                         method=lambda ae, *a: getattr(ae.quantizer, name)(*a))
+
+  def teacher_forcing_fn(self, params, codes):
+    """VAR's inputs from per-scale codes (list of (N, s, s)): f_hat after scale k
+    area-resized to scale k+1, for k < S (a list of S - 1 (N, s, s, code_dim) maps)."""
+    return self._quantizer_call(params, "teacher_forcing_inputs", codes)
+
+  def next_input_fn(self, params, scale_index: int, f_hat, codes_nss):
+    """One sampling step: (f_hat + scale ``scale_index``'s codes, the next scale's input).
+    ``f_hat`` starts as zeros of (N,) + `latent_shape`."""
+    return self._quantizer_call(params, "next_autoregressive_input", scale_index, f_hat,
+                                codes_nss)
+
+  def decode_features_fn(self, params, f_hat):
+    """Images in [-1, 1] from bottleneck-space features (msvq's accumulated f_hat)."""
+    return jnp.clip(self.ae.apply(self._vars(params), f_hat, method="decode"), -1, 1)
+
   # -- conveniences on the stored parameters ---------------------------------------------
   def encode(self, images):
     return self._encode(self.params, jnp.asarray(images, jnp.float32))

@@ -1,0 +1,291 @@
+"""One conditioning interface for every paradigm: class labels or text.
+
+A *condition* is a pytree of arrays with a leading batch axis:
+
+* class: ``{"label": int32 (B,)}``; the null condition is the label ``num_classes``
+  (the extra row of the class table).
+* text: ``{"text_tokens": (B, L, D), "text_mask": bool (B, L), "text_pooled": (B, D)}``
+  from a frozen text encoder (`jaxgen.models.text_encoders`); the null condition is the
+  encoder's encoding of ``""`` (only its special tokens), as in Imagen / SD3.
+
+A `Conditioner` turns a data batch into a condition (``from_batch``), gives the null
+condition (``null``: unbatched, broadcastable; what `jaxgen.samplers.cfg.guided` takes),
+drops conditions to the null one in training (``drop``: label dropout / caption dropout,
+one Bernoulli per example) and builds conditions to sample from (``for_sampling``:
+labels or prompts). ``model_input`` is what the network gets: the label array for class
+models (their signature is unchanged), the dict for text models.
+
+Text reaches the batch as arrays, never strings: either pre-computed once with ``jaxgen
+embed-captions`` (`jaxgen.data.caption_embeddings`; the default) or, with
+``config.text.encode_in_step=True``, as token ids and mask that the step encodes with
+the frozen encoder (its parameters become constants of the compiled step: for small
+encoders only).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any, Dict, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import registry
+from jaxgen.config import ConfigError
+
+Condition = Dict[str, Any]
+TEXT_KEYS = ("text_tokens", "text_mask", "text_pooled")
+
+
+def drop_to_null(cond: Condition, null: Condition, rng: jax.Array, p: float) -> Condition:
+  """Replaces each example's condition by ``null`` with probability ``p`` (one draw per
+  example, shared by all leaves): label dropout / caption dropout for CFG training."""
+  b = jax.tree.leaves(cond)[0].shape[0]
+  drop_b = jax.random.bernoulli(rng, p, (b,))
+
+  def pick(c, n):
+    d = drop_b.reshape((b,) + (1,) * (c.ndim - 1))
+    return jnp.where(d, jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape[1:]), c)
+
+  return jax.tree.map(pick, cond, null)
+
+
+class ClassConditioner:
+  """Class labels: the condition of every class-conditional config."""
+
+  kind = "label"
+
+  def __init__(self, num_classes: int):
+    self.num_classes = int(num_classes)
+
+  def null(self) -> Condition:
+    return {"label": jnp.int32(self.num_classes)}
+
+  def from_batch(self, batch) -> Condition:
+    return {"label": batch["label"]}
+
+  def batch_fields(self, batch_size: int) -> Dict[str, jax.ShapeDtypeStruct]:
+    return {"label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+
+  def dummy(self, batch_size: int) -> Condition:
+    return {"label": jnp.zeros((batch_size,), jnp.int32)}
+
+  def model_input(self, cond: Condition):
+    return cond["label"]
+
+  def drop(self, cond: Condition, rng, p: float) -> Condition:
+    return drop_to_null(cond, self.null(), rng, p)
+
+  def for_sampling(self, labels) -> Condition:
+    return {"label": jnp.asarray(labels, jnp.int32)}
+
+  def preview(self, num: int) -> Condition:
+    return {"label": jnp.arange(num, dtype=jnp.int32) % max(self.num_classes, 1)}
+
+
+def text_encoder_kwargs(text_cfg) -> Dict[str, Any]:
+  """Keyword arguments of `get_text_encoder` from ``config.text``."""
+  kw = {"max_length": int(text_cfg.max_length), "dtype": text_cfg.get("dtype", "float32")}
+  if text_cfg.get("checkpoint"):
+    kw["checkpoint"] = text_cfg.checkpoint
+  if text_cfg.get("model_dir"):
+    kw["model_dir"] = text_cfg.model_dir
+  return kw
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_encoder(name: str, kw_items: tuple):
+  from jaxgen.models import text_encoders  # pylint: disable=g-import-not-at-top
+  return text_encoders.get_text_encoder(name, **dict(kw_items))
+
+
+def load_text_encoder(text_cfg):
+  """The frozen encoder ``config.text`` names (built once per process)."""
+  return _cached_encoder(text_cfg.encoder, tuple(sorted(text_encoder_kwargs(text_cfg).items())))
+
+
+class TextConditioner:
+  """Text conditions from a frozen encoder (see the module docstring).
+
+  ``config.text`` fields: encoder (registered name), max_length (L), width (D, the
+  encoder's; lets shapes be known without loading it), encode_in_step, checkpoint /
+  model_dir (where the encoder's files are), dtype. The null text and the preview
+  prompts come from the embeddings cache when the data has one (``config.data.
+  embeddings_dir``), so a cached run never loads the encoder to train.
+  """
+
+  kind = "text"
+
+  def __init__(self, config, dataset=None):
+    self.text_cfg = config.text
+    self.length = int(config.text.max_length)
+    self.width = int(config.text.width)
+    self.encode_in_step = bool(config.text.get("encode_in_step", False))
+    self.embeddings_dir = config.data.get("embeddings_dir", "")
+    self.data_cfg = config.data
+    self.class_names = list(getattr(dataset, "class_names", None) or [])
+    self.num_classes = int(getattr(dataset, "num_classes", 0) or 0)
+    self._null = None
+
+  # -- the encoder and the null text ---------------------------------------------------
+  @property
+  def encoder(self):
+    enc = load_text_encoder(self.text_cfg)
+    if enc.width != self.width or enc.max_length != self.length:
+      raise ConfigError(f"config.text says width={self.width}, max_length={self.length} "
+                        f"but the encoder {enc!r} has width={enc.width}, max_length="
+                        f"{enc.max_length}; make them agree.")
+    return enc
+
+  def encode(self, texts: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Prompts -> NumPy condition (float32 tokens and pooled, bool mask)."""
+    with jax.ensure_compile_time_eval():  # also when called while tracing a step
+      tokens, mask, pooled = self.encoder(list(texts))
+    return {"text_tokens": tokens, "text_mask": mask, "text_pooled": pooled}
+
+  def null_numpy(self) -> Dict[str, np.ndarray]:
+    """The encoding of "" (L, D) / (L,) / (D,): from the cache, else the encoder."""
+    if self._null is None:
+      if self.embeddings_dir and not self.encode_in_step:
+        from jaxgen.data import caption_embeddings  # pylint: disable=g-import-not-at-top
+        try:
+          self._null = caption_embeddings.read_null(self.embeddings_dir)
+        except FileNotFoundError:  # sampling where the cache is not: the same encoding
+          self._null = None
+      if self._null is None:
+        self._null = {k: v[0] for k, v in self.encode([""]).items()}
+    return self._null
+
+  def null(self) -> Condition:
+    n = self.null_numpy()
+    return {"text_tokens": jnp.asarray(n["text_tokens"], jnp.float32),
+            "text_mask": jnp.asarray(n["text_mask"], bool),
+            "text_pooled": jnp.asarray(n["text_pooled"], jnp.float32)}
+
+  # -- batches -------------------------------------------------------------------------
+  def batch_fields(self, batch_size: int) -> Dict[str, jax.ShapeDtypeStruct]:
+    b, l, d = batch_size, self.length, self.width
+    if self.encode_in_step:
+      return {"text_ids": jax.ShapeDtypeStruct((b, l), jnp.int32),
+              "text_mask": jax.ShapeDtypeStruct((b, l), jnp.bool_)}
+    return {"text_tokens": jax.ShapeDtypeStruct((b, l, d), jnp.float16),
+            "text_mask": jax.ShapeDtypeStruct((b, l), jnp.bool_),
+            "text_pooled": jax.ShapeDtypeStruct((b, d), jnp.float16)}
+
+  def from_batch(self, batch) -> Condition:
+    if self.encode_in_step:
+      enc = self.encoder
+      tokens, pooled = enc.encode_fn(enc.params, batch["text_ids"], batch["text_mask"])
+      return {"text_tokens": tokens, "text_mask": batch["text_mask"].astype(bool),
+              "text_pooled": pooled}
+    return {"text_tokens": batch["text_tokens"].astype(jnp.float32),
+            "text_mask": batch["text_mask"].astype(bool),
+            "text_pooled": batch["text_pooled"].astype(jnp.float32)}
+
+  def dummy(self, batch_size: int) -> Condition:
+    b, l, d = batch_size, self.length, self.width
+    return {"text_tokens": jnp.zeros((b, l, d), jnp.float32),
+            "text_mask": jnp.ones((b, l), bool),
+            "text_pooled": jnp.zeros((b, d), jnp.float32)}
+
+  def model_input(self, cond: Condition):
+    return cond
+
+  def drop(self, cond: Condition, rng, p: float) -> Condition:
+    return drop_to_null(cond, self.null(), rng, p)
+
+  def for_sampling(self, prompts_or_cond) -> Condition:
+    """A condition from a list of prompts, or an already encoded condition dict."""
+    if isinstance(prompts_or_cond, dict):
+      return {k: jnp.asarray(prompts_or_cond[k]) for k in TEXT_KEYS}
+    return self.for_sampling(self.encode(prompts_or_cond))
+
+  def preview_prompts(self, num: int):
+    """The short caption of each class in turn ("a t-shirt", "a pair of trousers")."""
+    from jaxgen.data import captions  # pylint: disable=g-import-not-at-top
+    names = self.class_names or [str(k) for k in range(max(self.num_classes, 1))]
+    short = [captions.short_caption(k, names) for k in range(len(names))]
+    return [short[i % len(short)] for i in range(num)]
+
+  def preview(self, num: int) -> Condition:
+    if self.embeddings_dir and not self.encode_in_step:
+      from jaxgen.data import caption_embeddings  # pylint: disable=g-import-not-at-top
+      return self.for_sampling(caption_embeddings.read_class_captions(
+          self.embeddings_dir, num))
+    return self.for_sampling(self.preview_prompts(num))
+
+  # -- the data source -----------------------------------------------------------------
+  def wrap_source(self, dataset) -> None:
+    """Makes ``dataset``'s examples carry the text arrays this conditioner reads (see
+    `jaxgen.data.caption_embeddings.attach`)."""
+    from jaxgen.data import caption_embeddings  # pylint: disable=g-import-not-at-top
+    caption_embeddings.attach(dataset, self)
+
+
+def uses_text(config) -> bool:
+  return bool(config.get("text") and config.text.get("encoder"))
+
+
+def make_conditioner(config, dataset):
+  """The conditioner ``config`` asks for: text when ``config.text.encoder`` is set."""
+  if uses_text(config):
+    return TextConditioner(config, dataset)
+  return ClassConditioner(dataset.num_classes)
+
+
+def validate_text_config(config) -> None:
+  """Checks ``config.text`` and its agreement with ``config.data`` (no I/O)."""
+  if not uses_text(config):
+    return
+  t = config.text
+  if t.encoder not in registry.TEXT_ENCODERS:
+    raise ConfigError(f"config.text.encoder={t.encoder!r} is unknown; known: "
+                      f"{', '.join(registry.TEXT_ENCODERS.names())}.")
+  for f in ("max_length", "width"):
+    if int(t.get(f) or 0) <= 0:
+      raise ConfigError(f"config.text.{f}={t.get(f)} must be positive.")
+  if not t.get("encode_in_step", False) and not config.data.get("embeddings_dir"):
+    raise ConfigError("config.text.encoder is set but config.data.embeddings_dir is empty: "
+                      "run `jaxgen embed-captions --config C --out DIR` and set "
+                      "config.data.embeddings_dir=DIR, or set config.text.encode_in_step="
+                      "True (small encoders only).")
+
+
+# ------------------------------------------------------------------ a tiny test encoder
+
+
+class HashTokenizer:
+  """Whitespace words hashed into ``vocab_size - 3`` ids, between [CLS]=1 and [SEP]=2
+  (pad 0): a stand-in tokenizer for tests and smoke runs (no files)."""
+
+  def __init__(self, vocab_size: int = 512):
+    self.vocab_size = vocab_size
+    self.pad_id, self.num_special = 0, 2
+
+  def encode(self, text: str, max_length: int):
+    words = text.lower().replace(".", " ").replace(",", " ").split()
+    ids = [3 + int(hashlib.md5(w.encode()).hexdigest(), 16) % (self.vocab_size - 3)
+           for w in words]
+    cut = len(ids) + 2 > max_length
+    return [1] + ids[:max_length - 2] + [2], cut
+
+
+@registry.TEXT_ENCODERS.register("tiny_random")
+def tiny_random_encoder(*, max_length: int = 16, width: int = 32, seed: int = 0,
+                        dtype="float32", batch_size: int = 32, **unused):
+  """A 1-layer BERT with random weights and a hashing tokenizer: the same interface as
+  MiniLM at toy size, for tests (no weights to load)."""
+  del unused, dtype
+  from jaxgen.models import minilm, text_encoders  # pylint: disable=g-import-not-at-top
+  tok = HashTokenizer()
+  config = minilm.BertConfig(vocab_size=tok.vocab_size, hidden_size=width,
+                             num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=2 * width, max_position_embeddings=64)
+  module = minilm.BertEncoder(config)
+  ids = jnp.zeros((1, max_length), jnp.int32)
+  params = module.init(jax.random.PRNGKey(seed), ids, jnp.ones((1, max_length), bool))
+  return text_encoders.TextEncoder(
+      name="tiny_random", module=module, params=params["params"], tokenizer=tok,
+      max_length=max_length, width=width, normalize_pooled=True, batch_size=batch_size)

@@ -1,0 +1,253 @@
+"""Text-to-image: the shared conditioning interface (caption dropout, null text, CFG),
+DiT's cross-attention and joint (MMDiT) text options, the caption-embedding cache, a
+sharded step, and `jaxgen sample --prompt`. A 1-layer random text encoder
+("tiny_random") stands in for MiniLM; the data is the synthetic Fashion-MNIST."""
+
+import os
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from helpers import run_steps, tiny_config
+
+from jaxgen import conditioning
+from jaxgen.data import caption_embeddings, captions, datasets
+from jaxgen.data.idx import DataError
+
+L, D = 16, 32
+
+
+@pytest.fixture(scope="module")
+def caption_dirs(fake_fmnist_dir, data_dir, tmp_path_factory):
+  """Detailed captions of the synthetic data (the built-in captioner, true labels) and
+  their tiny_random embeddings: ``(captions_dir, embeddings_dir)``."""
+  root = tmp_path_factory.mktemp("t2i")
+  cap_dir, emb_dir = str(root / "captions"), str(root / "emb")
+  base = datasets.get_dataset(ml_collections.ConfigDict(dict(
+      name="fashion_mnist", data_dir=data_dir, source_dir=fake_fmnist_dir)))
+  captioner = captions.FashionMnistCaptioner(classifier=None, seed=0)
+  for split in ("train", "test"):
+    src = base.source(split)
+    exs = [src[i] for i in range(len(src))]
+    text = captioner(np.stack([e["image"] for e in exs]), np.arange(len(exs)),
+                     labels=np.array([e["label"] for e in exs]))
+    captions.write_captions(cap_dir, split, text, captioner="test", seed=0,
+                            dataset="fashion_mnist_captions",
+                            fingerprint=captions.split_fingerprint(src))
+  config = t2i_config(fake_fmnist_dir, data_dir, cap_dir, emb_dir)
+  enc = conditioning.load_text_encoder(config.text)
+  caption_embeddings.embed_captions(datasets.get_dataset(config.data), config.data, enc,
+                                    emb_dir, ["train", "test"], progress=False)
+  return cap_dir, emb_dir
+
+
+def t2i_config(source_dir, data_dir, cap_dir, emb_dir, mode="cross_attention",
+               encode_in_step=False, ratio=0.5):
+  import common  # configs/common.py
+  c = tiny_config(source_dir, data_dir)
+  c.data = common.captioned_data(cap_dir, emb_dir, ratio, pad=32)
+  c.data.source_dir, c.data.data_dir = source_dir, data_dir
+  c.text = common.text_fields("tiny_random", max_length=L, width=D)
+  c.text.encode_in_step = encode_in_step
+  c.model.text_conditioning = mode
+  return c
+
+
+@pytest.fixture
+def make_t2i(fake_fmnist_dir, data_dir, caption_dirs):
+  def make(**kw):
+    return t2i_config(fake_fmnist_dir, data_dir, *caption_dirs, **kw)
+  return make
+
+
+def _build(config):
+  from jaxgen.train import loop
+  return loop.build(config, jax.devices()[:1])
+
+
+def test_caption_and_label_dropout_rates():
+  n, p = 4000, 0.3
+  tol = 4 * np.sqrt(p * (1 - p) / n)  # 4 binomial standard deviations
+  text = {"text_tokens": jnp.ones((n, 3, 2)), "text_mask": jnp.ones((n, 3), bool),
+          "text_pooled": jnp.ones((n, 2))}
+  null = {"text_tokens": jnp.zeros((3, 2)), "text_mask": jnp.array([True, False, False]),
+          "text_pooled": jnp.zeros((2,))}
+  out = conditioning.drop_to_null(text, null, jax.random.PRNGKey(0), p)
+  dropped = np.asarray(out["text_pooled"][:, 0] == 0)
+  assert abs(dropped.mean() - p) < tol
+  # One draw per example for every leaf: a dropped example is entirely the null text.
+  np.testing.assert_array_equal(np.asarray(out["text_mask"][:, 1]), ~dropped)
+  np.testing.assert_array_equal(np.asarray(out["text_tokens"]).sum((1, 2)) == 0, dropped)
+  labels = conditioning.ClassConditioner(10).drop(
+      {"label": jnp.zeros((n,), jnp.int32)}, jax.random.PRNGKey(1), p)["label"]
+  assert abs(float((labels == 10).mean()) - p) < tol
+  assert set(np.unique(np.asarray(labels))) == {0, 10}
+
+
+def test_embedding_cache_round_trip(make_t2i, caption_dirs):
+  config = make_t2i()
+  enc = conditioning.load_text_encoder(config.text)
+  spec = datasets.get_dataset(config.data)
+  raw = spec.source("train")
+  cond = conditioning.TextConditioner(config, spec)
+  cond.wrap_source(spec)
+  src = spec.source("train")
+  for i in (0, 7, 100):
+    ex, ref = src[i], raw[i]
+    for which in ("short", "detailed"):
+      tokens, mask, pooled = enc([ref[f"caption_{which}"]])
+      np.testing.assert_array_equal(ex[f"text_{which}_mask"], mask[0])
+      np.testing.assert_allclose(ex[f"text_{which}_tokens"], tokens[0], atol=2e-3, rtol=2e-3)
+      np.testing.assert_allclose(ex[f"text_{which}_pooled"], pooled[0], atol=2e-3, rtol=2e-3)
+  null = caption_embeddings.read_null(caption_dirs[1])
+  tokens, mask, _ = enc([""])
+  np.testing.assert_array_equal(null["text_mask"], mask[0])
+  assert mask[0].sum() == 2  # [CLS] [SEP] only
+  # choose_caption picks the embedding of the caption it picks, and the pp drops strings.
+  from jaxgen.data import preprocess
+  out = preprocess.parse(config.data.pp)(src[7], np.random.default_rng(3))
+  which = "detailed" if np.random.default_rng(3).random() < 0.5 else "short"
+  np.testing.assert_array_equal(out["text_tokens"], src[7][f"text_{which}_tokens"])
+  assert "caption" not in out and not any(k.startswith("text_short") for k in out)
+
+
+def test_mismatched_cache_is_refused(make_t2i, caption_dirs, tmp_path):
+  _, emb_dir = caption_dirs
+  other = make_t2i()
+  other.text.encoder = "minilm"
+  other.text.width = 384
+  with pytest.raises(DataError, match=r"'tiny_random'.*this run uses 'minilm'"):
+    caption_embeddings.check_cache(emb_dir, other.text)
+  # Other captions (short only): the fingerprint differs.
+  config = make_t2i(ratio=0.0)
+  config.data.captions_dir = ""
+  spec = datasets.get_dataset(config.data)
+  conditioning.TextConditioner(config, spec).wrap_source(spec)
+  with pytest.raises(DataError, match="encode other captions"):
+    spec.source("train")
+
+
+@pytest.mark.parametrize("mode", ["cross_attention", "joint"])
+def test_prompt_changes_output_and_padding_does_not(make_t2i, mode):
+  exp = _build(make_t2i(mode=mode))
+  p = exp.paradigm
+  params = jax.tree.map(lambda a: a + 0.02, exp.init_state().params)  # non-zero output
+  cond = p.conditioner.for_sampling(["a small dark sandal", "a large light coat"])
+  x = jax.random.normal(jax.random.PRNGKey(0), (2,) + p.image_shape)
+  t = jnp.full((2,), 0.5)
+  v = p.velocity(params, x, t, cond)
+  other = p.conditioner.for_sampling(["a large light coat", "a small dark sandal"])
+  assert float(jnp.abs(v - p.velocity(params, x, t, other)).max()) > 1e-3
+  pad = ~cond["text_mask"][..., None]
+  junk = jax.random.normal(jax.random.PRNGKey(1), cond["text_tokens"].shape)
+  padded = dict(cond, text_tokens=jnp.where(pad, junk, cond["text_tokens"]))
+  np.testing.assert_allclose(v, p.velocity(params, x, t, padded), atol=1e-5)
+
+
+def test_padding_token_ids_do_not_matter_when_encoding_in_step(make_t2i):
+  exp = _build(make_t2i(encode_in_step=True))
+  p = exp.paradigm
+  ids, mask = p.conditioner.encoder.tokenize(["a dress", "a bag that is pale"])
+  batch = {"text_ids": jnp.asarray(ids), "text_mask": jnp.asarray(mask)}
+  junk = dict(batch, text_ids=jnp.where(batch["text_mask"], batch["text_ids"], 77))
+  a, b = p.conditioner.from_batch(batch), p.conditioner.from_batch(junk)
+  np.testing.assert_allclose(a["text_tokens"], b["text_tokens"], atol=1e-6)
+  np.testing.assert_allclose(a["text_pooled"], b["text_pooled"], atol=1e-6)
+  from jaxgen.train import loop  # the pipeline tokenizes; the step encodes
+  batch = next(loop.make_data_iterator(exp))
+  assert batch["text_ids"].shape == (8, L) and "text_tokens" not in batch
+  loss, _ = jax.jit(p.loss)(exp.init_state().params, batch, jax.random.PRNGKey(0))
+  assert np.isfinite(float(loss))
+
+
+def test_cfg_against_null_text(make_t2i):
+  exp = _build(make_t2i())
+  p = exp.paradigm
+  params = jax.tree.map(lambda a: a + 0.02, exp.init_state().params)
+  cond = p.conditioner.for_sampling(["a pale shirt", "a dark patterned bag"])
+  key = jax.random.PRNGKey(3)
+  kw = dict(steps=3, solver="euler", shift=1.0)
+  plain = p.sample(params, key, cond, cfg_scale=1.0, **kw)
+  # scale 1 through the two-pass CFG path (a traced scale) == the conditional model
+  traced = jax.jit(lambda s: p.sample(params, key, cond, cfg_scale=s, **kw))(1.0)
+  np.testing.assert_allclose(plain, traced, atol=1e-5)
+  # scale 3 == uncond + 3 (cond - uncond), uncond = the encoder's encoding of ""
+  null = p.conditioner.for_sampling(["", ""])
+  x = jax.random.normal(key, (2,) + p.image_shape)
+  ts = np.linspace(1, 0, 4)
+  for i in range(3):
+    tb = jnp.full((2,), ts[i], jnp.float32)
+    vc, vu = p.velocity(params, x, tb, cond), p.velocity(params, x, tb, null)
+    x = x + (ts[i + 1] - ts[i]) * (vu + 3.0 * (vc - vu))
+  np.testing.assert_allclose(p.sample(params, key, cond, cfg_scale=3.0, **kw),
+                             jnp.clip(x, -1, 1), atol=2e-4)
+
+
+@pytest.mark.parametrize("mode", ["cross_attention", "joint"])
+def test_text_variants_train_on_a_fixed_batch(make_t2i, mode):
+  exp = _build(make_t2i(mode=mode))
+  p = exp.paradigm
+  rng = np.random.default_rng(0)
+  cond = p.conditioner.encode(["a small dark sandal", "a large light coat"] * 4)
+  batch = {"image": jnp.asarray(rng.uniform(-1, 1, (8,) + p.image_shape), jnp.float32),
+           "text_tokens": jnp.asarray(cond["text_tokens"], jnp.float16),
+           "text_mask": jnp.asarray(cond["text_mask"]),
+           "text_pooled": jnp.asarray(cond["text_pooled"], jnp.float16)}
+  params = jax.tree.map(jnp.asarray, exp.init_state().params)
+  tx = optax.adam(3e-3)
+  opt = tx.init(params)
+  key = jax.random.PRNGKey(0)
+
+  @jax.jit
+  def step(params, opt):
+    loss, g = jax.value_and_grad(lambda q: p.loss(q, batch, key)[0])(params)
+    upd, opt = tx.update(g, opt, params)
+    return optax.apply_updates(params, upd), opt, loss
+
+  losses = []
+  for _ in range(40):
+    params, opt, loss = step(params, opt)
+    losses.append(float(loss))
+  assert losses[-1] < 0.7 * losses[0], losses[::10]
+
+
+def test_sharded_step_on_8_devices_equals_one_device(make_t2i):
+  c1, c8 = make_t2i(), make_t2i()
+  c8.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=4, tensor=1))
+  for c in (c1, c8):
+    c.optim.eps = 1e-3  # compare real updates, not Adam-amplified float noise
+  _, s1, l1 = run_steps(c1, jax.devices()[:1], 2)
+  _, s8, l8 = run_steps(c8, jax.devices(), 2)
+  np.testing.assert_allclose(l1, l8, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+               jax.device_get(s1.params), jax.device_get(s8.params))
+
+
+def test_sample_prompt_cli_writes_prompts(make_t2i, tmp_path):
+  from jaxgen import cli
+  from jaxgen.train import loop
+  wd = str(tmp_path / "run")
+  config = make_t2i()
+  config.train.num_steps = 2
+  loop.train(config, wd, jax.devices()[:1], progress=False)
+  out = str(tmp_path / "s.npz")
+  assert cli.main(["sample", "--workdir", wd, "--prompt", "a pale dress", "--num", "3",
+                   "--out", out]) == 0
+  with np.load(out) as f:
+    assert f["arr_0"].shape == (3, 32, 32, 1) and f["arr_0"].dtype == np.uint8
+    assert list(f["prompts"]) == ["a pale dress"] * 3
+  assert os.path.isfile(str(tmp_path / "s.png"))
+  pf = tmp_path / "prompts.txt"
+  pf.write_text("a bag\nan ankle boot\n\n")
+  args = cli.build_parser().parse_args(["sample", "--workdir", wd, "--prompts", str(pf),
+                                        "--num", "3"])
+  exp = types.SimpleNamespace(paradigm=types.SimpleNamespace(
+      conditioner=conditioning.TextConditioner(config)))
+  assert cli._sample_prompts(args, exp) == ["a bag", "an ankle boot", "a bag"]
+  # a text run without prompts is refused
+  assert cli.main(["sample", "--workdir", wd, "--num", "2", "--out", out]) == 2
