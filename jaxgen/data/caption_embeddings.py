@@ -31,6 +31,7 @@ from typing import Dict, Sequence
 import numpy as np
 
 from jaxgen.data import captions as captions_lib
+from jaxgen.data import datasets
 from jaxgen.data import preprocess
 from jaxgen.data.idx import DataError
 
@@ -200,7 +201,7 @@ def read_class_captions(out_dir: str, num: int) -> Dict[str, np.ndarray]:
           for k, v in c.items()}
 
 
-class TextSource:
+class TextSource(datasets.ExtendedSource):
   """A captioned source whose examples also carry the text arrays of both captions:
   ``text_{short,detailed}_{tokens,mask,pooled}`` (cached) or ``..._{ids,mask}``
   (tokenized, for encoding in the step)."""
@@ -209,9 +210,6 @@ class TextSource:
                tokenizer=None):
     self._base, self._table, self._tok = base, table, tokenizer
     self._short, self._detailed = short_index, detailed_index
-
-  def __len__(self):
-    return len(self._base)
 
   def _add(self, ex, index):
     ex = dict(ex)
@@ -225,16 +223,6 @@ class TextSource:
       for f in FIELDS:
         ex[f"text_{which}_{f}"] = np.asarray(self._table[f][r])
     return ex
-
-  def __getitem__(self, index):
-    index = int(index)
-    return self._add(self._base[index], index)
-
-  def __getitems__(self, indices):
-    indices = [int(i) for i in indices]
-    base = (self._base.__getitems__(indices) if hasattr(self._base, "__getitems__")
-            else [self._base[i] for i in indices])
-    return [self._add(ex, i) for ex, i in zip(base, indices)]
 
 
 def attach(spec, conditioner) -> None:

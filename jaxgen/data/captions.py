@@ -478,7 +478,7 @@ def read_captions(captions_dir: str, split: str, expected_size: Optional[int] = 
 # ---------------------------------------------------------------------------------------
 # The captioned dataset.
 
-class CaptionedSource:
+class CaptionedSource(datasets.ExtendedSource):
   """A random-access source that adds ``caption_short`` (from the label) and
   ``caption_detailed`` (from a captions file; the short one when there is none)."""
 
@@ -487,25 +487,12 @@ class CaptionedSource:
     self._short = list(short_by_label)
     self._detailed = detailed
 
-  def __len__(self) -> int:
-    return len(self._base)
-
   def _add(self, ex, index):
     ex = dict(ex)
     short = self._short[int(ex["label"])]
     ex["caption_short"] = short
     ex["caption_detailed"] = short if self._detailed is None else self._detailed[index]
     return ex
-
-  def __getitem__(self, index):
-    index = int(index)
-    return self._add(self._base[index], index)
-
-  def __getitems__(self, indices):
-    indices = [int(i) for i in indices]
-    base = (self._base.__getitems__(indices) if hasattr(self._base, "__getitems__")
-            else [self._base[i] for i in indices])
-    return [self._add(ex, i) for ex, i in zip(base, indices)]
 
 
 _CHOOSE_RE = re.compile(r"(?:^|\|)\s*choose_caption\s*\(([^)]*)\)")

@@ -119,6 +119,29 @@ class DatasetSpec:
   has_captions: bool = False          # examples carry caption_short / caption_detailed
 
 
+class ExtendedSource:
+  """A random-access source that adds fields to another source's examples (captions,
+  text embeddings); a subclass sets ``self._base`` and defines ``_add(example, index)``."""
+
+  _base = None
+
+  def __len__(self) -> int:
+    return len(self._base)
+
+  def _add(self, example, index: int):
+    raise NotImplementedError
+
+  def __getitem__(self, index):
+    index = int(index)
+    return self._add(self._base[index], index)
+
+  def __getitems__(self, indices):
+    indices = [int(i) for i in indices]
+    base = (self._base.__getitems__(indices) if hasattr(self._base, "__getitems__")
+            else [self._base[i] for i in indices])
+    return [self._add(ex, i) for ex, i in zip(base, indices)]
+
+
 def prepare_builder(builder: tfds.core.DatasetBuilder) -> None:
   """Prepares ``builder`` once (process 0 in multi-host runs; the others wait)."""
   import jax  # pylint: disable=g-import-not-at-top
