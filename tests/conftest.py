@@ -38,18 +38,17 @@ def one_device():
   return jax.devices()[:1]
 
 
-@pytest.fixture(scope="session")
-def vq_run(fake_fmnist_dir, data_dir, tmp_path_factory):
-  """A tiny VQ tokenizer trained for 2 steps (f4: 8x8 codes of 32 entries) and its
-  codes of both splits: ``(tokenizer_workdir, codes_dir)``. Shared by the token
-  paradigms' tests."""
+def _tokenizer_run(bottleneck, root, fake_fmnist_dir, data_dir, **model):
+  """Trains a tiny f4 tokenizer for 2 steps in ``root`` and writes the codes of both
+  splits: ``(tokenizer_workdir, codes_dir)``."""
   from helpers import tiny_tokenizer_config
   from jaxgen.data import datasets
   from jaxgen.tokenizers import base, precompute
   from jaxgen.train import loop
-  root = tmp_path_factory.mktemp("vq_run")
-  config = tiny_tokenizer_config(fake_fmnist_dir, data_dir, "vq", gan=False, num_steps=2)
+  config = tiny_tokenizer_config(fake_fmnist_dir, data_dir, bottleneck, gan=False,
+                                 num_steps=2)
   config.model.channel_mult = (1, 2, 2)
+  config.model.update(model)
   wd = str(root / "tokenizer")
   loop.train(config, wd, jax.devices()[:1], progress=False)
   tok = base.Tokenizer.from_workdir(wd)
@@ -58,6 +57,14 @@ def vq_run(fake_fmnist_dir, data_dir, tmp_path_factory):
                               out_dir=codes, splits=["train", "test"], batch_size=64,
                               progress=False)
   return wd, codes
+
+
+@pytest.fixture(scope="session")
+def vq_run(fake_fmnist_dir, data_dir, tmp_path_factory):
+  """A tiny VQ tokenizer trained for 2 steps (f4: 8x8 codes of 32 entries) and its
+  codes of both splits: ``(tokenizer_workdir, codes_dir)``. Shared by the token
+  paradigms' tests."""
+  return _tokenizer_run("vq", tmp_path_factory.mktemp("vq_run"), fake_fmnist_dir, data_dir)
 
 
 @pytest.fixture(scope="session")
@@ -65,19 +72,5 @@ def msvq_run(fake_fmnist_dir, data_dir, tmp_path_factory):
   """A tiny multi-scale VQ tokenizer trained for 2 steps (f4: scales 1,2,3,4,6,8 of 32
   codes, 8 channels) and its codes of both splits: ``(tokenizer_workdir, codes_dir)``.
   VAR's tests train on it."""
-  from helpers import tiny_tokenizer_config
-  from jaxgen.data import datasets
-  from jaxgen.tokenizers import base, precompute
-  from jaxgen.train import loop
-  root = tmp_path_factory.mktemp("msvq_run")
-  config = tiny_tokenizer_config(fake_fmnist_dir, data_dir, "msvq", gan=False, num_steps=2)
-  config.model.channel_mult = (1, 2, 2)
-  config.model.scales = (1, 2, 3, 4, 6, 8)
-  wd = str(root / "tokenizer")
-  loop.train(config, wd, jax.devices()[:1], progress=False)
-  tok = base.Tokenizer.from_workdir(wd)
-  codes = str(root / "codes")
-  precompute.tokenize_dataset(tok, datasets.get_dataset(config.data), pp=config.data.pp,
-                              out_dir=codes, splits=["train", "test"], batch_size=64,
-                              progress=False)
-  return wd, codes
+  return _tokenizer_run("msvq", tmp_path_factory.mktemp("msvq_run"), fake_fmnist_dir,
+                        data_dir, scales=(1, 2, 3, 4, 6, 8))
