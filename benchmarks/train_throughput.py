@@ -52,9 +52,15 @@ def measure(config, batch: int, iters: int):
   state = exp.init_state()
   ex = exp.paradigm.example_batch(batch)
   rng = np.random.default_rng(0)
-  data = {k: (rng.standard_normal(v.shape).astype(np.float32) if v.dtype == jnp.float32
-              else rng.integers(0, exp.paradigm.num_classes, v.shape).astype(np.int32))
-          for k, v in ex.items()}
+
+  def fake(v):  # random data of each field's dtype (text: embeddings, all tokens real)
+    if jnp.issubdtype(v.dtype, jnp.floating):
+      return rng.standard_normal(v.shape).astype(v.dtype)
+    if v.dtype == jnp.bool_:
+      return np.ones(v.shape, bool)
+    return rng.integers(0, max(exp.paradigm.num_classes, 1), v.shape).astype(v.dtype)
+
+  data = {k: fake(v) for k, v in ex.items()}
   from jaxgen.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   batch_arr = mesh_lib.global_batch(data, exp.mesh)
   flops = count_flops(config, batch)

@@ -162,6 +162,8 @@ def attention_core(q_blhk, k_blhk, v_blhk, mask=None, impl: str = "xla",
   (cuDNN flash attention on NVIDIA GPUs). ``mask``: boolean, True = attend.
   """
   if impl != "xla":
+    if mask is not None:  # cuDNN wants the mask at full (q_len, kv_len), not broadcast
+      mask = jnp.broadcast_to(mask, mask.shape[:2] + (q_blhk.shape[1], k_blhk.shape[1]))
     return jax.nn.dot_product_attention(
         q_blhk, k_blhk, v_blhk, mask=mask, scale=scale,
         implementation="cudnn" if impl == "cudnn" else None)
