@@ -72,8 +72,9 @@ def cmd_sample(args, overrides):
   out = args.out or os.path.join(args.workdir, f"samples_step{step}_seed{args.seed}.npz")
   nc = exp.paradigm.num_classes
   ncols = nc if args.num >= nc * nc and prompts is None else None
-  if prompts is not None and args.prompt is not None:
-    ncols = min(args.num, 10)
+  if prompts is not None:  # a column per prompt when they cycle evenly (<= 16 of them)
+    k = len(dict.fromkeys(prompts))
+    ncols = min(args.num, 10) if k == 1 else (k if args.num % k == 0 and k <= 16 else None)
   png = generate.save_samples(out, images, labels, ncols=ncols, prompts=prompts)
   print(f"Wrote {len(images)} samples from step {step} ({args.params} weights) in "
         f"{time.time() - t0:.1f}s to {out} and a grid to {png}")
@@ -85,9 +86,9 @@ def _sample_prompts(args, exp):
   text = getattr(exp.paradigm, "conditioner", None)
   is_text = getattr(text, "kind", "label") == "text"
   if prompt is None and path is None:
-    if is_text:
-      raise config_lib.ConfigError(
-          f"{args.workdir} is a text-to-image run: pass --prompt \"...\" or --prompts FILE.")
+    if is_text:  # labels (--label or each class in turn) through their short captions
+      print(f"{args.workdir} is a text-to-image run and no --prompt/--prompts was given: "
+            "sampling each label's short caption (\"a shirt\").")
     return None
   if prompt is not None and path is not None:
     raise config_lib.ConfigError("Pass --prompt or --prompts, not both.")

@@ -12,8 +12,16 @@ A `Conditioner` turns a data batch into a condition (``from_batch``), gives the 
 condition (``null``: unbatched, broadcastable; what `jaxgen.samplers.cfg.guided` takes),
 drops conditions to the null one in training (``drop``: label dropout / caption dropout,
 one Bernoulli per example) and builds conditions to sample from (``for_sampling``:
-labels or prompts). ``model_input`` is what the network gets: the label array for class
-models (their signature is unchanged), the dict for text models.
+labels or prompts; a text run given class labels samples from each class's short
+caption, "a shirt", so class-label tools such as ``jaxgen eval`` work on it too).
+``model_input`` is what the network gets: the label array for class models (their
+signature is unchanged), the dict for text models.
+
+Every paradigm holds one (`jaxgen.paradigms.base.Paradigm.conditioner`) and reaches it
+through ``Paradigm.condition`` (training batches, with dropout), ``sampling_condition``
+and ``null_condition``; CFG combines the model under ``cond`` and under the null
+condition (`jaxgen.samplers.cfg`). A class label is the special case whose "prompt" is
+an index.
 
 Text reaches the batch as arrays, never strings: either pre-computed once with ``jaxgen
 embed-captions`` (`jaxgen.data.caption_embeddings`; the default) or, with
@@ -52,6 +60,12 @@ def drop_to_null(cond: Condition, null: Condition, rng: jax.Array, p: float) -> 
   return jax.tree.map(pick, cond, null)
 
 
+def batched(cond: Condition, batch: int) -> Condition:
+  """An unbatched condition (e.g. ``null()``) repeated ``batch`` times."""
+  return jax.tree.map(lambda c: jnp.broadcast_to(jnp.asarray(c), (batch,) + jnp.shape(c)),
+                      cond)
+
+
 class ClassConditioner:
   """Class labels: the condition of every class-conditional config."""
 
@@ -79,6 +93,12 @@ class ClassConditioner:
     return drop_to_null(cond, self.null(), rng, p)
 
   def for_sampling(self, labels) -> Condition:
+    """A condition from labels (an int array, or a condition dict holding "label")."""
+    if isinstance(labels, dict):
+      if "label" not in labels:
+        raise ValueError("A class-conditional run samples from labels, not text: this run "
+                         "has no config.text.encoder.")
+      labels = labels["label"]
     return {"label": jnp.asarray(labels, jnp.int32)}
 
   def preview(self, num: int) -> Condition:
@@ -128,6 +148,7 @@ class TextConditioner:
     self.class_names = list(getattr(dataset, "class_names", None) or [])
     self.num_classes = int(getattr(dataset, "num_classes", 0) or 0)
     self._null = None
+    self._class_table = None
 
   # -- the encoder and the null text ---------------------------------------------------
   @property
@@ -197,10 +218,43 @@ class TextConditioner:
     return drop_to_null(cond, self.null(), rng, p)
 
   def for_sampling(self, prompts_or_cond) -> Condition:
-    """A condition from a list of prompts, or an already encoded condition dict."""
+    """A condition from a list of prompts, an already encoded condition dict, or class
+    labels (an int array, traced or not: each class's short caption, the null label
+    ``num_classes`` the null text)."""
     if isinstance(prompts_or_cond, dict):
+      if "label" in prompts_or_cond and "text_tokens" not in prompts_or_cond:
+        return self.for_sampling(prompts_or_cond["label"])
       return {k: jnp.asarray(prompts_or_cond[k]) for k in TEXT_KEYS}
-    return self.for_sampling(self.encode(prompts_or_cond))
+    if isinstance(prompts_or_cond, (list, tuple)) and all(
+        isinstance(p, str) for p in prompts_or_cond):
+      return self.for_sampling(self.encode(prompts_or_cond))
+    labels = jnp.asarray(prompts_or_cond)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+      raise ValueError(f"Sample a text run from prompts (a list of str), a condition dict "
+                       f"or class labels (ints), not {labels.dtype} values.")
+    table = self.class_table()
+    return {k: jnp.take(jnp.asarray(table[k]), labels, axis=0) for k in TEXT_KEYS}
+
+  def class_table(self) -> Dict[str, np.ndarray]:
+    """Each class's short-caption condition, then the null text: ``num_classes + 1``
+    rows (from the embeddings cache when there is one, else encoded)."""
+    if self._class_table is None:
+      nc = max(self.num_classes, 1)
+      rows = None
+      if self.embeddings_dir and not self.encode_in_step:
+        from jaxgen.data import caption_embeddings  # pylint: disable=g-import-not-at-top
+        try:
+          rows = caption_embeddings.read_class_captions(self.embeddings_dir, nc)
+        except FileNotFoundError:
+          rows = None
+      if rows is None:
+        rows = self.encode(self.preview_prompts(nc))
+      null = self.null_numpy()
+      dtypes = {"text_tokens": np.float32, "text_mask": bool, "text_pooled": np.float32}
+      self._class_table = {k: np.concatenate([np.asarray(rows[k], t),
+                                              np.asarray(null[k], t)[None]])
+                           for k, t in dtypes.items()}
+    return self._class_table
 
   def preview_prompts(self, num: int):
     """The short caption of each class in turn ("a t-shirt", "a pair of trousers")."""
@@ -210,11 +264,9 @@ class TextConditioner:
     return [short[i % len(short)] for i in range(num)]
 
   def preview(self, num: int) -> Condition:
-    if self.embeddings_dir and not self.encode_in_step:
-      from jaxgen.data import caption_embeddings  # pylint: disable=g-import-not-at-top
-      return self.for_sampling(caption_embeddings.read_class_captions(
-          self.embeddings_dir, num))
-    return self.for_sampling(self.preview_prompts(num))
+    """Each class's short caption in turn."""
+    nc = max(self.num_classes, 1)
+    return self.for_sampling(np.arange(num, dtype=np.int32) % nc)
 
   # -- the data source -----------------------------------------------------------------
   def wrap_source(self, dataset) -> None:

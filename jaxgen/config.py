@@ -170,7 +170,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if t.compute_dtype not in ("float32", "bfloat16", "float16"):
     raise ConfigError(f"config.train.compute_dtype={t.compute_dtype!r}; use float32, "
                       "bfloat16 or float16.")
-  registry.PARADIGMS.get(config.paradigm.name).validate_config(config)
+  paradigm = registry.PARADIGMS.get(config.paradigm.name)
+  paradigm.validate_config(config)
+  from jaxgen import conditioning  # pylint: disable=g-import-not-at-top
+  if conditioning.uses_text(config):
+    if not paradigm.supports_text:
+      takes = [n for n in registry.PARADIGMS.names()
+               if getattr(registry.PARADIGMS.get(n), "supports_text", False)]
+      raise ConfigError(f"config.text.encoder is set, but the {config.paradigm.name!r} "
+                        "paradigm is class-conditional only; text-to-image works with: "
+                        f"{', '.join(takes)}.")
+    conditioning.validate_text_config(config)
 
 
 def _positive(node, name, fields):

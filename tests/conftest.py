@@ -1,9 +1,24 @@
 """Shared fixtures. The whole test session sees 8 fake CPU devices (set before any
 device is touched); single-device tests build their mesh from ``jax.devices()[:1]``."""
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
+# One XLA compilation cache for the test session: tests that build the same program
+# (the one-device step of a sharded==1 test and a training test of the same tiny
+# config, the same tokenizer in several fixtures) compile it once. Session-local: it
+# is removed at exit, so nothing carries over between runs. JAXGEN_TEST_XLA_CACHE=0
+# turns it off.
+if os.environ.get("JAXGEN_TEST_XLA_CACHE", "1") != "0":
+  _XLA_CACHE = tempfile.mkdtemp(prefix="jaxgen-test-xla-")
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+  jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 
 import pytest  # noqa: E402
 
@@ -24,6 +39,36 @@ def fake_fmnist_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def caption_dirs(fake_fmnist_dir, data_dir, tmp_path_factory):
+  """Detailed captions of the synthetic data (the built-in captioner, true labels) and
+  their tiny_random embeddings: ``(captions_dir, embeddings_dir)``. Shared by the
+  text-to-image tests."""
+  import ml_collections
+  import numpy as np
+  from helpers import t2i_config
+  from jaxgen import conditioning
+  from jaxgen.data import caption_embeddings, captions, datasets
+  root = tmp_path_factory.mktemp("t2i")
+  cap_dir, emb_dir = str(root / "captions"), str(root / "emb")
+  base = datasets.get_dataset(ml_collections.ConfigDict(dict(
+      name="fashion_mnist", data_dir=data_dir, source_dir=fake_fmnist_dir)))
+  captioner = captions.FashionMnistCaptioner(classifier=None, seed=0)
+  for split in ("train", "test"):
+    src = base.source(split)
+    exs = [src[i] for i in range(len(src))]
+    text = captioner(np.stack([e["image"] for e in exs]), np.arange(len(exs)),
+                     labels=np.array([e["label"] for e in exs]))
+    captions.write_captions(cap_dir, split, text, captioner="test", seed=0,
+                            dataset="fashion_mnist_captions",
+                            fingerprint=captions.split_fingerprint(src))
+  config = t2i_config(fake_fmnist_dir, data_dir, cap_dir, emb_dir)
+  enc = conditioning.load_text_encoder(config.text)
+  caption_embeddings.embed_captions(datasets.get_dataset(config.data), config.data, enc,
+                                    emb_dir, ["train", "test"], progress=False)
+  return cap_dir, emb_dir
 
 
 @pytest.fixture

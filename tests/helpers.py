@@ -130,6 +130,36 @@ def tiny_token_config(paradigm, codes_dir, grid=(8, 8), codebook_size=32,
   return c
 
 
+# Text length and width of the "tiny_random" test encoder in the text-to-image tests.
+L, D = 16, 32
+
+
+def t2i_config(source_dir, data_dir, cap_dir, emb_dir, mode="cross_attention",
+               encode_in_step=False, ratio=0.5):
+  """The tiny DiT config on captioned synthetic data with the tiny_random encoder."""
+  import common  # configs/common.py
+  c = tiny_config(source_dir, data_dir)
+  c.data = common.captioned_data(cap_dir, emb_dir, ratio, pad=32)
+  c.data.source_dir, c.data.data_dir = source_dir, data_dir
+  c.text = common.text_fields("tiny_random", max_length=L, width=D)
+  c.text.encode_in_step = encode_in_step
+  c.model.text_conditioning = mode
+  return c
+
+
+def text_token_config(paradigm, tokenizer_dir, source_dir, data_dir, cap_dir, emb_dir,
+                      grid=(8, 8)):
+  """`tiny_token_config` made text-to-image: captioned synthetic images encoded in the
+  step by the tokenizer of ``tokenizer_dir``, conditioned on tiny_random text."""
+  import common  # configs/common.py
+  c = tiny_token_config(paradigm, "", grid=grid)
+  c.tokenizer.workdir = tokenizer_dir
+  c.data = common.captioned_data(cap_dir, emb_dir, 0.5, pad=32)
+  c.data.source_dir, c.data.data_dir = source_dir, data_dir
+  c.text = common.text_fields("tiny_random", max_length=L, width=D)
+  return c
+
+
 def run_steps(config, devices, n):
   """Builds ``config`` on ``devices`` and runs ``n`` train steps on its data:
   ``(experiment, state, losses)``."""
@@ -144,3 +174,20 @@ def run_steps(config, devices, n):
     state, m = step_fn(state, mesh_lib.global_batch(next(it), exp.mesh))
     losses.append(float(m["loss"]))
   return exp, state, losses
+
+
+def check_sharded_step_equals_one_device(make, n: int = 2):
+  """Runs ``n`` train steps of the config ``make()`` on one device and on a 2x4
+  (data x fsdp) mesh of the 8 fake devices; the losses and the parameters must agree.
+  Adam's eps is raised to 1e-3 in both, so that parameters whose true gradient is 0 do
+  not turn float noise into lr-sized steps: the comparison is of the real updates."""
+  import jax
+  c1, c8 = make(), make()
+  c8.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=4, tensor=1))
+  for c in (c1, c8):
+    c.optim.eps = 1e-3
+  _, s1, l1 = run_steps(c1, jax.devices()[:1], n)
+  _, s8, l8 = run_steps(c8, jax.devices(), n)
+  np.testing.assert_allclose(l1, l8, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+               jax.device_get(s1.params), jax.device_get(s8.params))

@@ -1,9 +1,14 @@
 """Bidirectional token transformer (MaskGIT, Chang et al. 2022) as a Flax Linen module.
 
 Input: a flattened token grid (B, N) with codes in ``[0, codebook_size)`` and the
-[MASK] id ``codebook_size``, and class labels (B,) (label ``num_classes`` is the null
-class, for classifier-free guidance). The labels become ``num_class_tokens`` prefix
-tokens; learned position embeddings, an embedding LayerNorm and dropout (BERT's
+[MASK] id ``codebook_size``, and the condition: class labels (B,) (label
+``num_classes`` is the null class, for classifier-free guidance), which become
+``num_class_tokens`` prefix tokens, or, for a text-to-image model (``text_length`` > 0),
+the text dict of `jaxgen.conditioning` whose encoder tokens, projected to the model
+width (``text_projection``), are the prefix, their padding masked as keys (the null
+text "" is the unconditional input; Muse conditions on T5 tokens by cross-attention,
+here they share the self-attention as in LlamaGen's prefix). Learned position
+embeddings over prefix and tokens, an embedding LayerNorm and dropout (BERT's
 embedding layer), pre-LN blocks, and BERT's masked-token head whose output weights
 are tied to the token embedding (``tie_output``), as in the official model.
 Output: logits (B, N, codebook_size) over the codes (never over [MASK]).
@@ -42,29 +47,42 @@ class MaskGITTransformer(nn.Module):
   dropout: float = 0.1
   tie_output: bool = True
   attn_impl: str = "xla"
+  text_length: int = 0
   dtype: jnp.dtype = jnp.float32
 
   @property
   def mask_id(self) -> int:
     return self.codebook_size
 
+  @property
+  def prefix_len(self) -> int:
+    return self.text_length or self.num_class_tokens
+
   @nn.compact
   def __call__(self, tokens_bn, labels_b, train: bool = False):
+    """Logits (B, N, codebook_size); ``labels_b``: labels or the text condition dict."""
     b, n = tokens_bn.shape
     if n != self.num_tokens:
       raise ValueError(f"MaskGIT: {n} tokens per example, the model was built for "
                        f"{self.num_tokens}.")
-    d, k = self.hidden_size, self.num_class_tokens
+    d, k = self.hidden_size, self.prefix_len
     table = layers.embedding_table(self, "token_embedding", self.codebook_size + 1, d)
     x = jnp.take(table, tokens_bn, axis=0)
-    cls = layers.LabelEmbedder(self.num_classes, d * k, name="class_embedding")(labels_b)
-    x = jnp.concatenate([cls.reshape(b, k, d), x], axis=1)
+    if self.text_length:
+      proj = dict(text_projection=layers.Mlp(d, d, dtype=self.dtype, name="text_projection"))
+    else:
+      proj = dict(class_embedding=layers.LabelEmbedder(self.num_classes, d * k,
+                                                       name="class_embedding"))
+    prefix, prefix_mask = layers.condition_prefix(labels_b, num_class_tokens=k,
+                                                  text_length=self.text_length, **proj)
+    x = jnp.concatenate([prefix.astype(x.dtype), x], axis=1)
     x = x + layers.embedding_table(self, "position_embedding", k + n, d)[None]
     x = layers.LayerNorm(name="embedding_norm")(x).astype(self.dtype)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     x = layers.constrain(x, ("batch", "length", "act_embed"))
     x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, self.dropout,
-                           self.attn_impl, self.dtype, name="transformer")(x, None, train)
+                           self.attn_impl, self.dtype, name="transformer")(
+        x, layers.key_mask(prefix_mask, n), train)
     x = x[:, k:]
     if self.tie_output:
       return layers.MlmHead(self.dtype, name="head")(x, table[:self.codebook_size])
@@ -91,11 +109,13 @@ def sized_kwargs(cfg: ml_collections.ConfigDict, sizes: dict, size_fields, extra
 
 @registry.MODELS.register("maskgit_transformer")
 def build_maskgit_transformer(cfg: ml_collections.ConfigDict, *, num_tokens: int,
-                              codebook_size: int, num_classes: int, dtype=jnp.float32
-                              ) -> MaskGITTransformer:
+                              codebook_size: int, num_classes: int, dtype=jnp.float32,
+                              text_length: int = 0) -> MaskGITTransformer:
   """From ``config.model``: ``variant`` (a SIZES name) fills depth/width/heads/MLP;
-  explicit fields override it."""
+  explicit fields override it. ``text_length`` > 0: text-conditioned (prefix of that
+  many encoder tokens)."""
   kw = sized_kwargs(cfg, SIZES, ("depth", "hidden_size", "num_heads", "mlp_dim"),
                     ("num_class_tokens", "dropout", "tie_output", "attn_impl"), "MaskGIT")
   return MaskGITTransformer(num_tokens=num_tokens, codebook_size=codebook_size,
-                            num_classes=num_classes, dtype=dtype, **kw)
+                            num_classes=num_classes, dtype=dtype, text_length=text_length,
+                            **kw)

@@ -15,6 +15,12 @@ q/v-only biases, l2-normalised q/k with a learned per-head scale, VAR's adaLN in
 stochastic depth), and an adaLN LayerNorm precedes the linear head over the codebook.
 Label ``num_classes`` is the null class (classifier-free guidance).
 
+Text-to-image (``text_length`` > 0, as in Infinity, the text-conditioned VAR): the
+condition is the text dict of `jaxgen.conditioning`; the pooled text, projected by an MLP,
+takes the class embedding's place (adaLN condition and start token), and every block
+cross-attends to the projected encoder tokens (`layers.AdaLNBlock(cross_attention=
+True)`, padding masked). The null text "" is the unconditional input.
+
 Cached decoding (`decode`): scale ``k``'s ``s_k^2`` inputs go through the blocks at
 once, attending to each other and to the KV cache of the coarser scales; the cache is a
 plain pytree (``jaxgen.nn.layers.init_kv_cache``) passed in and out.
@@ -80,6 +86,7 @@ class VARTransformer(nn.Module):
   drop_path_rate: float = 0.0
   attn_l2_norm: bool = True
   attn_impl: str = "xla"
+  text_length: int = 0
   dtype: jnp.dtype = jnp.float32
 
   @property
@@ -96,7 +103,11 @@ class VARTransformer(nn.Module):
     init = nn.with_logical_partitioning(_trunc_normal(std), ("vocab", "embed"))
     self.word_embed = layers.Dense(c, ("freq", "embed"), kernel_init=_trunc_normal(std),
                                    dtype=self.dtype)
-    self.class_embedding = layers.LabelEmbedder(self.num_classes, c, init_std=std)
+    if self.text_length:
+      self.pooled_projection = layers.Mlp(c, c, dtype=self.dtype)
+      self.text_projection = layers.Mlp(c, c, dtype=self.dtype)
+    else:
+      self.class_embedding = layers.LabelEmbedder(self.num_classes, c, init_std=std)
     self.start_position = self.param("start_position", init, (self.first_len, c))
     self.position_embedding = self.param("position_embedding", init, (self.seq_len, c))
     self.level_embedding = self.param("level_embedding", init, (len(self.scales), c))
@@ -104,7 +115,8 @@ class VARTransformer(nn.Module):
     self.blocks = [
         layers.AdaLNBlock(c, self.num_heads, self.mlp_ratio, self.dtype, self.attn_impl,
                           modulation_init="var", k_bias=False, qk_l2_norm=self.attn_l2_norm,
-                          cache_causal=False, drop_path=float(rates[i]), name=f"block_{i}")
+                          cache_causal=False, drop_path=float(rates[i]),
+                          cross_attention=self.text_length > 0, name=f"block_{i}")
         for i in range(self.depth)]
     self.head_modulation = layers.Dense(
         2 * c, ("embed", "mlp"), kernel_init=lambda k, s, d=jnp.float32: 0.5 * _trunc_normal(
@@ -117,9 +129,18 @@ class VARTransformer(nn.Module):
 
   # -- pieces shared by the full and the cached forward ---------------------------------
   def _start(self, labels_b):
-    """Class condition (B, C) and the start block's inputs (B, s_1^2, C)."""
-    cond = self.class_embedding(labels_b)
-    return cond, cond[:, None] + self.start_position[None]
+    """The condition vector (B, C), the start block's inputs (B, s_1^2, C) and the
+    cross-attention context: ``{}`` for class labels, else ``context_bld`` (the projected
+    text tokens) and ``context_mask_bl``."""
+    if self.text_length:
+      ctx, ctx_mask = layers.condition_prefix(labels_b, text_projection=self.text_projection,
+                                              text_length=self.text_length)
+      cond = self.pooled_projection(labels_b["text_pooled"].astype(self.dtype))
+      context = {"context_bld": ctx, "context_mask_bl": ctx_mask}
+    else:
+      cond = layers.condition_prefix(labels_b, class_embedding=self.class_embedding)[0][:, 0]
+      context = {}
+    return cond, cond[:, None] + self.start_position[None], context
 
   def _position(self, begin: int, length: int):
     lvl = jnp.asarray(level_ids(self.scales)[begin:begin + length])
@@ -150,7 +171,7 @@ class VARTransformer(nn.Module):
   def __call__(self, inputs, labels_b, train: bool = False):
     """Logits (B, L, codebook_size) of every scale's tokens from the teacher-forcing
     inputs (see `flatten_inputs`), block-causally."""
-    cond, start = self._start(labels_b)
+    cond, start, context = self._start(labels_b)
     words = self.word_embed(self.flatten_inputs(inputs).astype(self.dtype))
     x = jnp.concatenate([start.astype(self.dtype), words], axis=1)
     x = layers.constrain((x + self._position(0, self.seq_len)).astype(self.dtype),
@@ -158,7 +179,7 @@ class VARTransformer(nn.Module):
     mask = block_causal_mask(self.scales)
     cond = cond.astype(self.dtype)
     for block in self.blocks:
-      x = block(x, cond, mask, train)
+      x = block(x, cond, mask, train, **context)
     return self._logits(x, cond)
 
   # -- cached decoding -----------------------------------------------------------------
@@ -182,7 +203,7 @@ class VARTransformer(nn.Module):
     begin = scale_offsets(self.scales)[scale_index]
     length = self.scales[scale_index] ** 2
     layers.check_cache_room(begin, length, layers.kv_cache_length(cache))
-    cond, start = self._start(labels_b)
+    cond, start, context = self._start(labels_b)
     if scale_index == 0:
       x = start
     else:
@@ -194,17 +215,17 @@ class VARTransformer(nn.Module):
     cond = cond.astype(self.dtype)
     new_cache = []
     for block, c in zip(self.blocks, cache):
-      x, c = block(x, cond, None, False, c)
+      x, c = block(x, cond, None, False, c, **context)
       new_cache.append(c)
     return self._logits(x, cond), tuple(new_cache)
 
 
 @registry.MODELS.register("var")
 def build_var(cfg: ml_collections.ConfigDict, *, num_tokens: int, codebook_size: int,
-              num_classes: int, dtype=jnp.float32) -> VARTransformer:
+              num_classes: int, dtype=jnp.float32, text_length: int = 0) -> VARTransformer:
   """From ``config.model``: ``variant`` (a SIZES name) fills depth / width / heads /
   drop-path; explicit fields override; ``scales`` and ``code_dim`` must be the
-  tokenizer's."""
+  tokenizer's. ``text_length`` > 0: text-conditioned (cross-attention + pooled adaLN)."""
   from jaxgen.models import token_transformer  # pylint: disable=g-import-not-at-top
   kw = token_transformer.sized_kwargs(
       cfg, SIZES, ("depth", "hidden_size", "num_heads", "drop_path_rate"),
@@ -214,4 +235,4 @@ def build_var(cfg: ml_collections.ConfigDict, *, num_tokens: int, codebook_size:
     raise ValueError(f"VAR: {num_tokens} tokens per example, scales {scales} have "
                      f"{sum(s * s for s in scales)}.")
   return VARTransformer(scales=scales, codebook_size=codebook_size, code_dim=int(cfg.code_dim),
-                        num_classes=num_classes, dtype=dtype, **kw)
+                        num_classes=num_classes, dtype=dtype, text_length=text_length, **kw)

@@ -541,6 +541,50 @@ class AdaLNBlock(nn.Module):
     return x_bld if cache is None else (x_bld, cache)
 
 
+def is_text_condition(cond) -> bool:
+  """True for the text condition dict of `jaxgen.conditioning` (False: class labels)."""
+  return isinstance(cond, dict) and "text_tokens" in cond
+
+
+def condition_prefix(cond, *, class_embedding=None, text_projection=None,
+                     num_class_tokens: int = 1, text_length: int = 0):
+  """A model's condition as prefix tokens (shared by the token transformers).
+
+  Class models (``class_embedding``: a `LabelEmbedder` of width ``num_class_tokens * D``)
+  take a label array (or ``{"label": ...}``): ``num_class_tokens`` learned tokens,
+  nothing masked. Text models (``text_projection``: e.g. `Mlp` to width D) take the text
+  dict: the projected encoder tokens (B, L, D) and their padding mask (B, L), True =
+  a real token (``text_length``: the L the model was built for, checked). Returns
+  ``(prefix (B, K, D), mask (B, K) bool or None)``; a condition of the other kind is a
+  ValueError naming both.
+  """
+  if is_text_condition(cond):
+    if text_projection is None:
+      raise ValueError("This model is class-conditional but got a text condition; build "
+                       "it with text_length > 0 (config.text.encoder) for text.")
+    have = cond["text_tokens"].shape[1]
+    if text_length and have != text_length:
+      raise ValueError(f"{have} text tokens per example; the model was built for "
+                       f"text_length={text_length} (config.text.max_length).")
+    return text_projection(cond["text_tokens"]), cond["text_mask"].astype(bool)
+  if class_embedding is None:
+    raise ValueError("This model is text-conditional (text_length > 0) but got class "
+                     "labels; pass the text condition dict (text_tokens, text_mask, "
+                     "text_pooled).")
+  labels = cond["label"] if isinstance(cond, dict) else cond
+  emb = class_embedding(labels)
+  return emb.reshape(emb.shape[0], num_class_tokens, -1), None
+
+
+def key_mask(prefix_mask, length: int):
+  """(B, 1, 1, K + length) attention mask from a prefix's padding mask (None: no mask):
+  queries never attend to padded prefix tokens; the ``length`` others are all real."""
+  if prefix_mask is None:
+    return None
+  b = prefix_mask.shape[0]
+  return jnp.concatenate([prefix_mask, jnp.ones((b, length), bool)], axis=1)[:, None, None]
+
+
 def embedding_table(module: nn.Module, name: str, rows: int, width: int,
                     std: float = 0.02):
   """A (rows, width) embedding parameter with logical axes ("vocab", "embed")."""

@@ -22,6 +22,7 @@ from jaxgen.config import ConfigError
 from jaxgen.losses import token as token_losses
 from jaxgen.paradigms.tokens import TokenParadigm
 from jaxgen.samplers import autoregressive as decoding
+from jaxgen.samplers import cfg as cfg_lib
 
 SAMPLE_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale")
 
@@ -70,8 +71,8 @@ class Autoregressive(TokenParadigm):
   def loss(self, params, batch, rng, train: bool = True):
     codes = self.codes(batch)
     r_drop, r_model = jax.random.split(rng)
-    labels = self.drop_labels(batch["label"], r_drop, train)
-    logits = self.logits(params, codes, labels, train, r_model)
+    cond = self.condition(batch, r_drop, train)
+    logits = self.logits(params, codes, cond, train, r_model)
     loss, acc = token_losses.masked_cross_entropy(
         logits, codes, jnp.ones(codes.shape, jnp.bool_), self.config.paradigm.label_smoothing)
     return loss, {"accuracy": acc}
@@ -80,31 +81,33 @@ class Autoregressive(TokenParadigm):
   def _sampling(self, kwargs):
     out = sampling_options(kwargs, self.config.sample, SAMPLE_FIELDS, self.num_tokens,
                            "one step per token")
-    return dict(out, null_label=self.null_label)
+    return dict(out, null=self.null_condition())
 
-  def init_cache(self, params, labels, cfg_scale: float):
+  def init_cache(self, params, cond, cfg_scale: float):
     """KV caches for the decoding batch (2B with guidance) with the prefix before its
     last token already in them; returns ``(cache, positions in it)``."""
-    cond = decoding.guided_labels(labels, self.null_label, cfg_scale)
-    cache = self.model.init_cache(cond.shape[0])
-    start = self.model.num_class_tokens - 1
+    both = cfg_lib.with_null(cond, self.null_condition(), cfg_scale)
+    b2 = cfg_lib.batch_size(both)
+    cache = self.model.init_cache(b2)
+    start = self.model.prefix_len - 1
     if start:
-      _, cache = self.model.apply({"params": params}, jnp.zeros((cond.shape[0], start),
-                                                                 jnp.int32),
-                                  cond, cache, method="decode")
+      _, cache = self.model.apply({"params": params}, jnp.zeros((b2, start), jnp.int32),
+                                  both, cache, method="decode")
     return cache, start
 
   def sample_tokens(self, params, rng, labels, **kwargs):
     """(B, N) codes, one per step with the KV cache. kwargs: ``SAMPLE_FIELDS``."""
     kw = self._sampling(kwargs)
-    cache, start = self.init_cache(params, labels, kw["cfg_scale"])
+    cond = self.sampling_condition(labels)
+    cache, start = self.init_cache(params, cond, kw["cfg_scale"])
     decode_fn = lambda t, y, c: self.model.apply({"params": params}, t, y, c,
                                                  method="decode_step")
-    return decoding.decode_cached(decode_fn, cache, labels, rng, num_tokens=self.num_tokens,
+    return decoding.decode_cached(decode_fn, cache, cond, rng, num_tokens=self.num_tokens,
                                   start=start, **kw)
 
   def sample_tokens_uncached(self, params, rng, labels, **kwargs):
     """The same draws as ``sample_tokens`` by full recomputation at every step."""
     kw = self._sampling(kwargs)
-    return decoding.decode_uncached(lambda t, y: self.logits(params, t, y), labels, rng,
+    return decoding.decode_uncached(lambda t, y: self.logits(params, t, y),
+                                    self.sampling_condition(labels), rng,
                                     num_tokens=self.num_tokens, **kw)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxgen import conditioning
 from jaxgen.data import preprocess
 from jaxgen.train import optim
 from jaxgen.train.state import TrainState
@@ -31,18 +32,54 @@ def preprocessed_shape(pp: str, stored_shape) -> Tuple[int, ...]:
 
 
 class Paradigm:
-  """Base class. Subclasses register with ``@registry.PARADIGMS.register(name)``."""
+  """Base class. Subclasses register with ``@registry.PARADIGMS.register(name)``.
+
+  Conditioning is shared (`jaxgen.conditioning`): ``self.conditioner`` is class labels,
+  or text when ``config.text.encoder`` is set and the paradigm ``supports_text``;
+  ``condition`` / ``sampling_condition`` / ``null_condition`` give the model its input.
+  """
+
+  supports_text = False  # paradigms whose models take the text condition dict
 
   def __init__(self, config, dataset):
     self.config = config
     self.dataset = dataset
     self.image_shape = preprocessed_shape(config.data.pp, dataset.image_shape)
     self.num_classes = dataset.num_classes
+    self.null_label = self.num_classes
     self.compute_dtype = jnp.dtype(config.train.compute_dtype)
+    self.conditioner = conditioning.make_conditioner(config, dataset)
+    if self.conditioner.kind == "text" and hasattr(dataset, "source"):
+      self.conditioner.wrap_source(dataset)
+
+  @property
+  def text_length(self) -> int:
+    """Text tokens per condition (0 for class-conditional runs)."""
+    return self.conditioner.length if self.conditioner.kind == "text" else 0
 
   @classmethod
   def validate_config(cls, config) -> None:
     """Raises ``jaxgen.config.ConfigError`` for fields this paradigm cannot use."""
+
+  # -- conditioning (labels or text), shared -----------------------------------------
+  def condition(self, batch: Batch, rng: jax.Array = None, train: bool = False):
+    """The model's condition input for a data batch (label array or text dict),
+    replaced by the null condition with probability ``config.paradigm.label_dropout``
+    per example in training (label / caption dropout, for CFG)."""
+    cond = self.conditioner.from_batch(batch)
+    p = self.config.paradigm.get("label_dropout", 0.0)
+    if train and p > 0:
+      cond = self.conditioner.drop(cond, rng, p)
+    return self.conditioner.model_input(cond)
+
+  def sampling_condition(self, labels):
+    """The model's condition input from what ``sample`` takes: class labels, or (text
+    runs) a condition dict, a list of prompts, or class labels (their short captions)."""
+    return self.conditioner.model_input(self.conditioner.for_sampling(labels))
+
+  def null_condition(self):
+    """The unconditional input (unbatched): the null label or the null text."""
+    return self.conditioner.model_input(self.conditioner.null())
 
   # -- what a paradigm implements ---------------------------------------------------
   def init_params(self, rng: jax.Array) -> Any:
@@ -60,7 +97,8 @@ class Paradigm:
   def example_batch(self, batch_size: int) -> Batch:
     """Abstract batch (ShapeDtypeStructs) as the data pipeline delivers it."""
     return {"image": jax.ShapeDtypeStruct((batch_size,) + self.image_shape, jnp.float32),
-            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+            **self.conditioner.batch_fields(batch_size)}
 
   def model_summary(self) -> Dict[str, Any]:
     """Callable + example inputs of the main network, for ``jaxgen info``."""
@@ -81,9 +119,10 @@ class Paradigm:
     return optim.make_optimizer(self.config.optim, self.config.train.num_steps)
 
   def preview(self, state: TrainState, rng: jax.Array, num: int) -> jax.Array:
-    """Images for the loop's PNG grid: ``num`` EMA samples, each class in turn."""
-    labels = jnp.arange(num, dtype=jnp.int32) % max(self.num_classes, 1)
-    return self.sample(state.ema_params, rng, labels)
+    """Images for the loop's PNG grid: ``num`` EMA samples, each class in turn (text
+    runs: each class's short caption)."""
+    return self.sample(state.ema_params, rng,
+                       self.conditioner.model_input(self.conditioner.preview(num)))
 
   def preview_columns(self, num: int):
     """Columns of the preview grid (a row per class when ``num`` allows)."""

@@ -31,15 +31,13 @@ class RectifiedFlow(Paradigm):
   config.sample: steps, solver, cfg_scale, shift. config.text: see
   `jaxgen.conditioning.TextConditioner`."""
 
+  supports_text = True
+
   def __init__(self, config, dataset):
     super().__init__(config, dataset)
     self.model = registry.MODELS.get(config.model.name)(
         config.model, image_shape=self.image_shape, num_classes=self.num_classes,
         dtype=self.compute_dtype)
-    self.null_label = self.num_classes
-    self.conditioner = conditioning.make_conditioner(config, dataset)
-    if self.conditioner.kind == "text" and hasattr(dataset, "source"):
-      self.conditioner.wrap_source(dataset)
 
   @classmethod
   def validate_config(cls, config) -> None:
@@ -57,7 +55,6 @@ class RectifiedFlow(Paradigm):
                         f"{', '.join(ode.SOLVERS)}.")
     if config.sample.steps < 1:
       raise ConfigError(f"config.sample.steps={config.sample.steps} must be >= 1.")
-    conditioning.validate_text_config(config)
     text = conditioning.uses_text(config)
     mode = config.model.get("text_conditioning", "none") or "none"
     if text and (config.model.name != "dit" or mode == "none"):
@@ -72,30 +69,24 @@ class RectifiedFlow(Paradigm):
             jnp.zeros((batch,), jnp.float32),
             self.conditioner.model_input(self.conditioner.dummy(batch)))
 
-  def example_batch(self, batch_size: int):
-    return dict(super().example_batch(batch_size), **self.conditioner.batch_fields(batch_size))
-
   def init_params(self, rng):
     return self.model.init(rng, *self._dummy_inputs())["params"]
 
   def velocity(self, params, x, t_b, cond, train: bool = False, rng=None):
-    """The network's velocity; ``cond``: a label array or a condition dict."""
+    """The network's velocity; ``cond``: the model's condition input (a label array or
+    the text dict)."""
     rngs = {"dropout": rng} if rng is not None else None
-    if isinstance(cond, dict):
-      cond = self.conditioner.model_input(cond)
     return self.model.apply({"params": params}, x, t_b * self.config.paradigm.time_scale,
                             cond, train=train, rngs=rngs)
 
   def loss(self, params, batch, rng, train: bool = True):
     p = self.config.paradigm
     x0 = batch["image"]
-    cond = self.conditioner.from_batch(batch)
     b = x0.shape[0]
     r_t, r_eps, r_drop, r_model = jax.random.split(rng, 4)
     t = flow_losses.sample_time(r_t, b, p.time_sampling, p.time_mean, p.time_std)
     eps = jax.random.normal(r_eps, x0.shape, x0.dtype)
-    if train and p.label_dropout > 0:
-      cond = self.conditioner.drop(cond, r_drop, p.label_dropout)
+    cond = self.condition(batch, r_drop, train)
     x_t = flow_losses.interpolate(x0, eps, t)
     pred = self.velocity(params, x_t, t, cond, train=train, rng=r_model)
     w = flow_losses.weight(t, p.loss_weighting, p.time_mean, p.time_std)
@@ -104,26 +95,23 @@ class RectifiedFlow(Paradigm):
 
   def sample(self, params, rng, labels, *, steps=None, cfg_scale=None, solver=None,
              shift=None):
-    """Images for ``labels``: a label array (class models) or a condition dict (text:
-    `TextConditioner.for_sampling` of prompts); CFG against the null condition."""
+    """Images for ``labels``: a label array, or for text runs a condition dict
+    (`TextConditioner.for_sampling` of prompts; labels give their classes' short
+    captions); CFG against the null condition."""
     s = self.config.sample
     steps = s.steps if steps is None else steps
     cfg_scale = s.cfg_scale if cfg_scale is None else cfg_scale
     solver = s.solver if solver is None else solver
     shift = s.shift if shift is None else shift
-    cond = labels if isinstance(labels, dict) else self.conditioner.for_sampling(labels)
+    cond = self.sampling_condition(labels)
     model_fn = cfg_lib.guided(lambda x, t, y: self.velocity(params, x, t, y),
-                              self.conditioner.null(), cfg_scale)
+                              self.null_condition(), cfg_scale)
     step_fn = ode.get_solver(solver)(lambda x, t: model_fn(x, t, cond),
                                      ode.time_grid(steps, shift))
-    batch = jax.tree.leaves(cond)[0].shape[0]
+    batch = cfg_lib.batch_size(cond)
     noise = jax.random.normal(rng, (batch,) + self.image_shape, jnp.float32)
     x0 = loop.run_loop(step_fn, noise, steps)
     return jnp.clip(x0, -1.0, 1.0)
-
-  def preview(self, state, rng, num: int):
-    """EMA samples for the loop's grid: each class in turn (text: its short caption)."""
-    return self.sample(state.ema_params, rng, self.conditioner.preview(num))
 
   def model_summary(self) -> Dict[str, Any]:
     return dict(module=self.model, inputs=self._dummy_inputs(),

@@ -21,10 +21,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxgen import registry
+from jaxgen import conditioning, registry
 from jaxgen.config import ConfigError
 from jaxgen.paradigms import maskgit as maskgit_lib
 from jaxgen.paradigms.tokens import TokenParadigm
+from jaxgen.samplers import cfg as cfg_lib
 
 
 def masking_ratio(rng, batch: int, mode: float, std: float, low: float, high: float = 1.0):
@@ -87,17 +88,17 @@ class MAGEParadigm(TokenParadigm):
     logits, enc = self._apply(params, jnp.where(mask, self.mask_id, codes), labels, drop,
                               n - self.num_dropped, train=train, rng=r_model)
     loss, metrics = self.masked_token_loss(logits, codes, mask)
-    pooled = jnp.mean(enc[:, self.model.buffer_size:], axis=1)  # kept tokens only
+    pooled = jnp.mean(enc[:, self.model.num_prefix:], axis=1)  # kept tokens only
     return loss, metrics, pooled
 
   def loss(self, params, batch, rng, train: bool = True):
     p = self.config.paradigm
     codes = self.codes(batch)
     r_drop, r_a, r_b = jax.random.split(rng, 3)
-    labels = self.drop_labels(batch["label"], r_drop, train)
-    loss, metrics, feat_a = self._view(params, codes, labels, r_a, train)
+    cond = self.condition(batch, r_drop, train)
+    loss, metrics, feat_a = self._view(params, codes, cond, r_a, train)
     if p.contrastive_weight > 0:
-      loss_b, _, feat_b = self._view(params, codes, labels, r_b, train)
+      loss_b, _, feat_b = self._view(params, codes, cond, r_b, train)
       con = info_nce(feat_a, feat_b, p.contrastive_temperature)
       loss = 0.5 * (loss + loss_b) + p.contrastive_weight * con
       metrics = dict(metrics, contrastive_loss=con)
@@ -110,15 +111,17 @@ class MAGEParadigm(TokenParadigm):
     return self._apply(params, tokens, labels, drop, self.num_tokens)[0]
 
   def sample_tokens(self, params, rng, labels, **kwargs):
+    cond = self.sampling_condition(labels)
     return maskgit_lib.iterative_decode(
-        maskgit_lib.guided_logits(lambda t, y: self.logits(params, t, y), labels,
-                                  self.null_label, self.config.sample.cfg_schedule),
-        batch=labels.shape[0], num_tokens=self.num_tokens, mask_id=self.mask_id, rng=rng,
+        maskgit_lib.guided_logits(lambda t, y: self.logits(params, t, y), cond,
+                                  self.null_condition(), self.config.sample.cfg_schedule),
+        batch=cfg_lib.batch_size(cond), num_tokens=self.num_tokens, mask_id=self.mask_id, rng=rng,
         config_sample=self.config.sample, schedule=self.config.paradigm.mask_schedule,
         **kwargs)
 
   def features(self, params, codes):
-    """(B, D) representation of (B, h, w) or (B, N) codes: nothing masked, null class."""
+    """(B, D) representation of (B, h, w) or (B, N) codes: nothing masked, the null
+    condition (null class or null text)."""
     codes = codes.reshape(codes.shape[0], -1).astype(jnp.int32)
-    labels = jnp.full((codes.shape[0],), self.null_label, jnp.int32)
-    return self._apply(params, codes, labels, method="features")
+    null = conditioning.batched(self.null_condition(), codes.shape[0])
+    return self._apply(params, codes, null, method="features")

@@ -56,16 +56,16 @@ def iterative_decode(logits_fn, *, batch: int, num_tokens: int, mask_id: int, rn
   return loop.run_loop(step_fn, decoding.init_state(start, mask_id, rng), steps).tokens
 
 
-def guided_logits(model_logits, labels, null_label: int, cfg_schedule: str):
+def guided_logits(model_logits, cond, null, cfg_schedule: str):
   """``(steps, scale) -> logits_fn(tokens, i)`` with classifier-free guidance on logits
-  (scale 1 = the conditional model alone, one pass)."""
+  against the ``null`` condition (scale 1 = the conditional model alone, one pass)."""
 
   def make(steps, scale):
     def logits_fn(tokens, i):
       if scale == 1.0:  # every schedule is then 1 throughout: one conditional pass
-        return model_logits(tokens, labels)
+        return model_logits(tokens, cond)
       w = decoding.guidance_scale(i, steps, scale, cfg_schedule)
-      return cfg_lib.guided(model_logits, jnp.int32(null_label), w)(tokens, labels)
+      return cfg_lib.guided(model_logits, null, w)(tokens, cond)
     return logits_fn
 
   return make
@@ -90,15 +90,17 @@ class MaskGIT(TokenParadigm):
     b, n = codes.shape
     r_mask, r_drop, r_model = jax.random.split(rng, 3)
     mask = decoding.training_mask(r_mask, b, n, self.config.paradigm.mask_schedule)
-    labels = self.drop_labels(batch["label"], r_drop, train)
-    logits = self.logits(params, jnp.where(mask, self.mask_id, codes), labels, train,
+    cond = self.condition(batch, r_drop, train)
+    logits = self.logits(params, jnp.where(mask, self.mask_id, codes), cond, train,
                          r_model)
     return self.masked_token_loss(logits, codes, mask)
 
   def sample_tokens(self, params, rng, labels, **kwargs):
+    cond = self.sampling_condition(labels)
     model_logits = lambda t, y: self.logits(params, t, y)
     return iterative_decode(
-        guided_logits(model_logits, labels, self.null_label, self.config.sample.cfg_schedule),
-        batch=labels.shape[0], num_tokens=self.num_tokens, mask_id=self.mask_id, rng=rng,
+        guided_logits(model_logits, cond, self.null_condition(),
+                      self.config.sample.cfg_schedule),
+        batch=cfg_lib.batch_size(cond), num_tokens=self.num_tokens, mask_id=self.mask_id, rng=rng,
         config_sample=self.config.sample, schedule=self.config.paradigm.mask_schedule,
         **kwargs)

@@ -11,6 +11,12 @@ pre-computed codes it defaults to the run that wrote them (``tokens.json``).
 A tokenizer or code files whose grid or vocabulary differ from ``config.model.grid_size``
 / ``config.model.codebook_size``, or codes written by another tokenizer than the
 configured one, are refused before anything compiles, with both values in the message.
+
+Text-to-image (``config.text.encoder`` set): the models take the text condition dict
+(`jaxgen.conditioning`) instead of labels, built with ``text_length`` (prefix tokens for
+MaskGIT / MAGE / raster AR, cross-attention for VAR); CFG runs against the null text.
+Such runs train on captioned images encoded in the step (``config.tokenizer.workdir``),
+since pre-computed code files carry no captions.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxgen import registry
+from jaxgen import conditioning, registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import token as token_losses
 from jaxgen.paradigms.base import Paradigm
@@ -91,6 +97,7 @@ class TokenParadigm(Paradigm):
   ``config.model.grid_size``; VAR overrides it with "msvq" and its scales)."""
 
   needs_vq = True
+  supports_text = True
   tokenizer_kind = "vq"
   grid_field = "grid_size"
 
@@ -110,7 +117,6 @@ class TokenParadigm(Paradigm):
     self.num_tokens = self.tokens_per_grid(self.grid_shape)
     self.codebook_size = int(m.codebook_size)
     self.mask_id = self.codebook_size
-    self.null_label = self.num_classes
     self.tokenizer = None
     workdir = tokenizer_workdir(config)
     if workdir:
@@ -128,7 +134,8 @@ class TokenParadigm(Paradigm):
     self.on_codes = config.data.name == "tokens"
     self.model = registry.MODELS.get(m.name)(
         m, num_tokens=self.num_tokens, codebook_size=self.codebook_size,
-        num_classes=self.num_classes, dtype=self.compute_dtype)
+        num_classes=self.num_classes, dtype=self.compute_dtype,
+        **({"text_length": self.text_length} if self.text_length else {}))
 
   def init_params(self, rng):
     return self.model.init(rng, *self._dummy_inputs())["params"]
@@ -154,6 +161,11 @@ class TokenParadigm(Paradigm):
       check_codes(f"config.data.data_dir={config.data.data_dir}", meta["grid_shape"],
                   meta["vocab_size"], cls.expected_grid(config), config, cls.grid_field)
     tokenizer_workdir(config)  # same tokenizer for codes and decoding
+    if conditioning.uses_text(config) and config.data.name == "tokens":
+      raise ConfigError("config.text.encoder is set but config.data.name='tokens': code "
+                        "files carry no captions. Train a text-to-image token model on a "
+                        "captioned image dataset (e.g. fashion_mnist_captions) with "
+                        "config.tokenizer.workdir set; the step encodes the images.")
     p = config.paradigm
     for f in ("label_dropout", "label_smoothing"):
       if not 0.0 <= p[f] < 1.0:
@@ -164,7 +176,8 @@ class TokenParadigm(Paradigm):
     if self.on_codes:
       shape = (self.num_tokens,) if self.tokenizer_kind == "msvq" else self.grid_shape
       return {"codes": jax.ShapeDtypeStruct((batch_size,) + shape, jnp.int32),
-              "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+              "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+              **self.conditioner.batch_fields(batch_size)}
     return super().example_batch(batch_size)
 
   def codes(self, batch) -> jax.Array:
@@ -177,12 +190,6 @@ class TokenParadigm(Paradigm):
       c = jnp.concatenate([x.reshape(x.shape[0], -1) for x in c], axis=1)
     return c.reshape(c.shape[0], -1).astype(jnp.int32)
 
-  def drop_labels(self, labels, rng, train: bool):
-    p = self.config.paradigm.label_dropout
-    if not train or p <= 0:
-      return labels
-    return jnp.where(jax.random.bernoulli(rng, p, labels.shape), self.null_label, labels)
-
   # -- sampling -----------------------------------------------------------------------
   def decode_images(self, tokens_bn) -> jax.Array:
     if self.tokenizer is None:
@@ -192,6 +199,8 @@ class TokenParadigm(Paradigm):
     return self.tokenizer.decode_fn(self.tokenizer.params, codes)
 
   def sample_tokens(self, params, rng, labels, **kwargs) -> jax.Array:
+    """(B, N) codes for ``labels`` (class labels, or a text run's condition: see
+    `Paradigm.sampling_condition`)."""
     raise NotImplementedError
 
   def sample(self, params, rng, labels, **kwargs):
@@ -207,4 +216,4 @@ class TokenParadigm(Paradigm):
 
   def _dummy_inputs(self, batch: int = 1):
     return (jnp.zeros((batch, self.num_tokens), jnp.int32),
-            jnp.zeros((batch,), jnp.int32))
+            self.conditioner.model_input(self.conditioner.dummy(batch)))

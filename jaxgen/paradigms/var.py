@@ -25,6 +25,7 @@ from jaxgen.config import ConfigError
 from jaxgen.losses import token as token_losses
 from jaxgen.paradigms import autoregressive
 from jaxgen.paradigms.tokens import TokenParadigm
+from jaxgen.samplers import cfg as cfg_lib
 from jaxgen.samplers import var as var_sampler
 
 SAMPLE_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule")
@@ -102,8 +103,8 @@ class VAR(TokenParadigm):
   def loss(self, params, batch, rng, train: bool = True):
     codes = self.codes(batch)
     r_drop, r_model = jax.random.split(rng)
-    labels = self.drop_labels(batch["label"], r_drop, train)
-    logits = self.logits(params, self.teacher_forcing(codes), labels, train, r_model)
+    cond = self.condition(batch, r_drop, train)
+    logits = self.logits(params, self.teacher_forcing(codes), cond, train, r_model)
     loss, acc = token_losses.masked_cross_entropy(
         logits, codes, jnp.ones(codes.shape, jnp.bool_), self.config.paradigm.label_smoothing)
     last = self.scales[-1] ** 2
@@ -116,17 +117,18 @@ class VAR(TokenParadigm):
                                           len(self.scales), "one step per scale")
     tok = self._tokenizer()
     next_input = lambda k, f_hat, idx: tok.next_input_fn(tok.params, k, f_hat, idx)
-    return dict(out, null_label=self.null_label, scales=self.scales,
+    return dict(out, null=self.null_condition(), scales=self.scales,
                 feature_shape=tok.latent_shape), next_input
 
   def sample_pyramid(self, params, rng, labels, **kwargs):
     """Per-scale codes (list of (B, s, s)) and the final f_hat, with the KV cache."""
     kw, next_input = self._sampling(kwargs)
-    batch = labels.shape[0] * (1 if kw["cfg_scale"] == 1.0 else 2)
+    cond = self.sampling_condition(labels)
+    batch = cfg_lib.batch_size(cond) * (1 if kw["cfg_scale"] == 1.0 else 2)
     cache = self.model.init_cache(batch)
     decode = lambda x, y, c, k: self.model.apply({"params": params}, x, y, c, k,
                                                  method="decode")
-    return var_sampler.decode_cached(decode, cache, next_input, labels, rng, **kw)
+    return var_sampler.decode_cached(decode, cache, next_input, cond, rng, **kw)
 
   def sample_pyramid_uncached(self, params, rng, labels, **kwargs):
     """The same draws as `sample_pyramid` by full recomputation at every scale."""
@@ -134,8 +136,8 @@ class VAR(TokenParadigm):
     tok = self._tokenizer()
     return var_sampler.decode_uncached(
         lambda x, y: self.logits(params, x, y),
-        lambda codes: tok.teacher_forcing_fn(tok.params, codes), next_input, labels, rng,
-        code_dim=int(self.config.model.code_dim), **kw)
+        lambda codes: tok.teacher_forcing_fn(tok.params, codes), next_input,
+        self.sampling_condition(labels), rng, code_dim=int(self.config.model.code_dim), **kw)
 
   def sample_tokens(self, params, rng, labels, **kwargs):
     """(B, L) flattened pyramid, coarse scales first (as ``jaxgen tokenize`` writes)."""
@@ -159,4 +161,4 @@ class VAR(TokenParadigm):
     m = self.config.model
     return (jnp.zeros((batch, self.num_tokens - self.scales[0] ** 2, int(m.code_dim)),
                       jnp.float32),
-            jnp.zeros((batch,), jnp.int32))
+            self.conditioner.model_input(self.conditioner.dummy(batch)))

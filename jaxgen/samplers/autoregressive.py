@@ -49,13 +49,6 @@ def sample_logits(rng, logits_bv, temperature: float = 1.0, top_k: int = 0,
   return jax.random.categorical(rng, logits_bv, axis=-1).astype(jnp.int32)
 
 
-def guided_labels(labels_b, null_label: int, cfg_scale: float):
-  """Labels of the decoding batch: ``[labels, null]`` (2B) with guidance, else B."""
-  if cfg_scale == 1.0:
-    return labels_b
-  return jnp.concatenate([labels_b, jnp.full_like(labels_b, null_label)])
-
-
 def _combine(logits, cfg_scale: float):
   if cfg_scale == 1.0:
     return logits
@@ -73,10 +66,11 @@ def _write(tokens_bn, i, code_b):
   return jax.lax.dynamic_update_index_in_dim(tokens_bn, code_b, i, axis=1)
 
 
-def cached_step(decode_fn: DecodeFn, labels_b, *, null_label: int, cfg_scale: float = 1.0,
+def cached_step(decode_fn: DecodeFn, labels_b, *, null, cfg_scale: float = 1.0,
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
-  """The KV-cache step ``(DecodeState, i) -> DecodeState`` for ``loop.run_loop``."""
-  cond = guided_labels(labels_b, null_label, cfg_scale)
+  """The KV-cache step ``(DecodeState, i) -> DecodeState`` for ``loop.run_loop``.
+  ``labels_b``: the condition (a label array or a text dict); ``null``: the null one."""
+  cond = cfg_lib.with_null(labels_b, null, cfg_scale)
   sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
 
   def step(state: DecodeState, i) -> DecodeState:
@@ -91,11 +85,11 @@ def cached_step(decode_fn: DecodeFn, labels_b, *, null_label: int, cfg_scale: fl
   return step
 
 
-def uncached_step(logits_fn: LogitsFn, labels_b, *, null_label: int, cfg_scale: float = 1.0,
+def uncached_step(logits_fn: LogitsFn, labels_b, *, null, cfg_scale: float = 1.0,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
   """The reference step: the whole (B, N) sequence through the model at every step
   (guidance through the shared ``cfg.guided``); same rng use as ``cached_step``."""
-  guided = cfg_lib.guided(logits_fn, jnp.int32(null_label), cfg_scale)
+  guided = cfg_lib.guided(logits_fn, null, cfg_scale)
   sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
 
   def step(state: DecodeState, i) -> DecodeState:
@@ -123,13 +117,13 @@ def decode_cached(decode_fn: DecodeFn, cache, labels_b, rng, *, num_tokens: int,
     raise ValueError(f"Decoding {num_tokens} tokens after {start} cached positions needs a "
                      f"KV cache of {start + num_tokens} positions; this one has {max_len}.")
   step = cached_step(decode_fn, labels_b, **step_kw)
-  tokens = jnp.zeros((labels_b.shape[0], num_tokens), jnp.int32)
+  tokens = jnp.zeros((cfg_lib.batch_size(labels_b), num_tokens), jnp.int32)
   return loop.run_loop(step, DecodeState(tokens, cache, rng), num_tokens).tokens
 
 
 def decode_uncached(logits_fn: LogitsFn, labels_b, rng, *, num_tokens: int, **step_kw):
   """Samples (B, num_tokens) codes by full recomputation at each step."""
   step = uncached_step(logits_fn, labels_b, **step_kw)
-  tokens = jnp.zeros((labels_b.shape[0], num_tokens), jnp.int32)
+  tokens = jnp.zeros((cfg_lib.batch_size(labels_b), num_tokens), jnp.int32)
   return loop.run_loop(step, DecodeState(tokens, (), rng), num_tokens).tokens
 

@@ -27,14 +27,26 @@ def guided(model_fn: Callable[..., Any], null_cond: Any, scale) -> Callable[...,
 
   def call(x, *args):
     *rest, cond = args
-    null = jax.tree.map(lambda c, n: jnp.broadcast_to(n, c.shape).astype(c.dtype),
-                        cond, null_cond)
     both_x = jax.tree.map(lambda a: jnp.concatenate([a, a], axis=0), (x, *rest))
-    both_c = jax.tree.map(lambda c, n: jnp.concatenate([c, n], axis=0), cond, null)
-    out = model_fn(*both_x, both_c)
+    out = model_fn(*both_x, with_null(cond, null_cond))
     return jax.tree.map(lambda o: _combine(o, scale), out)
 
   return call
+
+
+def batch_size(cond) -> int:
+  """Leading dimension of a condition (a label array or a dict of arrays)."""
+  return jax.tree.leaves(cond)[0].shape[0]
+
+
+def with_null(cond, null_cond, cfg_scale: float = 2.0):
+  """The guided batch ``[cond; null]`` (2B rows; any pytree condition, ``null_cond``
+  broadcast to each leaf), or ``cond`` itself when ``cfg_scale == 1`` (no guidance)."""
+  if isinstance(cfg_scale, (int, float)) and cfg_scale == 1.0:
+    return cond
+  null = jax.tree.map(lambda c, n: jnp.broadcast_to(n, c.shape).astype(c.dtype),
+                      cond, null_cond)
+  return jax.tree.map(lambda c, n: jnp.concatenate([c, n], axis=0), cond, null)
 
 
 def _combine(out, scale):

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn import layers
-from jaxgen.samplers.autoregressive import guided_labels, sample_logits
+from jaxgen.samplers import cfg as cfg_lib
+from jaxgen.samplers.autoregressive import sample_logits
 
 CFG_SCHEDULES = ("linear", "constant")
 
@@ -64,14 +65,14 @@ def _draw(rng, logits_blv, scale: int, **sampling):
 
 
 def _run(scale_logits, next_input_fn: NextInputFn, labels_b, rng, *, scales: Sequence[int],
-         feature_shape: Tuple[int, ...], null_label: int, cfg_scale: float = 1.0,
+         feature_shape: Tuple[int, ...], null, cfg_scale: float = 1.0,
          cfg_schedule: str = "linear", temperature: float = 1.0, top_k: int = 0,
          top_p: float = 1.0):
   """The scale loop shared by the cached and the uncached decoder. ``scale_logits(k,
   inputs_blc, cond, codes_so_far)`` returns scale ``k``'s (2B or B, s_k^2, V) logits."""
   guided = cfg_scale != 1.0
-  cond = guided_labels(labels_b, null_label, cfg_scale)
-  b, num = labels_b.shape[0], len(scales)
+  cond = cfg_lib.with_null(labels_b, null, cfg_scale)
+  b, num = cfg_lib.batch_size(labels_b), len(scales)
   f_hat = jnp.zeros((b,) + tuple(feature_shape), jnp.float32)
   inputs, codes = None, []
   for k, s in enumerate(scales):
@@ -106,7 +107,7 @@ def decode_cached(decode_fn: DecodeFn, cache, next_input_fn: NextInputFn, labels
   def scale_logits(k, inputs, cond, codes):
     del codes
     if inputs is None:
-      inputs = jnp.zeros((cond.shape[0], scales[0] ** 2, 1), jnp.float32)  # start token
+      inputs = jnp.zeros((cfg_lib.batch_size(cond), scales[0] ** 2, 1), jnp.float32)  # start
     logits, state["cache"] = decode_fn(inputs, cond, state["cache"], k)
     return logits
 
@@ -127,7 +128,7 @@ def decode_uncached(logits_fn: LogitsFn, teacher_forcing_fn: Callable[[List[jax.
 
   def scale_logits(k, inputs, cond, codes):
     del inputs
-    b2 = cond.shape[0]
+    b2 = cfg_lib.batch_size(cond)
     x = jnp.zeros((b2, offsets[-1] - first, code_dim), jnp.float32)
     if codes:
       maps = teacher_forcing_fn(codes)
