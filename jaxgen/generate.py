@@ -65,20 +65,31 @@ def generate(exp, params, *, num: int, seed: int, labels: Optional[np.ndarray] =
     raise ValueError(f"{len(labels)} labels for {num} samples.")
   if labels.max(initial=0) > nc or labels.min(initial=0) < 0:
     raise ValueError(f"labels must be in [0, {nc}] ({nc} = unconditional).")
+  images = _sample_in_chunks(exp, params, labels, num=num, seed=seed,
+                             batch_size=batch_size, progress=progress, **sample_kwargs)
+  return images, labels
+
+
+def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,
+                      **sample_kwargs):
+  """``exp.paradigm.sample`` over ``cond`` (labels, or a dict of arrays, leading axis
+  ``num``) in chunks of ``batch_size`` as uint8 images. Chunk ``i`` uses the key
+  ``fold_in(PRNGKey(seed), i)``; the last chunk is padded with copies of its first row
+  to keep one compiled shape."""
   batch_size = min(batch_size, num)
-  fn = jax.jit(lambda p, r, y: exp.paradigm.sample(p, r, y, **sample_kwargs))
+  fn = jax.jit(lambda p, r, c: exp.paradigm.sample(p, r, c, **sample_kwargs))
   key = jax.random.PRNGKey(seed)
   out = []
   chunks = range(0, num, batch_size)
   for i, start in enumerate(tqdm(chunks, desc="sample", unit="batch", disable=not progress)):
-    y = labels[start:start + batch_size]
-    n = len(y)
-    if n < batch_size:  # keep one compiled shape
-      y = np.concatenate([y, np.zeros(batch_size - n, np.int32)])
+    c = jax.tree.map(lambda v: np.asarray(v[start:start + batch_size]), cond)
+    n = jax.tree.leaves(c)[0].shape[0]
+    if n < batch_size:
+      c = jax.tree.map(lambda v: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)]), c)
     with mesh_lib.activate(exp.mesh):
-      x = fn(params, jax.random.fold_in(key, i), jnp.asarray(y))
+      x = fn(params, jax.random.fold_in(key, i), jax.tree.map(jnp.asarray, c))
     out.append(images_lib.to_uint8(mesh_lib.to_host(x))[:n])
-  return np.concatenate(out), labels
+  return np.concatenate(out)
 
 
 def _generate_text(exp, params, *, num, seed, labels, prompts, batch_size, progress,
@@ -95,20 +106,9 @@ def _generate_text(exp, params, *, num, seed, labels, prompts, batch_size, progr
   nc = exp.paradigm.num_classes
   labels = np.full(num, nc, np.int32) if labels is None else np.asarray(labels, np.int32)
   cond = cond_fn.encode(prompts)
-  batch_size = min(batch_size, num)
-  fn = jax.jit(lambda p, r, c: exp.paradigm.sample(p, r, c, **sample_kwargs))
-  key = jax.random.PRNGKey(seed)
-  out = []
-  chunks = range(0, num, batch_size)
-  for i, start in enumerate(tqdm(chunks, desc="sample", unit="batch", disable=not progress)):
-    c = {k: v[start:start + batch_size] for k, v in cond.items()}
-    n = len(c["text_pooled"])
-    if n < batch_size:
-      c = {k: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)]) for k, v in c.items()}
-    with mesh_lib.activate(exp.mesh):
-      x = fn(params, jax.random.fold_in(key, i), jax.tree.map(jnp.asarray, c))
-    out.append(images_lib.to_uint8(mesh_lib.to_host(x))[:n])
-  return np.concatenate(out), labels
+  images = _sample_in_chunks(exp, params, cond, num=num, seed=seed, batch_size=batch_size,
+                             progress=progress, **sample_kwargs)
+  return images, labels
 
 
 def read_prompts(path: str):
