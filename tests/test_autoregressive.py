@@ -238,8 +238,9 @@ def test_loss_is_next_token_cross_entropy_and_images_decode(built):
   p = exp.paradigm
   codes = jnp.asarray(np.random.default_rng(0).integers(0, 32, (4, 64)), jnp.int32)
   batch = {"codes": codes.reshape(4, 8, 8), "label": jnp.arange(4, dtype=jnp.int32)}
-  loss, metrics = p.loss(params, batch, jax.random.PRNGKey(0), train=False)
-  logits = np.asarray(p.logits(params, codes, batch["label"]), np.float64)
+  loss, metrics = jax.jit(lambda b, r: p.loss(params, b, r, train=False))(
+      batch, jax.random.PRNGKey(0))
+  logits = np.asarray(jax.jit(p.logits)(params, codes, batch["label"]), np.float64)
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ref = -np.take_along_axis(logp, np.asarray(codes)[..., None], -1).mean()
   np.testing.assert_allclose(loss, ref, rtol=1e-5)

@@ -96,10 +96,12 @@ def test_flow_sampler_equals_explicit_euler(make_config):
   params = jax.tree.map(lambda x: x + 0.01, exp.init_state().params)  # non-zero output
   labels = jnp.array([0, 3])
   key = jax.random.PRNGKey(5)
-  got = p.sample(params, key, labels, steps=4, cfg_scale=1.0, solver="euler", shift=1.0)
+  got = jax.jit(lambda r: p.sample(params, r, labels, steps=4, cfg_scale=1.0, solver="euler",
+                                   shift=1.0))(key)
   x = jax.random.normal(key, (2,) + p.image_shape)
   ts = np.linspace(1, 0, 5)
+  velocity = jax.jit(p.velocity)  # the Python-loop reference: one program for 4 calls
   for i in range(4):
-    v = p.velocity(params, x, jnp.full((2,), ts[i], jnp.float32), labels)
+    v = velocity(params, x, jnp.full((2,), ts[i], jnp.float32), labels)
     x = x + (ts[i + 1] - ts[i]) * v
   np.testing.assert_allclose(got, jnp.clip(x, -1, 1), rtol=1e-4, atol=1e-5)

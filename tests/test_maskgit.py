@@ -194,10 +194,11 @@ def test_maskgit_loss_sees_only_masked_positions(built):
   rng = jax.random.PRNGKey(3)
   mask = decoding.training_mask(jax.random.split(rng, 3)[0], 8, 64, "cosine")
   batch = {"codes": codes.reshape(8, 8, 8), "label": jnp.zeros((8,), jnp.int32)}
-  loss, _ = p.loss(state.params, batch, rng, train=False)
+  loss, _ = jax.jit(lambda b, r: p.loss(state.params, b, r, train=False))(batch, rng)
   # The model's input is the masked grid, so unmasked positions enter only as inputs:
   # with the same input, the loss is the masked cross-entropy of the logits.
-  logits = p.logits(state.params, jnp.where(mask, p.mask_id, codes), batch["label"])
+  logits = jax.jit(p.logits)(state.params, jnp.where(mask, p.mask_id, codes),
+                             batch["label"])
   ref, _ = token_losses.masked_cross_entropy(logits, codes, mask, 0.1)
   np.testing.assert_allclose(loss, ref, rtol=1e-6)
 

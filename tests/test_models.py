@@ -73,8 +73,8 @@ def test_dit_shapes_and_dtypes(scan):
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 16, 16, 3))
   t = jnp.array([0.0, 500.0, 999.0])
   y = jnp.array([0, 4, 5])  # 5 = null class
-  params = m.init(jax.random.PRNGKey(1), x, t, y)
-  out = m.apply(params, x, t, y)
+  params = jax.jit(m.init)(jax.random.PRNGKey(1), x, t, y)
+  out = jax.jit(m.apply)(params, x, t, y)
   chex.assert_shape(out, (3, 16, 16, 3))
   chex.assert_type(out, jnp.float32)
   # Zero-initialised final layer: the untrained network predicts zeros.
@@ -84,7 +84,7 @@ def test_dit_shapes_and_dtypes(scan):
 def test_dit_learn_sigma_doubles_output_channels():
   m = _tiny_dit(learn_sigma=True)
   x = _inputs(2, 16, 3)
-  out = m.apply(m.init(jax.random.PRNGKey(0), *x), *x)
+  out = jax.eval_shape(m.apply, jax.eval_shape(m.init, jax.random.PRNGKey(0), *x), *x)
   chex.assert_shape(out, (2, 16, 16, 6))
 
 
@@ -112,13 +112,14 @@ def test_unet_shapes_dtypes_and_condition_dependence():
                 head_channels=8, num_classes=3)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 1))
   t = jnp.array([10.0, 900.0])
-  params = nn.meta.unbox(m.init(jax.random.PRNGKey(1), x, t, jnp.array([0, 1])))
-  out = m.apply(params, x, t, jnp.array([0, 1]))
+  params = nn.meta.unbox(jax.jit(m.init)(jax.random.PRNGKey(1), x, t, jnp.array([0, 1])))
+  apply = jax.jit(m.apply)  # one program for the three calls
+  out = apply(params, x, t, jnp.array([0, 1]))
   chex.assert_shape(out, (2, 16, 16, 1))
   chex.assert_type(out, jnp.float32)
   params = jax.tree.map(lambda p: p + 0.05, params)  # leave the zero-init output
-  a = m.apply(params, x, t, jnp.array([0, 1]))
-  b = m.apply(params, x, t, jnp.array([2, 2]))
+  a = apply(params, x, t, jnp.array([0, 1]))
+  b = apply(params, x, t, jnp.array([2, 2]))
   assert not np.allclose(a, b), "class embedding has no effect"
 
 

@@ -56,8 +56,20 @@ def _inputs(p, batch: int, seed: int = 0):
 
 
 def _logits(p, params, x, cond):
-  out = p.logits(params, x, cond)
-  return out[0] if isinstance(out, tuple) else out
+  return _jitted_logits(p)(params, x, cond)
+
+
+_JITTED = {}
+
+
+def _jitted_logits(p):
+  """The paradigm's logits as one jitted program (not op-by-op): one per paradigm."""
+  if p not in _JITTED:
+    def logits(params, x, cond):
+      out = p.logits(params, x, cond)
+      return out[0] if isinstance(out, tuple) else out
+    _JITTED[p] = jax.jit(logits)
+  return _JITTED[p]
 
 
 @pytest.mark.parametrize("paradigm", PARADIGMS)
@@ -77,7 +89,7 @@ def test_prompt_changes_logits_and_padding_does_not(built, paradigm):
   with pytest.raises(ValueError, match="text-conditional"):
     _logits(p, params, x, jnp.zeros((2,), jnp.int32))  # labels where text is expected
   if paradigm == "mage":  # the representation uses the null text
-    feats = p.features(params, x)
+    feats = jax.jit(p.features)(params, x)
     assert feats.shape == (2, p.model.hidden_size) and bool(jnp.isfinite(feats).all())
 
 
@@ -92,7 +104,7 @@ def test_masked_decoding_guides_against_the_null_text(built, paradigm):
   np.testing.assert_allclose(guided(8, 3.0)(tokens, 0), null_l + 3.0 * (cond_l - null_l),
                              atol=1e-4)
   np.testing.assert_allclose(guided(8, 1.0)(tokens, 0), cond_l, atol=1e-6)
-  codes = p.sample_tokens(params, jax.random.PRNGKey(0), cond, steps=3)
+  codes = jax.jit(lambda r: p.sample_tokens(params, r, cond, steps=3))(jax.random.PRNGKey(0))
   assert codes.shape == (2, p.num_tokens) and int(codes.max()) < p.codebook_size
 
 
@@ -104,8 +116,8 @@ def test_cached_text_decoding_equals_full_recomputation(built, paradigm):
   cond = p.sampling_condition(PROMPTS)
   key = jax.random.PRNGKey(2)
   kw = dict(cfg_scale=2.5, top_k=8)  # the class tests cover the unguided settings
-  cached = p.sample_tokens(params, key, cond, **kw)
-  full = p.sample_tokens_uncached(params, key, cond, **kw)
+  cached = jax.jit(lambda r: p.sample_tokens(params, r, cond, **kw))(key)
+  full = jax.jit(lambda r: p.sample_tokens_uncached(params, r, cond, **kw))(key)
   np.testing.assert_array_equal(np.asarray(cached), np.asarray(full))
   assert cached.shape == (2, p.num_tokens)
 
@@ -131,8 +143,8 @@ def test_text_runs_train_on_captioned_images(make, paradigm):
   exp, state, losses = run_steps(make(paradigm), jax.devices()[:1], 2)
   assert np.all(np.isfinite(losses))
   assert "text_tokens" in exp.paradigm.example_batch(2)
-  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
-                       exp.init_state().params, state.params)
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                       jax.device_get(exp.init_state().params), jax.device_get(state.params))
   assert max(jax.tree.leaves(moved)) > 0
 
 

@@ -46,27 +46,32 @@ def test_adaptive_weight_equals_gradient_norm_ratio(tok_config, one_device):
   par, state = exp.paradigm, exp.init_state()
   x = jnp.asarray(next(loop.make_data_iterator(exp))["image"])
   ae_p, d_p = state.params["autoencoder"], state.params["discriminator"]
-  variables = {"params": ae_p, **state.model_state}
-  z, _ = par.ae.apply(variables, par.ae.apply(variables, x, method="encode_features"),
-                      False, None, method="bottleneck_forward")
-  x_rec = par.ae.apply(variables, z, method="decode")
-  lam = par._adaptive_weight(ae_p, z, x, x_rec, d_p)
-
-  # Reference: full backward passes through the whole autoencoder, then the last
-  # layer's gradients picked out of the complete gradient trees.
-  def recon(p):
-    return par.ae.apply({"params": p, **state.model_state}, x)[0]
-
   path = par.ae_last_layer(ae_p)
-  g_rec = jax.grad(lambda p: par.reconstruction_loss(x, recon(p))[0])(ae_p)
-  g_gan = jax.grad(lambda p: adversarial.hinge_g_loss(par.disc_logits(d_p, recon(p))))(ae_p)
-  get = lambda t: np.asarray(_get(t, path))
-  expected = np.linalg.norm(get(g_rec)) / (np.linalg.norm(get(g_gan)) + 1e-4)
+
+  @jax.jit  # one program, not hundreds of op-by-op compiles
+  def weight_and_reference(ae_p, d_p, x):
+    variables = {"params": ae_p, **state.model_state}
+    z, _ = par.ae.apply(variables, par.ae.apply(variables, x, method="encode_features"),
+                        False, None, method="bottleneck_forward")
+    x_rec = par.ae.apply(variables, z, method="decode")
+    lam = par._adaptive_weight(ae_p, z, x, x_rec, d_p)
+
+    # Reference: full backward passes through the whole autoencoder, then the last
+    # layer's gradients picked out of the complete gradient trees.
+    def recon(p):
+      return par.ae.apply({"params": p, **state.model_state}, x)[0]
+
+    g_rec = jax.grad(lambda p: par.reconstruction_loss(x, recon(p))[0])(ae_p)
+    g_gan = jax.grad(lambda p: adversarial.hinge_g_loss(par.disc_logits(d_p, recon(p))))(ae_p)
+    return lam, _get(g_rec, path), _get(g_gan, path)
+
+  lam, g_rec, g_gan = jax.device_get(weight_and_reference(ae_p, d_p, x))
+  expected = np.linalg.norm(g_rec) / (np.linalg.norm(g_gan) + 1e-4)
   np.testing.assert_allclose(float(lam), min(expected, 1e4), rtol=1e-4)
   assert path[0] == "decoder" and path[-1] == "kernel"
   # The paradigm's plain loss (no step) runs on the same batch: finite, with metrics.
-  loss, metrics = par.loss(state.params, {"image": x}, jax.random.PRNGKey(0),
-                           model_state=state.model_state)
+  loss, metrics = jax.jit(par.loss)(state.params, {"image": x}, jax.random.PRNGKey(0),
+                                    model_state=state.model_state)
   assert np.isfinite(float(loss)) and "psnr" in metrics and "g_loss" in metrics
 
 
@@ -114,23 +119,33 @@ def test_stop_and_resume_equals_uninterrupted(tok_config, tmp_path, one_device):
   jax.tree.map(np.testing.assert_array_equal, get(full), get(resumed))
 
 
-@pytest.mark.parametrize("bottleneck", ["vq", "msvq", "kl"])
+@pytest.mark.parametrize("bottleneck", [
+    pytest.param("vq", marks=pytest.mark.uses_shared_fixtures),
+    pytest.param("msvq", marks=pytest.mark.uses_shared_fixtures), "kl"])
 def test_trained_run_serves_tokenizer_interface_and_tokenize(tok_config, tmp_path, one_device,
-                                                             bottleneck):
-  config = tok_config(bottleneck, gan=bottleneck == "vq", num_steps=2)
-  wd = str(tmp_path / bottleneck)
-  loop.train(config, wd, one_device, progress=False)
+                                                             request, bottleneck):
+  """VQ and multi-scale VQ: the session's tiny tokenizer runs (``vq_run``, ``msvq_run``
+  in conftest: trained by the loop, then ``tokenize_dataset`` over both splits), which
+  every token paradigm's tests also use; the KL-VAE trains its own here."""
+  if bottleneck == "kl":
+    config = tok_config("kl", gan=False, num_steps=2)
+    wd, codes_dir = str(tmp_path / "kl"), str(tmp_path / "kl_tokens")
+    loop.train(config, wd, one_device, progress=False)
+  else:
+    wd, codes_dir = request.getfixturevalue(f"{bottleneck}_run")
   tok = tok_base.Tokenizer.from_workdir(wd)
+  config = tok.paradigm.config
   x = np.random.default_rng(0).uniform(-1, 1, (50, 32, 32, 1)).astype(np.float32)
   codes = tok.encode(x)
+  scales = (1, 2, 3, 4, 6, 8)  # conftest.msvq_run's schedule (f4: 8x8 at the finest)
   if bottleneck == "vq":
-    chex.assert_shape(codes, (50, 16, 16))
+    chex.assert_shape(codes, (50, 8, 8))
     chex.assert_type(codes, jnp.int32)
-    assert tok.grid_shape == (16, 16) and tok.vocab_size == 32
-    chex.assert_shape(tok.codes_to_embeddings(codes), (50, 16, 16, 8))
+    assert tok.grid_shape == (8, 8) and tok.vocab_size == 32
+    chex.assert_shape(tok.codes_to_embeddings(codes), (50, 8, 8, 8))
   elif bottleneck == "msvq":
-    assert [c.shape for c in codes] == [(50, s, s) for s in (1, 2, 4, 8, 16)]
-    assert tok.grid_shape == [(s, s) for s in (1, 2, 4, 8, 16)]
+    assert [c.shape for c in codes] == [(50, s, s) for s in scales]
+    assert tok.grid_shape == [(s, s) for s in scales]
   else:
     chex.assert_shape(codes, (50, 16, 16, 4))
     assert tok.vocab_size is None and tok.latent_shape == (16, 16, 4)
@@ -139,18 +154,22 @@ def test_trained_run_serves_tokenizer_interface_and_tokenize(tok_config, tmp_pat
   assert float(jnp.abs(rec).max()) <= 1.0
 
   spec = datasets.get_dataset(config.data)
-  out = str(tmp_path / f"{bottleneck}_tokens")
-  written = precompute.tokenize_dataset(tok, spec, pp=config.data.pp, out_dir=out,
-                                        splits=["test"], batch_size=50, progress=False)
-  assert written == {"test": spec.splits["test"]}
-  tokens = datasets.get_dataset(ml_collections.ConfigDict(dict(name="tokens", data_dir=out)))
+  if bottleneck == "kl":
+    written = precompute.tokenize_dataset(tok, spec, pp=config.data.pp, out_dir=codes_dir,
+                                          splits=["test"], batch_size=50, progress=False)
+    assert written == {"test": spec.splits["test"]}
+  tokens = datasets.get_dataset(ml_collections.ConfigDict(dict(name="tokens",
+                                                                data_dir=codes_dir)))
+  assert tokens.splits["test"] == spec.splits["test"]
   key = "image" if bottleneck == "kl" else "codes"
   batch = next(iter(pipeline.train_dataset(tokens, split="test", pp="", batch_size=4,
                                            seed=0)))
   assert batch[key].shape[0] == 4 and batch["label"].shape == (4,)
   # The stored codes are exactly what encode gives for those images.
   images, _ = datasets.load_arrays(spec, "test", limit=50)
-  stored = np.load(os.path.join(out, "test_codes.npy"))[:50]
+  stored = np.load(os.path.join(codes_dir, "test_codes.npy"))
+  assert len(stored) == spec.splits["test"]
+  stored = stored[:50]
   pp_images = np.stack([np.pad(im, ((2, 2), (2, 2), (0, 0))) for im in images])
   fresh = precompute.flatten_codes(tok.encode(pp_images.astype(np.float32) / 127.5 - 1.0),
                                    tok.kind)
@@ -159,12 +178,12 @@ def test_trained_run_serves_tokenizer_interface_and_tokenize(tok_config, tmp_pat
   else:
     np.testing.assert_array_equal(stored, fresh)
   if bottleneck == "msvq":
-    back = precompute.unflatten_msvq(stored, (1, 2, 4, 8, 16))
-    assert [b.shape for b in back] == [(50, s, s) for s in (1, 2, 4, 8, 16)]
+    back = precompute.unflatten_msvq(stored, scales)
+    assert [b.shape for b in back] == [(50, s, s) for s in scales]
   if bottleneck == "vq":  # the reconstruction figures of `jaxgen eval`
     figs = reconstruction.evaluate_tokenizer(tok, spec, split="test", pp=config.data.pp,
                                              num=100, batch_size=50,
-                                             classifier_dir=config.eval.classifier_dir,
+                                             classifier_dir=str(tmp_path / "classifiers"),
                                              progress=False)
     assert figs["num"] == 100 and np.isfinite(figs["rfd"]) and 0 < figs["psnr"] < 60
     assert 0 < figs["codebook_usage"] <= 1 and 1 <= figs["perplexity"] <= 32

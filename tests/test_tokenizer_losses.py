@@ -122,7 +122,7 @@ def test_lpips_matches_numpy_after_npz_roundtrip(tmp_path):
 
 def test_lpips_grey_images_are_tiled_and_gradients_finite():
   params = _tiny_lpips_params(3)
-  fn = perceptual.lpips_loss(params)
+  fn = jax.jit(perceptual.lpips_loss(params))
   x, y = _images(4, (2, 32, 32, 1)), _images(5, (2, 32, 32, 1))
   np.testing.assert_allclose(fn(x, y), fn(np.repeat(x, 3, -1), np.repeat(y, 3, -1)),
                              rtol=1e-6)
@@ -217,15 +217,15 @@ def test_classifier_feature_fn():
   fn = perceptual.classifier_feature_fn(params, 10)
   u8 = np.random.default_rng(11).integers(0, 256, (2, 28, 28, 1)).astype(np.uint8)
   x, y = u8 / np.float32(127.5) - 1, _images(12, (2, 28, 28, 1))
-  feats = fn(x)
+  feats = jax.jit(fn)(x)
   assert [f.shape for f in feats] == [(2, 28, 28, 32), (2, 14, 14, 64), (2, 7, 7, 128),
                                       (2, 256)]
   # The last map is the classifier's own feature vector of the same images as uint8.
-  _, ref = module.apply({"params": params}, u8)
+  _, ref = jax.jit(module.apply)({"params": params}, u8)
   np.testing.assert_allclose(feats[-1], ref, rtol=1e-4, atol=1e-5)
-  chex.assert_trees_all_close(perceptual.classifier_features(params, x), feats)
+  chex.assert_trees_all_close(jax.jit(perceptual.classifier_features)(params, x), feats)
   loss = perceptual.PerceptualLoss(fn)
-  np.testing.assert_allclose(loss(x, x), 0.0, atol=1e-10)
+  np.testing.assert_allclose(jax.jit(loss)(x, x), 0.0, atol=1e-10)
   g = jax.jit(jax.grad(lambda a: loss(a, y).sum()))(x)
   chex.assert_tree_all_finite(g)
   assert np.abs(g).max() > 0

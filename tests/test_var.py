@@ -179,12 +179,13 @@ def test_loss_is_cross_entropy_over_the_pyramid_and_samples_decode(built):
   tok = p.tokenizer
   maps = tok.teacher_forcing_fn(tok.params, p.split_scales(codes))
   chex.assert_shape(maps, [(4, s, s, 8) for s in (2, 3, 4, 6, 8)])
-  f_hats = tok.ae.apply(tok._vars(tok.params), p.split_scales(codes)[:5],
-                        method=lambda ae, c: ae.quantizer.indices_to_cumulative(c))
+  f_hats = jax.jit(lambda c: tok.ae.apply(
+      tok._vars(tok.params), c, method=lambda ae, c: ae.quantizer.indices_to_cumulative(c)))(
+          p.split_scales(codes)[:5])
   np.testing.assert_allclose(maps[2], f_hats[2].reshape(4, 4, 2, 4, 2, 8).mean((2, 4)),
                              rtol=1e-5, atol=1e-6)  # 8x8 -> 4x4 area resize = 2x2 means
   inputs = jnp.concatenate([m.reshape(4, -1, 8) for m in maps], axis=1)
-  logits = np.asarray(p.logits(params, inputs, batch["label"]), np.float64)
+  logits = np.asarray(jax.jit(p.logits)(params, inputs, batch["label"]), np.float64)
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ref = -np.take_along_axis(logp, np.asarray(codes)[..., None], -1).mean()
   np.testing.assert_allclose(loss, ref, rtol=1e-5)

@@ -79,7 +79,7 @@ def train_classifier(spec: datasets.DatasetSpec, *, epochs: int = 3, batch: int 
   x_test, y_test = datasets.load_arrays(spec, "test")
   module = FeatureCNN(spec.num_classes)
   rng = jax.random.PRNGKey(seed)
-  params = module.init(rng, jnp.zeros((1,) + x_train.shape[1:], jnp.uint8))["params"]
+  params = jax.jit(module.init)(rng, jnp.zeros((1,) + x_train.shape[1:], jnp.uint8))["params"]
   steps_per_epoch = len(x_train) // batch
   sched = optax.cosine_decay_schedule(2e-3, epochs * steps_per_epoch)
   tx = optax.adam(sched)
@@ -131,8 +131,8 @@ def load_or_train(spec: datasets.DatasetSpec, directory: str = "", log=print, se
     with open(base + ".json") as f:
       info = json.load(f)
     module = FeatureCNN(spec.num_classes)
-    template = module.init(jax.random.PRNGKey(0),
-                           jnp.zeros((1,) + tuple(info["image_shape"]), jnp.uint8))["params"]
+    template = jax.eval_shape(module.init, jax.random.PRNGKey(0),
+                              jnp.zeros((1,) + tuple(info["image_shape"]), jnp.uint8))["params"]
     with open(base + ".msgpack", "rb") as f:
       params = serialization.from_bytes(template, f.read())
     return DatasetClassifier(params, spec.num_classes, info)
