@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
       sample_grid=100,
       ckpt_every=500,
       keep_checkpoints=3,
+      nonfinite="stop",         # a step with a non-finite loss/params/EMA: stop | skip
   ))
 
   c.sample = ml_collections.ConfigDict(dict(

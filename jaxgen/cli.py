@@ -492,7 +492,7 @@ def main(argv=None) -> int:
       print(f"jaxgen: error: {e}", file=sys.stderr)
       return 2
     if isinstance(e, FloatingPointError):
-      print(f"jaxgen: training diverged: {e}", file=sys.stderr)
+      print(f"jaxgen: error: training diverged: {e}", file=sys.stderr)
       return 1
     raise
   return 0

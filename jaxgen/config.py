@@ -144,6 +144,12 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(d)
 
 
+# What the train loop does with a step whose loss, parameters or EMA are not finite:
+# "stop" (nothing non-finite is saved; the error names the newest finite checkpoint) or
+# "skip" (keep the previous parameters, EMA and optimizer state; count the skips).
+NONFINITE_MODES = ("stop", "skip")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the parts every experiment shares; the paradigm checks its own fields."""
   from jaxgen import registry  # pylint: disable=g-import-not-at-top
@@ -159,6 +165,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         f"Known: {', '.join(table.names())}.")
   t = config.train
   _positive(t, "train", ("num_steps", "batch_size", "log_every", "ckpt_every"))
+  if t.get("nonfinite", "stop") not in NONFINITE_MODES:  # absent in older workdirs
+    raise ConfigError(f"config.train.nonfinite={t.nonfinite!r}; use one of "
+                      f"{', '.join(NONFINITE_MODES)}.")
   if config.optim.schedule not in ("cosine", "constant"):
     raise ConfigError(f"config.optim.schedule={config.optim.schedule!r}; "
                       "use 'cosine' or 'constant'.")

@@ -147,8 +147,80 @@ def test_grad_accumulation_equals_full_batch(make_config, one_device):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), ref, acc)
 
 
-def test_non_finite_loss_stops_with_advice(tmp_path):
-  from jaxgen.train.metrics import MetricWriter
-  writer = MetricWriter(str(tmp_path))
-  with pytest.raises(FloatingPointError, match="loss is nan at step 7.*Lower"):
-    loop._log(writer, None, [{"loss": np.float32("nan")}], 7, 0.0, 8)
+class _NanAt:
+  """The loop's data iterator, with a NaN image in the batches of the given 1-based
+  steps (the loss, the gradients and so the parameters turn non-finite there). Its
+  state is the real iterator's, so checkpoints and resumption work as usual."""
+
+  def __init__(self, it, steps):
+    self.it, self.steps, self.n = it, set(steps), 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self.it)
+    self.n += 1
+    if self.n in self.steps:
+      batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+    return batch
+
+  def get_state(self):  # grain's checkpoint handler takes other iterators' state as bytes
+    return json.dumps(self.it.get_state()).encode()
+
+  def set_state(self, state):
+    self.it.set_state(json.loads(state.decode()))
+
+  def start_prefetch(self):
+    self.it.start_prefetch()
+
+
+def _inject_nan(monkeypatch, steps):
+  real = loop.make_data_iterator
+  monkeypatch.setattr(loop, "make_data_iterator", lambda exp: _NanAt(real(exp), steps))
+
+
+def test_a_non_finite_step_is_never_checkpointed(make_config, tmp_path, monkeypatch,
+                                                 one_device):
+  """Checkpoints every 2 steps, logs every 50: the step-5 NaN stops the run at the
+  step-6 save without saving it; the step-4 checkpoint is kept, named, and resumes."""
+  config = make_config("dit", num_steps=8, log_every=50, ckpt_every=2, keep_checkpoints=1)
+  _inject_nan(monkeypatch, [5])
+  wd = str(tmp_path / "run")
+  with pytest.raises(FloatingPointError,
+                     match=r"non-finite at step 5\..*newest checkpoint, step 4 in .*"
+                           r"is finite.*--config.train.nonfinite=skip"):
+    loop.train(config, wd, one_device, progress=False)
+  ckpt = checkpoint.Checkpointer(wd)
+  assert ckpt.all_steps() == [4]
+  ckpt.close()
+  monkeypatch.undo()  # the advice works: the same command resumes from step 4
+  state = loop.train(config, wd, one_device, progress=False)
+  assert int(state.step) == 8
+  assert all(np.isfinite(a).all() for a in jax.tree.leaves(jax.device_get(state.params)))
+
+
+def test_skip_mode_keeps_the_last_finite_state_and_counts_skips(make_config, tmp_path,
+                                                                monkeypatch, one_device):
+  config = make_config("dit", num_steps=4, log_every=4, ckpt_every=4)
+  config.train.nonfinite = "skip"
+  _inject_nan(monkeypatch, [2, 3])
+  exp = loop.build(config, one_device)
+  step_fn, _ = loop.make_train_step(exp)
+  it = loop.make_data_iterator(exp)
+  state = exp.init_state()
+  params = []
+  for _ in range(3):
+    state, metrics = step_fn(state, mesh_lib.global_batch(next(it), exp.mesh))
+    params.append(jax.device_get(state.params))
+  assert not bool(metrics["finite"]) and float(metrics["nonfinite_skipped"]) == 1.0
+  assert int(state.step) == 3  # the counter advances; the parameters do not
+  jax.tree.map(np.testing.assert_array_equal, params[0], params[2])
+  # Through the loop: the run finishes, and metrics.jsonl counts the two skips.
+  wd = str(tmp_path / "run")
+  state = loop.train(config, wd, one_device, progress=False)
+  assert all(np.isfinite(a).all() for a in jax.tree.leaves(jax.device_get(state.params)))
+  with open(os.path.join(wd, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert rows[-1]["step"] == 4 and rows[-1]["nonfinite_skipped"] == 2.0
+  assert np.isfinite(rows[-1]["loss"])

@@ -66,12 +66,43 @@ def build_abstract(config, devices=None) -> Experiment:
   return build(config, devices, load_data=False)
 
 
+def nonfinite_mode(config) -> str:
+  return config.train.get("nonfinite", "stop")  # absent in workdirs of older versions
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
+
+
+def guard_nonfinite(step_fn, mode: str):
+  """Wraps a train step ``(state, batch) -> (state, metrics)``: ``metrics["finite"]``
+  says whether the loss, parameters and EMA after the step are all finite (a fused
+  reduction in the same program). ``mode="skip"`` keeps the previous parameters, EMA,
+  optimizer and model state where they are not (the step counter still advances) and
+  reports ``metrics["nonfinite_skipped"]``."""
+  def step(state, batch):
+    new, metrics = step_fn(state, batch)
+    ok = _all_finite((metrics["loss"], new.params, new.ema_params))
+    if mode == "skip":
+      keep = lambda n, o: jnp.where(ok, n, o)
+      new = new.replace(**{f: jax.tree.map(keep, getattr(new, f), getattr(state, f))
+                           for f in ("params", "ema_params", "opt_state", "model_state")})
+      metrics = dict(metrics, nonfinite_skipped=1.0 - ok.astype(jnp.float32))
+    return new, dict(metrics, finite=ok)
+  return step
+
+
 def make_train_step(exp: Experiment):
-  """The paradigm's step under ``jax.jit`` with state/batch shardings, donating state."""
+  """The paradigm's step under ``jax.jit`` with state/batch shardings, donating state;
+  its metrics carry the finite flag of `guard_nonfinite`."""
   batch_sh = jax.tree.map(
       lambda a: mesh_lib.batch_sharding(exp.mesh, len(a.shape)),
       exp.paradigm.example_batch(exp.config.train.batch_size))
-  step = functools.partial(exp.paradigm.train_step, tx=exp.tx, schedule=exp.schedule)
+  step = guard_nonfinite(
+      functools.partial(exp.paradigm.train_step, tx=exp.tx, schedule=exp.schedule),
+      nonfinite_mode(exp.config))
   jitted = jax.jit(step, in_shardings=(exp.state_shardings, batch_sh),
                    out_shardings=(exp.state_shardings, mesh_lib.replicated(exp.mesh)),
                    donate_argnums=(0,))
@@ -135,23 +166,33 @@ def train(config, workdir: str, devices=None, *, stop_after: Optional[int] = Non
   pbar = tqdm(total=num_steps, initial=start, disable=not progress or jax.process_index() != 0,
               unit="step", dynamic_ncols=True, desc="train")
   pending, t_last, step = [], time.perf_counter(), start
+  unchecked = []  # (step, finite flag) of the steps not yet checked on the host
+  stop_on_nonfinite = nonfinite_mode(cfg) == "stop"
   with preemption.PreemptionGuard() as guard:
     for step in range(start, end):
       batch = mesh_lib.global_batch(next(data_iter), exp.mesh)
       state, metrics = step_fn(state, batch)
-      pending.append(metrics)
       done = step + 1
+      finite = metrics.pop("finite")
+      if stop_on_nonfinite:
+        unchecked.append((done, finite))
+      pending.append(metrics)
       if progress:  # wait for the step so the bar's steps/s is the real rate
         jax.block_until_ready(metrics["loss"])
       pbar.update(1)
-      if done % cfg.train.log_every == 0 or done == end:
+      stop = guard.should_stop(done)
+      save = done % cfg.train.ckpt_every == 0 or done == end or stop
+      log = done % cfg.train.log_every == 0 or done == end
+      if stop_on_nonfinite and (save or log):  # nothing non-finite is logged or saved
+        _check_finite(unchecked, ckpt)
+        unchecked = []
+      if log:
         t_last = _log(writer, pbar, pending, done, t_last, cfg.train.batch_size)
         pending = []
       if sample_fn is not None and (done % cfg.train.sample_every == 0 or done == num_steps):
         _write_samples(exp, sample_fn, state, workdir, done, writer)
         t_last = time.perf_counter()  # keep sampling time out of steps/s
-      stop = guard.should_stop(done)
-      if done % cfg.train.ckpt_every == 0 or done == end or stop:
+      if save:
         ckpt.save(done, state, data_iter, cfg, force=True)
       if stop:
         ckpt.wait()
@@ -167,15 +208,32 @@ def train(config, workdir: str, devices=None, *, stop_after: Optional[int] = Non
   return state
 
 
+def _check_finite(unchecked, ckpt) -> None:
+  """Raises FloatingPointError at the first non-finite step of ``unchecked``, naming
+  the newest checkpoint (only finite states are ever saved)."""
+  flags = jax.device_get([f for _, f in unchecked])
+  bad = [s for (s, _), ok in zip(unchecked, flags) if not ok]
+  if not bad:
+    return
+  ckpt.wait()
+  latest = ckpt.latest_step()
+  where = (f"the newest checkpoint, step {latest} in {ckpt.directory}, is finite and "
+           "training resumes from it" if latest is not None else
+           "no checkpoint was saved yet")
+  raise FloatingPointError(
+      f"The loss, parameters or EMA became non-finite at step {bad[0]}. Training "
+      f"stopped without saving that state; {where}. Lower --config.optim.lr and run the "
+      "same command again, or pass --config.train.nonfinite=skip to skip such steps.")
+
+
 def _log(writer, pbar, pending, step, t_last, batch_size):
   now = time.perf_counter()
   metrics = jax.device_get(pending)
-  mean = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
-  if not np.isfinite(mean["loss"]):
-    raise FloatingPointError(
-        f"The loss is {mean['loss']} at step {step}. Training stopped without saving this "
-        "state; the newest checkpoint in the workdir is still good. Lower "
-        "--config.optim.lr or enable --config.optim.grad_clip, then resume.")
+  # Means over the interval; the number of skipped non-finite steps is a count.
+  mean = {k: float((np.sum if k == "nonfinite_skipped" else np.mean)([m[k] for m in metrics]))
+          for k in metrics[0]}
+  if not np.isfinite(mean["loss"]):  # only with nonfinite="skip": the state was kept
+    mean["loss"] = float(np.nanmean([m["loss"] for m in metrics]))
   steps_per_s = len(pending) / max(now - t_last, 1e-9)
   mean.update(steps_per_sec=steps_per_s, examples_per_sec=steps_per_s * batch_size)
   writer.write_scalars(step, mean)
