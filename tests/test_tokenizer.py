@@ -126,9 +126,10 @@ def test_trained_run_serves_tokenizer_interface_and_tokenize(tok_config, tmp_pat
                                                              request, bottleneck):
   """VQ and multi-scale VQ: the session's tiny tokenizer runs (``vq_run``, ``msvq_run``
   in conftest: trained by the loop, then ``tokenize_dataset`` over both splits), which
-  every token paradigm's tests also use; the KL-VAE trains its own here."""
+  every token paradigm's tests also use; the KL-VAE trains its own here, with a
+  discriminator (the Stable Diffusion VAE's recipe), so that a run holding one loads too."""
   if bottleneck == "kl":
-    config = tok_config("kl", gan=False, num_steps=2)
+    config = tok_config("kl", gan=True, num_steps=2)
     wd, codes_dir = str(tmp_path / "kl"), str(tmp_path / "kl_tokens")
     loop.train(config, wd, one_device, progress=False)
   else:
