@@ -51,9 +51,32 @@ def cmd_train(args, overrides):
         f"(samples/, metrics.jsonl, tensorboard/, checkpoints/).")
 
 
+def _check_sample_args(args) -> None:
+  """Refuses bad --num / --steps / --batch-size / --out before anything is loaded or
+  compiled (an unwritable --out used to fail only after sampling)."""
+  for flag, value in (("--num", args.num), ("--steps", args.steps),
+                      ("--batch-size", args.batch_size)):
+    if value is not None and value < 1:
+      raise config_lib.ConfigError(f"{flag} {value}: must be at least 1.")
+  if args.out:
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    try:
+      os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+      raise config_lib.ConfigError(f"--out {args.out}: cannot create its directory "
+                                   f"({e.strerror}); pick another path.") from None
+    if not os.access(out_dir, os.W_OK):
+      raise config_lib.ConfigError(f"--out {args.out}: {out_dir} is not writable.")
+
+
 def cmd_sample(args, overrides):
   from jaxgen import generate  # pylint: disable=g-import-not-at-top
+  _check_sample_args(args)
   exp, state, step = generate.load_run(args.workdir, overrides)
+  nc = exp.paradigm.num_classes
+  if args.label is not None and not 0 <= args.label <= nc:
+    raise config_lib.ConfigError(f"--label {args.label}: this run has classes 0..{nc - 1} "
+                                 f"({nc} = unconditional).")
   if exp.config.paradigm.name == "tokenizer":
     raise config_lib.ConfigError(
         f"{args.workdir} is a tokenizer run: it reconstructs rather than samples. Use "
@@ -70,7 +93,6 @@ def cmd_sample(args, overrides):
                                      batch_size=args.batch_size or exp.config.sample.batch_size,
                                      prompts=prompts, **kwargs)
   out = args.out or os.path.join(args.workdir, f"samples_step{step}_seed{args.seed}.npz")
-  nc = exp.paradigm.num_classes
   ncols = nc if args.num >= nc * nc and prompts is None else None
   if prompts is not None:  # a column per prompt when they cycle evenly (<= 16 of them)
     k = len(dict.fromkeys(prompts))
@@ -492,7 +514,7 @@ def main(argv=None) -> int:
       print(f"jaxgen: error: {e}", file=sys.stderr)
       return 2
     if isinstance(e, FloatingPointError):
-      print(f"jaxgen: error: training diverged: {e}", file=sys.stderr)
+      print(f"jaxgen: error: training diverged. {e}", file=sys.stderr)
       return 1
     raise
   return 0

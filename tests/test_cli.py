@@ -47,6 +47,8 @@ def test_train_sample_eval(tiny_config_file, tmp_path, capsys):
   assert cli.main(args[:6] + ["4", "--out", out2, "--steps", "2", "--batch-size", "8"]) == 0
   assert not np.array_equal(np.load(out2)["arr_0"], arr)
   capsys.readouterr()
+  assert cli.main(args + ["--label", "11", "--out", out2]) == 2  # 10 classes + null
+  assert "--label 11: this run has classes 0..9" in capsys.readouterr().err
   assert cli.main(["eval", "--workdir", wd, "--samples", out1]) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert set(result["samples"]) == {"fd", "num", "accuracy"}
@@ -78,3 +80,12 @@ def test_errors_are_messages_not_tracebacks(tiny_config_file, tmp_path, capsys):
   assert "holds no config.json" in capsys.readouterr().err
   assert cli.main(["train", "--workdir", str(tmp_path / "new")]) == 2
   assert "pass --config" in capsys.readouterr().err
+  # Bad sampling arguments stop before anything is loaded (no workdir needed).
+  (tmp_path / "a_file").write_text("")
+  for bad, says in ((["--num", "0"], "--num 0: must be at least 1"),
+                    (["--steps", "0"], "--steps 0: must be at least 1"),
+                    (["--batch-size", "-2"], "--batch-size -2: must be at least 1"),
+                    (["--out", str(tmp_path / "a_file" / "s.npz")], "cannot create")):
+    assert cli.main(["sample", "--workdir", str(tmp_path / "nothing")] + bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxgen: error:") and says in err, err
