@@ -150,6 +150,10 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
 NONFINITE_MODES = ("stop", "skip")
 
 
+def nonfinite_mode(config: ml_collections.ConfigDict) -> str:
+  return config.train.get("nonfinite", "stop")  # absent in workdirs of older versions
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the parts every experiment shares; the paradigm checks its own fields."""
   from jaxgen import registry  # pylint: disable=g-import-not-at-top
@@ -165,7 +169,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         f"Known: {', '.join(table.names())}.")
   t = config.train
   _positive(t, "train", ("num_steps", "batch_size", "log_every", "ckpt_every"))
-  if t.get("nonfinite", "stop") not in NONFINITE_MODES:  # absent in older workdirs
+  if nonfinite_mode(config) not in NONFINITE_MODES:
     raise ConfigError(f"config.train.nonfinite={t.nonfinite!r}; use one of "
                       f"{', '.join(NONFINITE_MODES)}.")
   if config.optim.schedule not in ("cosine", "constant"):

@@ -66,10 +66,6 @@ def build_abstract(config, devices=None) -> Experiment:
   return build(config, devices, load_data=False)
 
 
-def nonfinite_mode(config) -> str:
-  return config.train.get("nonfinite", "stop")  # absent in workdirs of older versions
-
-
 def _all_finite(tree) -> jax.Array:
   leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
             if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
@@ -102,7 +98,7 @@ def make_train_step(exp: Experiment):
       exp.paradigm.example_batch(exp.config.train.batch_size))
   step = guard_nonfinite(
       functools.partial(exp.paradigm.train_step, tx=exp.tx, schedule=exp.schedule),
-      nonfinite_mode(exp.config))
+      config_lib.nonfinite_mode(exp.config))
   jitted = jax.jit(step, in_shardings=(exp.state_shardings, batch_sh),
                    out_shardings=(exp.state_shardings, mesh_lib.replicated(exp.mesh)),
                    donate_argnums=(0,))
@@ -167,7 +163,7 @@ def train(config, workdir: str, devices=None, *, stop_after: Optional[int] = Non
               unit="step", dynamic_ncols=True, desc="train")
   pending, t_last, step = [], time.perf_counter(), start
   unchecked = []  # (step, finite flag) of the steps not yet checked on the host
-  stop_on_nonfinite = nonfinite_mode(cfg) == "stop"
+  stop_on_nonfinite = config_lib.nonfinite_mode(cfg) == "stop"
   with preemption.PreemptionGuard() as guard:
     for step in range(start, end):
       batch = mesh_lib.global_batch(next(data_iter), exp.mesh)
