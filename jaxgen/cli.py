@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -46,7 +47,7 @@ def cmd_train(args, overrides):
   config = _load_config(args, overrides)
   config_lib.validate(config)
   t0 = time.time()
-  loop.train(config, args.workdir)
+  loop.train(config, args.workdir, reset_optimizer=args.reset_optimizer)
   print(f"Training done in {time.time() - t0:.0f}s. Workdir: {args.workdir} "
         f"(samples/, metrics.jsonl, tensorboard/, checkpoints/).")
 
@@ -91,7 +92,7 @@ def cmd_sample(args, overrides):
   t0 = time.time()
   images, labels = generate.generate(exp, params, num=args.num, seed=args.seed, labels=labels,
                                      batch_size=args.batch_size or exp.config.sample.batch_size,
-                                     prompts=prompts, **kwargs)
+                                     prompts=prompts, step=step, **kwargs)
   out = args.out or os.path.join(args.workdir, f"samples_step{step}_seed{args.seed}.npz")
   ncols = nc if args.num >= nc * nc and prompts is None else None
   if prompts is not None:  # a column per prompt when they cycle evenly (<= 16 of them)
@@ -296,8 +297,9 @@ def cmd_eval(args, overrides):
     return cmd_eval_tokenizer(args, overrides)
   config = _load_config(args, overrides)
   config.data = tokens.image_data_config(config)  # a token run's images: its tokenizer's
+  images, labels = evaluate.load_samples(args.samples)  # a bad file stops here, at once
   spec = datasets.get_dataset(config.data)
-  images, labels = evaluate.load_samples(args.samples)
+  images, labels = evaluate.check_samples(images, labels, spec, args.samples)
   images = evaluate.to_native(images, spec.image_shape, config.data.pp)
   ev = evaluate.Evaluator(spec, config.eval.classifier_dir)
   result = {"samples": ev.figures(images, labels)}
@@ -398,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
   t = sub.add_parser("train", help="train (or resume) a model in a workdir")
   t.add_argument("--config", help="config file, path.py[:arg]; default: workdir/config.json")
   t.add_argument("--workdir", required=True, help="where checkpoints, logs and samples go")
+  t.add_argument("--reset-optimizer", action="store_true",
+                 help="resume the parameters, EMA and data position of the newest "
+                      "checkpoint with a fresh optimizer state (after changing e.g. "
+                      "optim.grad_clip, which changes the optimizer state's layout)")
   t.set_defaults(fn=cmd_train)
 
   s = sub.add_parser("sample", help="write samples (.npz in ADM layout + PNG grid)")
@@ -498,25 +504,36 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+class _DropOrbaxErrors(logging.Filter):
+  """Orbax logs a failed background save with its traceback before raising it; the
+  command reports the raised error in one line instead (`Checkpointer`)."""
+
+  def filter(self, record):
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+def _quiet_orbax_errors() -> None:
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _DropOrbaxErrors) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropOrbaxErrors())
+
+
 def main(argv=None) -> int:
+  """Runs one command. Every expected failure (a `jaxgen.errors.JaxgenError`, or a
+  missing file) ends as one ``jaxgen: error: ...`` line and the error's exit code."""
+  from jaxgen import errors  # pylint: disable=g-import-not-at-top
   argv = sys.argv[1:] if argv is None else argv
+  _quiet_orbax_errors()
   try:
     rest, overrides = config_lib.split_overrides(argv)
     args = build_parser().parse_args(rest)
     args.fn(args, overrides)
-  except (config_lib.ConfigError, FileNotFoundError) as e:
+  except errors.JaxgenError as e:
+    print(f"jaxgen: error: {e}", file=sys.stderr)
+    return e.exit_code
+  except FileNotFoundError as e:
     print(f"jaxgen: error: {e}", file=sys.stderr)
     return 2
-  except Exception as e:  # pylint: disable=broad-except
-    from jaxgen.data.idx import DataError  # pylint: disable=g-import-not-at-top
-    from jaxgen.train.checkpoint import CheckpointMismatchError  # pylint: disable=g-import-not-at-top
-    if isinstance(e, (DataError, CheckpointMismatchError)):
-      print(f"jaxgen: error: {e}", file=sys.stderr)
-      return 2
-    if isinstance(e, FloatingPointError):
-      print(f"jaxgen: error: training diverged. {e}", file=sys.stderr)
-      return 1
-    raise
   return 0
 
 

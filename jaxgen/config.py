@@ -20,8 +20,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import ml_collections
 
 
-class ConfigError(ValueError):
-  """A config that cannot work: names the field and says how to fix it."""
+from jaxgen.errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
 
 
 def parse_arg(arg: Optional[str]) -> ml_collections.ConfigDict:
@@ -160,13 +159,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for section in ("data", "model", "paradigm", "optim", "train", "sample", "mesh"):
     if section not in config:
       raise ConfigError(f"Config has no section config.{section}.")
-  for section, table in (("model", registry.MODELS), ("paradigm", registry.PARADIGMS)):
-    name = config[section].name
-    if name not in table:
-      close = difflib.get_close_matches(name, table.names(), n=3)
-      hint = f" Did you mean {', '.join(close)}?" if close else ""
-      raise ConfigError(f"config.{section}.name={name!r} is unknown.{hint} "
-                        f"Known: {', '.join(table.names())}.")
+  for field, table in (("model.name", registry.MODELS), ("paradigm.name", registry.PARADIGMS),
+                       ("data.name", registry.DATASETS)):
+    _check_known(config, field, table.names())
+  _check_known(config, "model.variant", registry.model_variants(config.model.name),
+               f"is not a named size of the {config.model.name!r} model",
+               "; or set config.model.variant=None and give the sizes field by field",
+               optional=True)
+  _check_pp(config)
   t = config.train
   _positive(t, "train", ("num_steps", "batch_size", "log_every", "ckpt_every"))
   if nonfinite_mode(config) not in NONFINITE_MODES:
@@ -194,6 +194,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         "paradigm is class-conditional only; text-to-image works with: "
                         f"{', '.join(takes)}.")
     conditioning.validate_text_config(config)
+
+
+def _check_known(config, field: str, known, what: str = "is unknown", fix: str = "",
+                 optional: bool = False) -> None:
+  """Raises a ConfigError when ``config.<field>`` is not one of ``known`` (None:
+  anything goes; ``optional``: may also be unset), listing the known names and the
+  closest matches."""
+  section, key = field.split(".")
+  value = config[section].get(key)
+  if (optional and not value) or known is None or value in known:
+    return
+  close = difflib.get_close_matches(str(value), list(known), n=3)
+  hint = f" Did you mean {', '.join(close)}?" if close else ""
+  raise ConfigError(f"config.{field}={value!r} {what}.{hint} "
+                    f"Known: {', '.join(known)}{fix}.")
+
+
+def _check_pp(config) -> None:
+  """Every op of ``config.data.pp`` exists and takes its arguments (before any data is
+  read: train, sample and info all stop alike)."""
+  from jaxgen.data import preprocess  # pylint: disable=g-import-not-at-top
+  try:
+    preprocess.parse(config.data.get("pp", ""))
+  except (ValueError, TypeError) as e:  # ValueError includes registry.UnknownNameError
+    raise ConfigError(f"config.data.pp={config.data.pp!r}: {e}") from None
 
 
 def _positive(node, name, fields):

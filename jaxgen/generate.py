@@ -11,9 +11,11 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgen import config as config_lib
+from jaxgen import errors
 from jaxgen import images as images_lib
 from jaxgen.sharding import mesh as mesh_lib
 from jaxgen.train import checkpoint
+from jaxgen.train import state as state_lib
 from jaxgen.train import loop
 
 
@@ -39,43 +41,74 @@ def load_run(workdir: str, overrides=(), step: Optional[int] = None, devices=Non
   config = fit_mesh(config, devices)
   exp = loop.build(config, devices)
   ckpt = checkpoint.Checkpointer(workdir, async_save=False)
-  step = ckpt.latest_step() if step is None else step
+  if step is not None and step not in ckpt.all_steps():
+    raise FileNotFoundError(f"{workdir} has no checkpoint of step {step} (it has "
+                            f"{sorted(ckpt.all_steps())}).")
+  # The newest checkpoint whose files match their manifest and whose arrays are
+  # finite; a damaged newer one is reported in one line and left where it is.
+  state, step = ckpt.restore_newest_intact(
+      exp.abstract_state, steps=None if step is None else [step],
+      all_finite=jax.jit(state_lib.all_finite))
+  ckpt.close()
   if step is None:
     raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet.")
-  state = ckpt.restore(exp.abstract_state, step=step)
-  ckpt.close()
   return exp, state, step
 
 
 def generate(exp, params, *, num: int, seed: int, labels: Optional[np.ndarray] = None,
-             batch_size: int = 500, progress: bool = True, prompts=None, **sample_kwargs):
+             batch_size: int = 500, progress: bool = True, prompts=None,
+             step: Optional[int] = None, **sample_kwargs):
   """``num`` samples as uint8 NHWC and their labels; deterministic in ``seed``.
 
   Labels default to a balanced cycle over the classes. Chunk ``i`` uses the key
   ``fold_in(PRNGKey(seed), i)``, so the same seed and batch size give the same samples.
   ``prompts`` (text-conditioned runs): one prompt per sample, encoded with the run's
   text encoder; the returned labels are then ``labels`` or, if None, the null label.
+  ``step``: the checkpoint step of ``params``, named in errors.
+
+  Raises:
+    NonFiniteSamplesError: a chunk of samples holds NaN or inf (checked on the host
+      before the conversion to uint8, which would turn them into black pixels).
   """
   nc = exp.paradigm.num_classes
   if prompts is not None:
     return _generate_text(exp, params, num=num, seed=seed, labels=labels, prompts=prompts,
-                          batch_size=batch_size, progress=progress, **sample_kwargs)
+                          batch_size=batch_size, progress=progress, step=step,
+                          **sample_kwargs)
   labels = loop.grid_labels(num, nc) if labels is None else np.asarray(labels, np.int32)
   if len(labels) != num:
     raise ValueError(f"{len(labels)} labels for {num} samples.")
   if labels.max(initial=0) > nc or labels.min(initial=0) < 0:
     raise ValueError(f"labels must be in [0, {nc}] ({nc} = unconditional).")
   images = _sample_in_chunks(exp, params, labels, num=num, seed=seed,
-                             batch_size=batch_size, progress=progress, **sample_kwargs)
+                             batch_size=batch_size, progress=progress, step=step,
+                             **sample_kwargs)
   return images, labels
 
 
+def check_finite(x: np.ndarray, *, done: int, num: int, step: Optional[int] = None
+                 ) -> None:
+  """Raises NonFiniteSamplesError if any sample (leading axis) of the float host array
+  ``x`` holds NaN or inf; ``done`` samples (``x`` included) of ``num`` are sampled."""
+  bad = int((~np.isfinite(x.reshape(len(x), -1)).all(axis=1)).sum())
+  if not bad:
+    return
+  of = f"the {num}" if done >= num else f"the first {done} (of {num})"
+  where = "" if step is None else f" from checkpoint step {step}"
+  raise errors.NonFiniteSamplesError(
+      f"{bad} of {of} samples{where} hold NaN or inf values; nothing was written. The "
+      "weights or the sampler diverged: try another checkpoint, the raw weights "
+      "(--params raw), or other sampler settings (fewer --steps, another --solver, a "
+      "lower --cfg-scale).")
+
+
 def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,
-                      **sample_kwargs):
+                      step=None, **sample_kwargs):
   """``exp.paradigm.sample`` over ``cond`` (labels, or a dict of arrays, leading axis
   ``num``) in chunks of ``batch_size`` as uint8 images. Chunk ``i`` uses the key
   ``fold_in(PRNGKey(seed), i)``; the last chunk is padded with copies of its first row
-  to keep one compiled shape."""
+  to keep one compiled shape. Stops at the first chunk with a non-finite sample
+  (`check_finite`)."""
   batch_size = min(batch_size, num)
   fn = jax.jit(lambda p, r, c: exp.paradigm.sample(p, r, c, **sample_kwargs))
   key = jax.random.PRNGKey(seed)
@@ -88,12 +121,14 @@ def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,
       c = jax.tree.map(lambda v: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)]), c)
     with mesh_lib.activate(exp.mesh):
       x = fn(params, jax.random.fold_in(key, i), jax.tree.map(jnp.asarray, c))
-    out.append(images_lib.to_uint8(mesh_lib.to_host(x))[:n])
+    x = np.asarray(mesh_lib.to_host(x), np.float32)[:n]
+    check_finite(x, done=start + n, num=num, step=step)
+    out.append(images_lib.to_uint8(x))
   return np.concatenate(out)
 
 
 def _generate_text(exp, params, *, num, seed, labels, prompts, batch_size, progress,
-                   **sample_kwargs):
+                   step=None, **sample_kwargs):
   """`generate` for a text-conditioned run: the prompts are encoded once, then sampled
   in chunks of ``batch_size`` (the last one padded to keep one compiled shape)."""
   cond_fn = exp.paradigm.conditioner
@@ -107,7 +142,7 @@ def _generate_text(exp, params, *, num, seed, labels, prompts, batch_size, progr
   labels = np.full(num, nc, np.int32) if labels is None else np.asarray(labels, np.int32)
   cond = cond_fn.encode(prompts)
   images = _sample_in_chunks(exp, params, cond, num=num, seed=seed, batch_size=batch_size,
-                             progress=progress, **sample_kwargs)
+                             progress=progress, step=step, **sample_kwargs)
   return images, labels
 
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from jaxgen.errors import ConfigError
+
+
+class UnknownNameError(ConfigError, KeyError):
+  """A config names something no registry holds (a ConfigError, and a KeyError for
+  callers that look names up); the message lists the known names."""
+  __str__ = Exception.__str__  # the message as written, not KeyError's repr of it
 
 
 class Registry:
@@ -36,7 +44,7 @@ class Registry:
     if name not in self._table:
       close = difflib.get_close_matches(name, self._table, n=3)
       hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-      raise KeyError(
+      raise UnknownNameError(
           f"Unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._table))}."
       )
     return self._table[name]
@@ -51,6 +59,9 @@ class Registry:
 
 
 MODELS = Registry("model")
+# model name -> the names ``config.model.variant`` may take (its named sizes), so that
+# a config is checked before anything is built; filled by `register_variants`.
+_MODEL_VARIANTS: Dict[str, Sequence[str]] = {}
 PARADIGMS = Registry("paradigm")
 PREPROCESS_OPS = Registry("preprocessing op")
 DATASETS = Registry("dataset")
@@ -82,6 +93,18 @@ _REGISTERING_MODULES = (
     "jaxgen.conditioning",
 )
 _imported = False
+
+
+def register_variants(model_names: Sequence[str], variants: Sequence[str]) -> None:
+  """Declares the named sizes (``config.model.variant``) of the models ``model_names``."""
+  for name in model_names:
+    _MODEL_VARIANTS[name] = tuple(variants)
+
+
+def model_variants(model_name: str) -> Optional[Sequence[str]]:
+  """The named sizes of model ``model_name``; None if it declares none."""
+  import_all()
+  return _MODEL_VARIANTS.get(model_name)
 
 
 def import_all() -> None:

@@ -59,6 +59,23 @@ def tiny_config(source_dir, data_dir, model="dit", **train):
   return c
 
 
+def write_tiny_config_file(directory, source_dir, data_dir) -> str:
+  """Writes ``directory/tiny.py``, the `tiny_config` of a DiT (``tiny.py:unet``: of a
+  U-Net) with 4 steps, a data-parallel mesh over all devices and its classifier cache in
+  ``directory/clf``; returns its path (for ``--config``)."""
+  path = os.path.join(directory, "tiny.py")
+  with open(path, "w") as f:
+    f.write("import sys\n"
+            f"sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\n"
+            "from helpers import tiny_config\n\n"
+            "def get_config(arg=None):\n"
+            f"  c = tiny_config({source_dir!r}, {data_dir!r}, arg or 'dit', num_steps=4)\n"
+            "  c.mesh.data = -1\n"
+            f"  c.eval.classifier_dir = {os.path.join(directory, 'clf')!r}\n"
+            "  return c\n")
+  return path
+
+
 def tiny_tokenizer_config(source_dir, data_dir, bottleneck="vq", gan=True, **train):
   """A complete tokenizer config with tiny nets (f2 -> 16x16 codes of 32x32 images)."""
   import common  # configs/common.py

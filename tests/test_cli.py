@@ -9,23 +9,13 @@ import pytest
 
 from jaxgen import cli
 
-from helpers import ROOT
+from helpers import ROOT, write_tiny_config_file
 
 
 @pytest.fixture(scope="module")
 def tiny_config_file(tmp_path_factory, fake_fmnist_dir, data_dir):
-  d = tmp_path_factory.mktemp("cfg")
-  path = d / "tiny.py"
-  path.write_text(
-      "import sys\n"
-      f"sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\n"
-      "from helpers import tiny_config\n\n"
-      "def get_config(arg=None):\n"
-      f"  c = tiny_config({fake_fmnist_dir!r}, {data_dir!r}, 'dit', num_steps=4)\n"
-      "  c.mesh.data = -1\n"
-      f"  c.eval.classifier_dir = {str(d / 'clf')!r}\n"
-      "  return c\n")
-  return str(path)
+  return write_tiny_config_file(str(tmp_path_factory.mktemp("cfg")), fake_fmnist_dir,
+                                data_dir)
 
 
 def test_train_sample_eval(tiny_config_file, tmp_path, capsys):

@@ -7,6 +7,7 @@ import pytest
 from scipy import linalg
 
 from jaxgen.data import datasets
+from jaxgen.errors import DataError
 from jaxgen.eval import classifier, evaluate, frechet
 
 
@@ -46,10 +47,10 @@ def test_to_native_crops_padding_and_resizes_otherwise():
 def test_load_samples_refuses_wrong_layout(tmp_path):
   p = tmp_path / "s.npz"
   np.savez(p, images=np.zeros((2, 4, 4, 1), np.uint8))
-  with pytest.raises(ValueError, match="no 'arr_0'"):
+  with pytest.raises(DataError, match="no 'arr_0'"):
     evaluate.load_samples(str(p))
   np.savez(p, arr_0=np.zeros((2, 4, 4, 1), np.float32))
-  with pytest.raises(ValueError, match="must be uint8 NHWC"):
+  with pytest.raises(DataError, match="must be uint8 NHWC"):
     evaluate.load_samples(str(p))
   with pytest.raises(FileNotFoundError, match="jaxgen sample"):
     evaluate.load_samples(str(tmp_path / "none.npz"))

@@ -37,18 +37,39 @@ def default_data_dir() -> str:
                         os.path.join(os.path.expanduser("~"), ".cache", "jaxgen", "tfds"))
 
 
+_FMNIST_NAMES = tuple(n for pair in FMNIST_FILES.values() for n in pair)
+
+
+def _missing_fmnist_files(directory: str):
+  return [n for n in _FMNIST_NAMES if not os.path.isfile(os.path.join(directory, n))]
+
+
 def find_fmnist_source(source_dir: Optional[str]) -> Optional[str]:
-  """The directory that holds the IDX files: the one the config names (which must
-  hold them), else $JAXGEN_FASHION_MNIST_DIR, else the Debian package's; None if none."""
-  if source_dir:
-    if not os.path.isfile(os.path.join(source_dir, FMNIST_FILES["train"][0])):
-      raise DataError(f"config.data.source_dir={source_dir!r} holds no "
-                      f"{FMNIST_FILES['train'][0]}. {_FIX}")
-    return source_dir
-  for d in (os.environ.get("JAXGEN_FASHION_MNIST_DIR"), DEBIAN_FMNIST_DIR):
-    if d and os.path.isfile(os.path.join(d, FMNIST_FILES["train"][0])):
-      return d
-  return None
+  """The directory that holds the IDX files: the one the config names, else the one
+  $JAXGEN_FASHION_MNIST_DIR names (either, when set, must hold all four files: a wrong
+  path is an error, not a silent switch to another copy), else the Debian package's;
+  None if there is none."""
+  debian = "the Debian package's (`apt-get install dataset-fashion-mnist`)"
+  for where, d, fix in (
+      ("config.data.source_dir", source_dir,
+       f"or to \"\" to use $JAXGEN_FASHION_MNIST_DIR or {debian}"),
+      ("$JAXGEN_FASHION_MNIST_DIR", os.environ.get("JAXGEN_FASHION_MNIST_DIR"),
+       f"or unset it to use {debian}")):
+    if not d:
+      continue
+    missing = _missing_fmnist_files(d)
+    if missing:
+      four = f"the four Fashion-MNIST IDX files ({', '.join(_FMNIST_NAMES)})"
+      if not os.path.isdir(d):
+        what = f"does not exist; it must be a directory holding {four}"
+      elif len(missing) == len(_FMNIST_NAMES):
+        what = f"holds none of {four}"
+      else:
+        what = f"lacks {', '.join(missing)} of {four}"
+      raise DataError(f"{where}={d!r} {what}. Set it to a directory that holds them, "
+                      f"{fix}.")
+    return d
+  return None if _missing_fmnist_files(DEBIAN_FMNIST_DIR) else DEBIAN_FMNIST_DIR
 
 
 class FashionMnist(tfds.core.GeneratorBasedBuilder):
@@ -174,6 +195,7 @@ class FashionMnistDataset(Dataset):
 
   def load(self, data_cfg) -> DatasetSpec:
     data_dir = data_cfg.get("data_dir") or default_data_dir()
+    find_fmnist_source(data_cfg.get("source_dir"))  # a wrong path stops, also once prepared
     builder = FashionMnist(source_dir=data_cfg.get("source_dir") or None, data_dir=data_dir,
                            file_format="array_record")
     try:
@@ -244,6 +266,37 @@ def _no_source(split: str):
   raise DataError(f"This dataset spec is a description only; load it to read {split!r}.")
 
 
+class PreparedSource(ExtendedSource):
+  """A split of a prepared (array_record) dataset whose read failures (a corrupted,
+  truncated or deleted file: riegeli's "hash mismatch", "open() failed") become one
+  DataError that names the directory to delete so that it is prepared again."""
+
+  def __init__(self, base, data_dir: str, split: str):
+    self._base, self._data_dir, self._split = base, data_dir, split
+
+  def _add(self, example, index: int):
+    del index
+    return example
+
+  def _read(self, read, arg):
+    try:
+      return read(arg)
+    except (RuntimeError, OSError, ValueError) as e:
+      if isinstance(e, DataError):
+        raise
+      raise DataError(
+          f"The prepared data in {self._data_dir} is damaged: its {self._split!r} split "
+          f"cannot be read ({str(e).splitlines()[0][:160]}). Delete that directory "
+          f"(rm -r {self._data_dir}) and rerun: it is prepared again from the source "
+          "files.") from None
+
+  def __getitem__(self, index):
+    return self._read(super().__getitem__, index)
+
+  def __getitems__(self, indices):
+    return self._read(super().__getitems__, indices)
+
+
 def _cached_sources(builder):
   sources = {}
 
@@ -252,7 +305,8 @@ def _cached_sources(builder):
       if split not in builder.info.splits:
         raise DataError(f"{builder.name} has no split {split!r}; it has "
                         f"{', '.join(builder.info.splits)}.")
-      sources[split] = builder.as_data_source(split=split)
+      sources[split] = PreparedSource(builder.as_data_source(split=split),
+                                      os.fspath(builder.data_dir), split)
     return sources[split]
 
   return source

@@ -9,8 +9,7 @@ import struct
 import numpy as np
 
 
-class DataError(RuntimeError):
-  """Missing or malformed data: the message says what is wrong and how to fix it."""
+from jaxgen.errors import DataError  # noqa: F401  (re-exported)
 
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),

@@ -37,6 +37,8 @@ SIZES = {
     "L": (24, 1024, 16),
     "XL": (28, 1152, 16),
 }
+VARIANTS = tuple(f"{size}/{patch}" for size in SIZES for patch in (2, 4, 8))
+registry.register_variants(["dit"], VARIANTS)
 
 
 def dit_variant(variant: str) -> dict:
@@ -47,7 +49,7 @@ def dit_variant(variant: str) -> dict:
     return dict(depth=depth, hidden_size=width, num_heads=heads, patch_size=int(patch))
   except (ValueError, KeyError):
     raise ValueError(f"Unknown DiT variant {variant!r}; use one of "
-                     f"{', '.join(k + '/' + p for k in SIZES for p in '248')}.") from None
+                     f"{', '.join(VARIANTS)}.") from None
 
 
 # DiT's block is the shared adaLN block with its defaults (adaLN-Zero).

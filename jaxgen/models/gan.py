@@ -40,6 +40,7 @@ SIZES = {
     "cifar": dict(latent_dim=128, embed_dim=128, g_channels=(256, 256, 256),
                   d_channels=(128, 128, 128)),
 }
+registry.register_variants(["biggan"], SIZES)
 
 
 def _up(x):

@@ -43,6 +43,7 @@ SIZES = {
     "fmnist_small": (6, 256, 8, 4, 256, 8),
     "fmnist_tiny": (4, 128, 4, 2, 128, 4),
 }
+registry.register_variants(["mage"], SIZES)
 
 
 class MAGE(nn.Module):

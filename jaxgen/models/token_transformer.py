@@ -32,6 +32,7 @@ SIZES = {
     "fmnist_small": (6, 256, 8, 1024),
     "fmnist_tiny": (4, 128, 4, 512),
 }
+registry.register_variants(["maskgit_transformer"], SIZES)
 
 
 class MaskGITTransformer(nn.Module):

@@ -31,6 +31,7 @@ SIZES = {
                          attn_resolutions=(16,), num_heads=1, head_channels=None,
                          scale_shift_norm=False, dropout=0.1),
 }
+registry.register_variants(["unet"], SIZES)
 
 
 class ResBlock(nn.Module):

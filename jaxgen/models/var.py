@@ -51,6 +51,7 @@ SIZES = {
     "fmnist_tiny": (4, 128, 4, 0.0),
     "fmnist_small": (6, 256, 8, 0.0),
 }
+registry.register_variants(["var"], SIZES)
 
 
 def scale_offsets(scales: Sequence[int]) -> Tuple[int, ...]:

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxgen.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> mesh axis (or axes, or None = replicated). The one table.
@@ -52,21 +54,31 @@ def mesh_rules():
 
 
 def make_mesh(mesh_cfg, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """Mesh from ``config.mesh`` (data, fsdp, tensor sizes; one may be -1 = the rest)."""
+  """Mesh from ``config.mesh`` (data, fsdp, tensor sizes; one may be -1 = the rest).
+
+  Raises:
+    ConfigError (a ValueError): the sizes cannot tile the devices; the message says
+      how many devices there are and what the sizes multiply to.
+  """
   devices = list(devices if devices is not None else jax.devices())
   sizes = [int(mesh_cfg.get(a, 1)) for a in MESH_AXES]
   n = len(devices)
-  if sizes.count(-1) > 1:
-    raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+  shown = " x ".join(f"{a}={s}" for a, s in zip(MESH_AXES, sizes))
+  here = f"{n} {devices[0].platform.upper() if devices else ''} device(s) in this run"
+  fix = ("Set config.mesh.data/fsdp/tensor so that they multiply to "
+         f"{n}, or one of them to -1 (= the rest), e.g. --config.mesh.data=-1.")
+  if sizes.count(-1) > 1 or any(s < 1 and s != -1 for s in sizes):
+    raise ConfigError(f"config.mesh {shown}: each size must be >= 1, and at most one -1. "
+                      f"{fix}")
   if -1 in sizes:
     known = math.prod(s for s in sizes if s != -1)
     if n % known:
-      raise ValueError(f"config.mesh: {n} devices do not divide by the fixed axes "
-                       f"{dict(zip(MESH_AXES, sizes))}.")
+      raise ConfigError(f"config.mesh {shown}: the fixed axes multiply to {known}, which "
+                        f"does not divide the {here}. {fix}")
     sizes[sizes.index(-1)] = n // known
   if math.prod(sizes) != n:
-    raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
-                     f"devices, but {n} are available. Set one axis to -1 to fill.")
+    raise ConfigError(f"config.mesh {shown} multiplies to {math.prod(sizes)} devices, but "
+                      f"there are {here}. {fix}")
   try:
     grid = jax.experimental.mesh_utils.create_device_mesh(sizes, devices=devices)
   except Exception:  # pylint: disable=broad-except  # e.g. CPU devices without topology

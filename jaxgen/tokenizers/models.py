@@ -41,3 +41,4 @@ def build_autoencoder(cfg, *, image_shape, num_classes: int = 0, dtype=jnp.float
 
 for _name in ("vqgan", "vit_vqgan", "kl_vae"):
   registry.MODELS.register(_name)(build_autoencoder)
+registry.register_variants(["vqgan", "vit_vqgan", "kl_vae"], nets.VARIANTS)

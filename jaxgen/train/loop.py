@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import logging
 import os
+import sys
 import time
 from typing import Any, Optional
 
@@ -21,11 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgen import config as config_lib
+from jaxgen import errors
 from jaxgen import images as images_lib
 from jaxgen import registry
 from jaxgen.data import datasets, pipeline
 from jaxgen.sharding import distributed, mesh as mesh_lib
-from jaxgen.train import checkpoint, optim, preemption, state as state_lib
+from jaxgen.train import checkpoint, lock as lock_lib, preemption, state as state_lib
 from jaxgen.train.metrics import MetricWriter
 
 
@@ -66,12 +68,6 @@ def build_abstract(config, devices=None) -> Experiment:
   return build(config, devices, load_data=False)
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
-
-
 def guard_nonfinite(step_fn, mode: str):
   """Wraps a train step ``(state, batch) -> (state, metrics)``: ``metrics["finite"]``
   says whether the loss, parameters and EMA after the step are all finite (a fused
@@ -80,7 +76,7 @@ def guard_nonfinite(step_fn, mode: str):
   reports ``metrics["nonfinite_skipped"]``."""
   def step(state, batch):
     new, metrics = step_fn(state, batch)
-    ok = _all_finite((metrics["loss"], new.params, new.ema_params))
+    ok = state_lib.all_finite((metrics["loss"], new.params, new.ema_params))
     if mode == "skip":
       keep = lambda n, o: jnp.where(ok, n, o)
       new = new.replace(**{f: jax.tree.map(keep, getattr(new, f), getattr(state, f))
@@ -132,81 +128,119 @@ def grid_labels(num: int, num_classes: int) -> np.ndarray:
 
 
 def train(config, workdir: str, devices=None, *, stop_after: Optional[int] = None,
-          progress: bool = True):
+          progress: bool = True, reset_optimizer: bool = False):
   """Trains ``config`` in ``workdir`` until ``config.train.num_steps``; resumes from
-  the newest checkpoint there. ``stop_after`` stops (with a checkpoint) after that
-  many steps of this call, for tests of resumption. Returns the final state."""
+  the newest intact checkpoint there (see `checkpoint.Checkpointer`). ``stop_after``
+  stops (with a checkpoint) after that many steps of this call, for tests of
+  resumption. ``reset_optimizer`` resumes the parameters, EMA and data position but
+  starts a fresh optimizer state (after a change of optimizer hyper-parameters that
+  changes its layout, e.g. enabling grad_clip). Holds the workdir's lock
+  (`lock.WorkdirLock`) while it runs. Returns the final state."""
   distributed.maybe_initialize_distributed()
   exp = build(config, devices)
+  with lock_lib.WorkdirLock(workdir):
+    return _train(exp, workdir, stop_after, progress, reset_optimizer)
+
+
+def _say():
+  """Prints one line on process 0 (stderr), also when the progress bar is off."""
+  def say(msg):
+    logging.warning(msg)
+    if jax.process_index() == 0:
+      tqdm.write(msg, file=sys.stderr)
+  return say
+
+
+def _train(exp, workdir, stop_after, progress, reset_optimizer):
   cfg = exp.config
-  ckpt = checkpoint.Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
+  say = _say()
+  ckpt = checkpoint.Checkpointer(workdir, keep=cfg.train.keep_checkpoints, cleanup_tmp=True)
   data_iter = make_data_iterator(exp)
-  start = ckpt.latest_step()
+  fresh = exp.init_state if reset_optimizer else None
+  state, start = ckpt.restore_newest_intact(
+      exp.abstract_state, data_iter, quarantine=True, fresh_optimizer=fresh,
+      all_finite=jax.jit(state_lib.all_finite), warn=say)
   if start is not None:
-    state = ckpt.restore(exp.abstract_state, data_iter, step=start)
     logging.info("Resumed from %s at step %d", ckpt.directory, start)
     if progress and jax.process_index() == 0:
       print(f"Resuming from step {start} in {workdir}")
+    if reset_optimizer:
+      say("jaxgen: warning: --reset-optimizer: the parameters, EMA and data position of "
+          f"step {start} are restored; the optimizer state (Adam moments, and the step "
+          "count of the learning-rate schedule: warm-up runs again) starts fresh.")
   else:
     start = 0
     state = exp.init_state()
-  checkpoint.write_config(workdir, cfg)
-  step_fn, _ = make_train_step(exp)
-  sample_fn = make_preview_fn(exp) if cfg.train.sample_every > 0 else None
-  writer = MetricWriter(workdir)
   num_steps = cfg.train.num_steps
   end = num_steps if stop_after is None else min(num_steps, start + stop_after)
   if start >= end:
     print(f"{workdir} is already at step {start} >= config.train.num_steps={num_steps}; "
-          "pass a larger --config.train.num_steps to train on.")
+          "pass a larger --config.train.num_steps to train on. Nothing was changed.")
+    ckpt.close()
+    return state
+  checkpoint.write_config(workdir, cfg)  # only a run that trains, with a fitting config
+  step_fn, _ = make_train_step(exp)
+  sample_fn = make_preview_fn(exp) if cfg.train.sample_every > 0 else None
+  writer = MetricWriter(workdir, start_step=start)
   pbar = tqdm(total=num_steps, initial=start, disable=not progress or jax.process_index() != 0,
               unit="step", dynamic_ncols=True, desc="train")
   pending, t_last, step = [], time.perf_counter(), start
   unchecked = []  # (step, finite flag) of the steps not yet checked on the host
   stop_on_nonfinite = config_lib.nonfinite_mode(cfg) == "stop"
-  with preemption.PreemptionGuard() as guard:
-    for step in range(start, end):
-      batch = mesh_lib.global_batch(next(data_iter), exp.mesh)
-      state, metrics = step_fn(state, batch)
-      done = step + 1
-      finite = metrics.pop("finite")
-      if stop_on_nonfinite:
-        unchecked.append((done, finite))
-      pending.append(metrics)
-      if progress:  # wait for the step so the bar's steps/s is the real rate
-        jax.block_until_ready(metrics["loss"])
-      pbar.update(1)
-      stop = guard.should_stop(done)
-      save = done % cfg.train.ckpt_every == 0 or done == end or stop
-      log = done % cfg.train.log_every == 0 or done == end
-      if stop_on_nonfinite and (save or log):  # nothing non-finite is logged or saved
-        _check_finite(unchecked, ckpt)
-        unchecked = []
-      if log:
-        t_last = _log(writer, pbar, pending, done, t_last, cfg.train.batch_size)
-        pending = []
-      if sample_fn is not None and (done % cfg.train.sample_every == 0 or done == num_steps):
-        _write_samples(exp, sample_fn, state, workdir, done, writer)
-        t_last = time.perf_counter()  # keep sampling time out of steps/s
-      if save:
-        ckpt.save(done, state, data_iter, cfg, force=True)
-      if stop:
-        ckpt.wait()
-        msg = (f"Stopped by signal after step {done}; checkpoint saved in {ckpt.directory}."
-               " Run the same command again to resume.")
-        pbar.write(msg)
-        logging.warning(msg)
-        break
-  pbar.close()
-  ckpt.wait()
-  ckpt.close()
-  writer.close()
+  finished = False
+  try:
+    with preemption.PreemptionGuard() as guard:
+      for step in range(start, end):
+        batch = mesh_lib.global_batch(next(data_iter), exp.mesh)
+        state, metrics = step_fn(state, batch)
+        done = step + 1
+        finite = metrics.pop("finite")
+        if stop_on_nonfinite:
+          unchecked.append((done, finite))
+        pending.append(metrics)
+        if progress:  # wait for the step so the bar's steps/s is the real rate
+          jax.block_until_ready(metrics["loss"])
+        pbar.update(1)
+        ckpt.poll()  # a failed background save stops the run here, at once
+        stop = guard.should_stop(done)
+        save = done % cfg.train.ckpt_every == 0 or done == end or stop
+        log = done % cfg.train.log_every == 0 or done == end
+        if stop_on_nonfinite and (save or log):  # nothing non-finite is logged or saved
+          _check_finite(unchecked, ckpt, cfg)
+          unchecked = []
+        if log:
+          t_last = _log(writer, pbar, pending, done, t_last, cfg.train.batch_size)
+          pending = []
+        if sample_fn is not None and (done % cfg.train.sample_every == 0 or done == num_steps):
+          _write_samples(exp, sample_fn, state, workdir, done, writer)
+          t_last = time.perf_counter()  # keep sampling time out of steps/s
+        if save:
+          ckpt.save(done, state, data_iter, cfg, force=True)
+        if stop:
+          ckpt.wait()
+          msg = (f"Stopped by signal after step {done}; checkpoint saved in {ckpt.directory}."
+                 " Run the same command again to resume.")
+          pbar.write(msg)
+          logging.warning(msg)
+          break
+    ckpt.wait()
+    finished = True
+  finally:
+    pbar.close()
+    writer.close()
+    if finished:
+      ckpt.close()
+    else:  # an error is on its way out: finish the saves in flight, raise only it
+      try:
+        ckpt.close()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Closing the checkpointer after an error: %s", e)
   return state
 
 
-def _check_finite(unchecked, ckpt) -> None:
-  """Raises FloatingPointError at the first non-finite step of ``unchecked``, naming
-  the newest checkpoint (only finite states are ever saved)."""
+def _check_finite(unchecked, ckpt, cfg) -> None:
+  """Raises `errors.DivergedError` (a FloatingPointError) at the first non-finite step
+  of ``unchecked``, naming the newest checkpoint (only finite states are saved)."""
   flags = jax.device_get([f for _, f in unchecked])
   bad = [s for (s, _), ok in zip(unchecked, flags) if not ok]
   if not bad:
@@ -216,10 +250,13 @@ def _check_finite(unchecked, ckpt) -> None:
   where = (f"the newest checkpoint, step {latest} in {ckpt.directory}, is finite and "
            "training resumes from it" if latest is not None else
            "no checkpoint was saved yet")
-  raise FloatingPointError(
-      f"The loss, parameters or EMA became non-finite at step {bad[0]}. Training "
-      f"stopped without saving that state; {where}. Lower --config.optim.lr and run the "
-      "same command again, or pass --config.train.nonfinite=skip to skip such steps.")
+  clip = ("" if cfg.optim.get("grad_clip", 0) > 0 else
+          " or enable clipping with --config.optim.grad_clip=1.0 --reset-optimizer;")
+  raise errors.DivergedError(
+      f"Training diverged: the loss, parameters or EMA became non-finite at step "
+      f"{bad[0]}. Training stopped without saving that state; {where}. Lower --config.optim.lr and run the "
+      f"same command again;{clip} or pass --config.train.nonfinite=skip to skip such "
+      "steps.")
 
 
 def _log(writer, pbar, pending, step, t_last, batch_size):

@@ -72,5 +72,13 @@ def sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTra
   return init_fn, abstract, shardings
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point leaf of ``tree`` is finite (a scalar bool; one fused
+  reduction when traced)."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
+
+
 def count_params(tree) -> int:
   return int(sum(x.size for x in jax.tree.leaves(tree)))
