@@ -3,7 +3,8 @@
 Reads JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, initialises
 jax.distributed (gloo CPU collectives), takes one sharded train step on a global
 batch built from both processes' local batches, saves what it saw, then runs the
-generic loop (with checkpoints) for two steps.
+generic loop (with checkpoints) for two steps, damages the newest checkpoint and
+resumes (both processes fall back to the intact one).
 """
 
 import os
@@ -40,7 +41,21 @@ def main(source_dir, data_dir, out_dir):
           for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   np.savez(os.path.join(out_dir, f"proc{pid}.npz"), loss=np.asarray(metrics["loss"]),
            image=local["image"], label=local["label"], **flat)
-  loop.train(config, os.path.join(out_dir, "workdir"), progress=False)
+  workdir = os.path.join(out_dir, "workdir")
+  loop.train(config, workdir, progress=False)
+  # Both processes verify checkpoints alike: process 0 damages the newest one; the
+  # resume falls back to step 1 on both (process 0 moves step 2 aside) and goes on.
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  multihost_utils.sync_global_devices("before_damage")
+  if pid == 0:
+    data = os.path.join(workdir, "checkpoints", "2", "state", "_METADATA")
+    with open(data, "r+b") as f:
+      f.write(b"#")
+  multihost_utils.sync_global_devices("after_damage")
+  config.train.num_steps = 3
+  state = loop.train(config, workdir, progress=False)
+  assert int(state.step) == 3
+  assert os.listdir(os.path.join(workdir, "damaged_checkpoints"))[0].startswith("2-")
   print(f"process {pid} done", flush=True)
 
 
