@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import numpy as np
 from PIL import Image
+
+from jaxgen import fileio
 
 
 def to_uint8(x) -> np.ndarray:
@@ -31,12 +32,12 @@ def make_grid(images_nhwc: np.ndarray, ncols: Optional[int] = None, pad: int = 2
 
 
 def save_png(path: str, image_hwc: np.ndarray, upscale: int = 1) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  """Writes a PNG (a local path or a ``gs://``-style URI, see `jaxgen.fileio`)."""
   img = image_hwc[..., 0] if image_hwc.shape[-1] == 1 else image_hwc
   pil = Image.fromarray(img)
   if upscale > 1:
     pil = pil.resize((pil.width * upscale, pil.height * upscale), Image.NEAREST)
-  pil.save(path)
+  fileio.save_with(fileio.absolute(path), lambda f: pil.save(f, format="PNG"))
 
 
 def save_grid(path: str, images_nhwc_uint8: np.ndarray, ncols: Optional[int] = None,

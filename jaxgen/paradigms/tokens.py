@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxgen import conditioning, registry
+from jaxgen import conditioning, fileio, registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import token as token_losses
 from jaxgen.paradigms.base import Paradigm
@@ -49,7 +49,7 @@ def tokenizer_workdir(config) -> str:
   configured = config.tokenizer.get("workdir", "") if "tokenizer" in config else ""
   meta = tokens_meta(config)
   written_by = (meta or {}).get("tokenizer_workdir") or ""
-  if configured and written_by and os.path.abspath(configured) != os.path.abspath(written_by):
+  if configured and written_by and fileio.absolute(configured) != fileio.absolute(written_by):
     raise ConfigError(
         f"config.data.data_dir={config.data.data_dir} holds codes written by the tokenizer "
         f"{written_by}, but config.tokenizer.workdir={configured}: codes of one tokenizer "
@@ -65,11 +65,10 @@ def image_data_config(config) -> ml_collections.ConfigDict:
     return config.data
   workdir = tokenizer_workdir(config)
   path = os.path.join(workdir, "config.json")
-  if not workdir or not os.path.isfile(path):
+  if not workdir or not fileio.isfile(path):
     raise ConfigError(f"Cannot find the images behind {config.data.data_dir}: its tokenizer "
                       f"run {workdir!r} has no config.json. Set config.tokenizer.workdir.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f)["data"])
+  return ml_collections.ConfigDict(json.loads(fileio.read_text(path))["data"])
 
 
 def _as_grid(grid):

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import fileio
+
 SCALE_FILE = "latent_scale.json"
 
 
@@ -139,10 +141,9 @@ class Tokenizer:
 
 def read_latent_scale(workdir: str) -> Optional[float]:
   path = os.path.join(workdir, SCALE_FILE)
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     return None
-  with open(path) as f:
-    return float(json.load(f)["scale"])
+  return float(json.loads(fileio.read_text(path))["scale"])
 
 
 def compute_latent_scale(latents: Sequence[np.ndarray]) -> float:
@@ -154,8 +155,5 @@ def compute_latent_scale(latents: Sequence[np.ndarray]) -> float:
 
 def write_latent_scale(workdir: str, scale: float, num_examples: int) -> str:
   path = os.path.join(workdir, SCALE_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"scale": scale, "num_examples": num_examples}, f)
-  os.replace(tmp, path)
+  fileio.write_text(path, json.dumps({"scale": scale, "num_examples": num_examples}))
   return path

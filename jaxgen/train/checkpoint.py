@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from typing import Any, Callable, List, Optional, Tuple
@@ -32,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from jaxgen import fileio
 from jaxgen.errors import CheckpointError, CheckpointMismatchError, CheckpointSaveError  # noqa: F401  (re-exported)
 
 MANIFEST = "jaxgen_manifest.json"
@@ -48,7 +48,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: Optional[int] = 3, async_save: bool = True,
                cleanup_tmp: bool = False):
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = fileio.absolute(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
     self.keep = keep
     self._unverified: List[int] = []   # saved by this object, manifest not written yet
@@ -136,7 +136,7 @@ class Checkpointer:
       return
     self._manager.reload()
     steps = sorted(self.all_steps())
-    verified = [s for s in steps if os.path.isfile(os.path.join(self.step_dir(s), MANIFEST))]
+    verified = [s for s in steps if fileio.isfile(os.path.join(self.step_dir(s), MANIFEST))]
     if len(verified) < self.keep:
       return
     oldest_kept = verified[-self.keep]
@@ -148,7 +148,7 @@ class Checkpointer:
     self._unverified = []
     self._manager.reload()
     intact = [s for s in sorted(self.all_steps(), reverse=True)
-              if os.path.isfile(os.path.join(self.step_dir(s), MANIFEST))]
+              if fileio.isfile(os.path.join(self.step_dir(s), MANIFEST))]
     newest = (f"the newest verified checkpoint is step {intact[0]}" if intact
               else "no checkpoint was verified yet")
     return CheckpointSaveError(
@@ -294,8 +294,7 @@ class Checkpointer:
     save that step number again; nothing is deleted."""
     dest = os.path.join(self.workdir, DAMAGED_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(dest), exist_ok=True)
-      shutil.move(self.step_dir(step), dest)
+      fileio.move(self.step_dir(step), dest)
     if jax.process_count() > 1:
       _barrier(f"jaxgen_quarantine_{step}")
     self._manager.reload()
@@ -328,48 +327,35 @@ def _reason(error: BaseException) -> str:
 
 def _file_digest(path: str) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with fileio.open_file(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 22), b""):
       h.update(chunk)
   return h.hexdigest()
 
 
-def _files(step_dir: str):
-  for root, _, files in os.walk(step_dir):
-    for name in files:
-      path = os.path.join(root, name)
-      rel = os.path.relpath(path, step_dir)
-      if rel != MANIFEST:
-        yield rel, path
-
-
 def write_manifest(step_dir: str, step: int) -> None:
   """Writes ``step_dir/jaxgen_manifest.json``: size and SHA-256 of every file."""
-  files = {rel: [os.path.getsize(p), _file_digest(p)] for rel, p in sorted(_files(step_dir))}
-  tmp = os.path.join(step_dir, "." + MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump({"step": step, "files": files}, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(step_dir, MANIFEST))
+  files = {rel: [fileio.size(p), _file_digest(p)]
+           for rel, p in sorted(fileio.walk_files(step_dir)) if rel != MANIFEST}
+  fileio.write_text(os.path.join(step_dir, MANIFEST),
+                    json.dumps({"step": step, "files": files}, indent=1, sort_keys=True))
 
 
 def check_manifest(step_dir: str) -> Optional[str]:
   """None when every file of ``step_dir`` matches its manifest (or there is no
   manifest), else what differs, in a few words."""
   path = os.path.join(step_dir, MANIFEST)
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     return None
   try:
-    with open(path) as f:
-      files = json.load(f)["files"]
+    files = json.loads(fileio.read_text(path))["files"]
   except (OSError, ValueError, KeyError) as e:
     return f"its manifest {MANIFEST} is unreadable ({e})"
   for rel, (size, digest) in files.items():
     p = os.path.join(step_dir, rel)
-    if not os.path.isfile(p):
+    if not fileio.isfile(p):
       return f"{rel} is missing"
-    actual = os.path.getsize(p)
+    actual = fileio.size(p)
     if actual != size:
       return f"{rel} has {actual} bytes, {size} were written"
     if _file_digest(p) != digest:
@@ -398,16 +384,12 @@ def write_config(workdir: str, config) -> None:
   """Writes ``<workdir>/config.json`` (process 0), readable by people and tools."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, ".config.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, os.path.join(workdir, "config.json"))
+  fileio.write_text(os.path.join(workdir, "config.json"),
+                    json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
 
 
 def read_config(workdir: str) -> Optional[dict]:
   path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(fileio.read_text(path))

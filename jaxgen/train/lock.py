@@ -4,9 +4,11 @@
 there, and that process holds an exclusive ``flock`` on it while it runs. A second
 run on the same host finds the flock taken and stops with `WorkdirLockedError`. A
 run that ends empties the file; one that died (``kill -9``, a crash, a lost machine)
-leaves its details in the file but not the flock: the next run on that host takes the lock over and says so. A file left by
-another host cannot be checked from here (flock does not span machines on every
-file system): the message says how to remove it if that run is gone.
+leaves its details in the file but not the flock: the next run on that host takes the
+lock over and says so. A file left by another host cannot be checked from here (flock
+does not span machines on every file system): the message says how to remove it if
+that run is gone. In a remote
+workdir (``gs://...``) there is no flock: the file alone is the lock (best effort).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Callable, Optional
 
 import jax
 
+from jaxgen import fileio
 from jaxgen.errors import WorkdirLockedError
 
 LOCK_FILE = "train.lock"
@@ -31,13 +34,16 @@ class WorkdirLock:
   processes of a multi-host run share the lock of their process 0)."""
 
   def __init__(self, workdir: str, warn: Optional[Callable[[str], None]] = None):
-    self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    self.path = os.path.join(fileio.absolute(workdir), LOCK_FILE)
     self._warn = warn or (lambda msg: print(msg, file=sys.stderr))
     self._fd = None
+    self._remote = False
 
   def acquire(self) -> "WorkdirLock":
     if jax.process_index() != 0:
       return self
+    if fileio.is_remote(self.path):
+      return self._acquire_remote()
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -57,17 +63,42 @@ class WorkdirLock:
           f"({_describe(previous)}). If that run is no longer running, delete "
           f"{self.path} and run again; otherwise train in another --workdir.")
     if previous:
-      self._warn(f"jaxgen: warning: taking over the lock of a run that ended without "
-                 f"releasing it ({_describe(previous)}; not running any more).")
-    info = {"host": socket.gethostname(), "pid": os.getpid(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv}
+      self._warn_stale(previous)
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(info).encode(), 0)
+    os.pwrite(fd, json.dumps(_this_run()).encode(), 0)
     os.fsync(fd)
     self._fd = fd
     return self
 
+  def _warn_stale(self, previous: dict) -> None:
+    self._warn(f"jaxgen: warning: taking over the lock of a run that ended without "
+               f"releasing it ({_describe(previous)}; not running any more).")
+
+  def _acquire_remote(self) -> "WorkdirLock":
+    """A remote store has no flock: the lock file alone, checked by pid on this host
+    (best effort: two runs starting within the same second can both pass)."""
+    previous = {}
+    if fileio.isfile(self.path):
+      text = fileio.read_text(self.path)
+      previous = json.loads(text) if text.strip() else {}
+    if previous:
+      here = previous.get("host") == socket.gethostname()
+      if not here or _running(previous.get("pid")):
+        where = "" if here else " on another machine"
+        raise WorkdirLockedError(
+            f"{os.path.dirname(self.path)} is in use by another training run{where} "
+            f"({_describe(previous)}). Wait for it to finish or stop it, or train in "
+            f"another --workdir; if that run is gone, delete {self.path}.")
+      self._warn_stale(previous)
+    fileio.write_text(self.path, json.dumps(_this_run()))
+    self._remote = True
+    return self
+
   def release(self) -> None:
+    if self._remote:
+      fileio.write_text(self.path, "")  # released cleanly
+      self._remote = False
+      return
     if self._fd is None:
       return
     try:
@@ -83,6 +114,22 @@ class WorkdirLock:
 
   def __exit__(self, *exc):
     self.release()
+
+
+def _this_run() -> dict:
+  return {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv}
+
+
+def _running(pid) -> bool:
+  """Whether process ``pid`` runs on this host."""
+  try:
+    os.kill(int(pid), 0)
+  except (ProcessLookupError, TypeError, ValueError):
+    return False
+  except PermissionError:  # it exists, owned by someone else
+    return True
+  return True
 
 
 def _read(fd) -> dict:
