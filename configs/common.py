@@ -6,6 +6,28 @@ Fields are documented here once.
 
 import ml_collections  # re-exported for configs: common.ml_collections
 
+# ``config.data`` fields of image folders (name="folder", jaxgen.data.folder); every
+# config has them, so that any experiment trains on a folder by overrides alone.
+FOLDER_FIELDS = dict(
+    image_size=0,             # prepared side; 0 = the dataset's (folder 32, imagenet2012 256)
+    crop="center",            # folder: center (short side to image_size, middle square) | none
+    grey=False,               # folder: one grey channel instead of RGB
+    test_fraction=0.1,        # folder: share of images in "test" (by a hash of the path)
+    captions_file="",         # folder: JSONL / TSV, relative path -> caption (text-to-image)
+)
+
+
+def diffusion_paradigm(**overrides) -> ml_collections.ConfigDict:
+  """``config.paradigm`` of Gaussian diffusion (DDPM), DiT's settings by default."""
+  return ml_collections.ConfigDict(dict(dict(
+      name="diffusion",
+      schedule="linear",        # linear (Ho et al. 1e-4..0.02) | cosine (Nichol & Dhariwal)
+      num_timesteps=1000,       # training steps of the forward process
+      prediction="eps",         # eps | x0 | v: what the network's mean output predicts
+      vlb_weight=1.0,           # learn_sigma: loss = mse + vlb_weight * vb (DiT: 1)
+      label_dropout=0.1,        # p(label -> null class) for classifier-free guidance
+  ), **overrides))
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -17,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
       pp="pad(32)|scale(-1, 1)",  # preprocessing ops, composed left to right
       train_split="train",
       eval_split="test",
+      **FOLDER_FIELDS,
   ))
 
   c.model = ml_collections.ConfigDict(dict(name="unet", variant="small"))
@@ -64,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
       solver="heun",            # euler | heun | midpoint
       cfg_scale=1.0,            # classifier-free guidance scale; 1 = conditional model
       shift=1.0,                # SD3 time shift of the sampling grid; 1 = uniform
+      eta=0.0,                  # diffusion, solver=ddim: 0 deterministic .. 1 DDPM-like
+      cfg_channels=0,           # diffusion: guide the first k channels (DiT's exact: 3); 0 = all
+      clip_denoised=False,      # diffusion: clip each x0 prediction to [-1, 1]
       batch_size=500,           # examples per jitted sampling call
   ))
 
@@ -161,6 +187,7 @@ def token_config(paradigm: str = "maskgit") -> ml_collections.ConfigDict:
       params="",                 # "" = the tokenizer's default (trained weights) | ema | raw
   ))
   c.data.name = "tokens"         # pre-computed codes; or an image dataset + tokenizer.workdir
+  c.data.source_dataset = "fashion_mnist"  # the codes' images: classes when no tokens.json
   c.data.pp = ""
   if paradigm == "autoregressive":
     return _autoregressive_fields(c)
@@ -317,4 +344,4 @@ def captioned_data(captions_dir: str, embeddings_dir: str, detailed_ratio: float
       detailed_ratio=detailed_ratio,      # p(detailed caption), else the short one
       embeddings_dir=embeddings_dir,      # `jaxgen embed-captions --out`
       pp=f"choose_caption({detailed_ratio:g})|{pad_op}scale(-1, 1)|drop('caption')",
-      train_split="train", eval_split="test"))
+      train_split="train", eval_split="test", **FOLDER_FIELDS))

@@ -20,6 +20,7 @@ def get_config(arg=None):
   arg = parse_arg(arg)
   c = common.token_config("autoregressive")
   c.data.data_dir = ""
+  c.data.source_dataset = "imagenet2012"
   c.model.variant = arg.get("variant", "base")
   c.model.grid_size = (16, 16)
   c.model.codebook_size = 1024

@@ -9,7 +9,10 @@ pre-computed with the tokenizer tools. Launch on a TPU pod, e.g.:
       --workdir gs://BUCKET/dit_xl2
 
 ``:variant=S/2`` (or B/2, L/4, ...) selects another named size; ``runlocal`` shrinks
-the batch and steps for a smoke test of the wiring.
+the batch and steps for a smoke test of the wiring. ``:objective=ddpm`` is the paper's
+own recipe: DDPM with the linear 1e-4..0.02 schedule over 1000 steps, epsilon
+prediction with a learned variance (learn_sigma, the hybrid loss), sampled with 250
+DDPM steps and CFG 1.5 (``objective=flow``, the default: rectified flow).
 """
 
 import common
@@ -45,6 +48,16 @@ def get_config(arg=None):
   c.sample.cfg_scale = 1.5
   c.sample.shift = 1.0
   c.mesh = common.ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  objective = arg.get("objective", "flow")
+  if objective == "ddpm":
+    c.paradigm = common.diffusion_paradigm(schedule="linear", num_timesteps=1000,
+                                           prediction="eps", vlb_weight=1.0)
+    c.model.learn_sigma = True
+    c.sample.steps = 250
+    c.sample.solver = "ddpm"
+    c.sample.cfg_scale = 1.5
+  elif objective != "flow":
+    raise ValueError(f"objective={objective!r}; use flow or ddpm.")
   if arg.get("runlocal"):
     c.train.batch_size = 8
     c.train.num_steps = 10

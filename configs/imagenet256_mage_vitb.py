@@ -19,6 +19,7 @@ def get_config(arg=None):
   del arg
   c = common.token_config("mage")
   c.data.data_dir = ""
+  c.data.source_dataset = "imagenet2012"
   c.model.variant = "vit_base"
   c.model.grid_size = (16, 16)
   c.model.codebook_size = 1024

@@ -23,6 +23,7 @@ def get_config(arg=None):
   arg = parse_arg(arg)
   c = common.token_config("var")
   c.data.data_dir = ""
+  c.data.source_dataset = "imagenet2012"
   c.model.variant = arg.get("variant", "d16")
   c.model.attn_impl = "xla"          # "cudnn": fused attention on NVIDIA GPUs
   c.train.batch_size = 768

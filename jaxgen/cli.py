@@ -37,7 +37,7 @@ def _load_config(args, overrides):
     if stored is None:
       raise config_lib.ConfigError(
           "No --config given and no config.json in the workdir: pass "
-          "--config configs/<experiment>.py.")
+          "--config NAME (e.g. quickstart) or --config path/to/config.py.")
     config = config_lib.from_dict(stored)
   return config_lib.apply_overrides(config, overrides)
 
@@ -60,20 +60,21 @@ def _check_sample_args(args) -> None:
     if value is not None and value < 1:
       raise config_lib.ConfigError(f"{flag} {value}: must be at least 1.")
   if args.out:
-    out_dir = os.path.dirname(os.path.abspath(args.out))
+    from jaxgen import fileio  # pylint: disable=g-import-not-at-top
+    out_dir = os.path.dirname(fileio.absolute(args.out))
     try:
-      os.makedirs(out_dir, exist_ok=True)
+      fileio.makedirs(out_dir)
     except OSError as e:
       raise config_lib.ConfigError(f"--out {args.out}: cannot create its directory "
                                    f"({e.strerror}); pick another path.") from None
-    if not os.access(out_dir, os.W_OK):
+    if not fileio.is_remote(out_dir) and not os.access(out_dir, os.W_OK):
       raise config_lib.ConfigError(f"--out {args.out}: {out_dir} is not writable.")
 
 
 def cmd_sample(args, overrides):
   from jaxgen import generate  # pylint: disable=g-import-not-at-top
   _check_sample_args(args)
-  exp, state, step = generate.load_run(args.workdir, overrides)
+  exp, state, step = generate.load_run(args.workdir, overrides, data=False)  # no data read
   nc = exp.paradigm.num_classes
   if args.label is not None and not 0 <= args.label <= nc:
     raise config_lib.ConfigError(f"--label {args.label}: this run has classes 0..{nc - 1} "
@@ -89,18 +90,31 @@ def cmd_sample(args, overrides):
   if args.label is not None:
     labels = [args.label] * args.num
   prompts = _sample_prompts(args, exp)
+  adm_target = _adm_target(exp) if args.format == "adm" else None  # before sampling
   t0 = time.time()
   images, labels = generate.generate(exp, params, num=args.num, seed=args.seed, labels=labels,
                                      batch_size=args.batch_size or exp.config.sample.batch_size,
                                      prompts=prompts, step=step, **kwargs)
+  if adm_target is not None:
+    images = generate.adm_images(images, *adm_target)
   out = args.out or os.path.join(args.workdir, f"samples_step{step}_seed{args.seed}.npz")
   ncols = nc if args.num >= nc * nc and prompts is None else None
   if prompts is not None:  # a column per prompt when they cycle evenly (<= 16 of them)
     k = len(dict.fromkeys(prompts))
     ncols = min(args.num, 10) if k == 1 else (k if args.num % k == 0 and k <= 16 else None)
   png = generate.save_samples(out, images, labels, ncols=ncols, prompts=prompts)
-  print(f"Wrote {len(images)} samples from step {step} ({args.params} weights) in "
-        f"{time.time() - t0:.1f}s to {out} and a grid to {png}")
+  h, w, c = images.shape[1:]
+  print(f"Wrote {len(images)} samples ({args.format} layout, {h}x{w}x{c}) from step {step} "
+        f"({args.params} weights) in {time.time() - t0:.1f}s to {out} and a grid to {png}")
+
+
+def _adm_target(exp):
+  """``(native_shape, pp)`` of the images behind a run (a token run's: its
+  tokenizer's), for `generate.adm_images`; described, not read."""
+  from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
+  from jaxgen.paradigms import tokens  # pylint: disable=g-import-not-at-top
+  image_cfg = tokens.image_data_config(exp.config)
+  return datasets.describe(image_cfg).image_shape, image_cfg.get("pp", "")
 
 
 def _sample_prompts(args, exp):
@@ -318,18 +332,32 @@ def cmd_eval(args, overrides):
 
 def cmd_info(args, overrides):
   from jaxgen import info  # pylint: disable=g-import-not-at-top
-  config = _load_config(args, overrides)
-  config_lib.validate(config)
+  config = _load_config(args, overrides)  # model_info validates it, reading no data
   print(info.format_info(info.model_info(config, batch=args.batch)))
 
 
 def cmd_data(args, overrides):
-  from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
-  config = _load_config(args, overrides)
-  spec = datasets.get_dataset(config.data)
+  """Prepares a config's dataset, or (--from-folder) a folder of images, once."""
+  from jaxgen.data import datasets, folder  # pylint: disable=g-import-not-at-top
+  if args.from_folder:
+    if args.config or overrides:
+      raise config_lib.ConfigError("`jaxgen data --from-folder DIR` takes no --config or "
+                                   "--config.* overrides; its options are --out, "
+                                   "--image-size, --crop, --grey, --test-fraction, --captions.")
+    data_cfg = folder.data_config(args.from_folder, args.out, args.image_size, args.crop,
+                                  args.grey, args.test_fraction, args.captions)
+  elif args.config:
+    data_cfg = _load_config(args, overrides).data
+  else:
+    raise config_lib.ConfigError("`jaxgen data` needs --config C (prepare C's dataset) or "
+                                 "--from-folder DIR (a folder of images).")
+  spec = datasets.get_dataset(data_cfg)
   print(f"{spec.name}: splits {spec.splits}, image {spec.image_shape}, "
         f"{spec.num_classes} classes, prepared in "
-        f"{config.data.data_dir or datasets.default_data_dir()}")
+        f"{data_cfg.data_dir or datasets.default_data_dir()}")
+  if args.from_folder:
+    print(f"Classes: {', '.join(spec.class_names)}. Train any config on it with\n  "
+          f"{folder.overrides_line(data_cfg)}")
 
 
 def cmd_recaption(args, overrides):
@@ -398,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
   sub = p.add_subparsers(dest="command", required=True)
 
   t = sub.add_parser("train", help="train (or resume) a model in a workdir")
-  t.add_argument("--config", help="config file, path.py[:arg]; default: workdir/config.json")
+  t.add_argument("--config", help="NAME[:arg] (a packaged config, e.g. quickstart) or "
+                 "path.py[:arg]; default: workdir/config.json")
   t.add_argument("--workdir", required=True, help="where checkpoints, logs and samples go")
   t.add_argument("--reset-optimizer", action="store_true",
                  help="resume the parameters, EMA and data position of the newest "
@@ -406,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "optim.grad_clip, which changes the optimizer state's layout)")
   t.set_defaults(fn=cmd_train)
 
-  s = sub.add_parser("sample", help="write samples (.npz in ADM layout + PNG grid)")
+  s = sub.add_parser("sample", help="write samples (.npz: arr_0 uint8 NHWC + labels; "
+                                    "PNG grid)")
   s.add_argument("--workdir", required=True)
   s.add_argument("--num", type=int, default=100, help="number of samples")
   s.add_argument("--seed", type=int, default=0, help="same seed, same samples")
@@ -420,8 +450,16 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--prompts", default=None,
                  help="text-to-image runs: a file of prompts, one per line (cycled to --num)")
   s.add_argument("--params", choices=("ema", "raw"), default="ema")
-  s.add_argument("--batch-size", type=int, default=None)
+  s.add_argument("--batch-size", type=int, default=None,
+                 help="images per sampling call (default: config.sample.batch_size); "
+                      "with --seed it fixes the samples, and the progress bar moves "
+                      "once per call")
   s.add_argument("--out", default=None, help="output .npz (a .png grid is written beside)")
+  s.add_argument("--format", choices=("jaxgen", "adm"), default="jaxgen",
+                 help="jaxgen: the model's resolution and channels (e.g. 32x32 grey, "
+                      "padded); adm: what the ADM evaluator (guided-diffusion "
+                      "evaluations, used by DiT/VAR) reads, uint8 RGB at the dataset's "
+                      "size (padding cropped, grey repeated). `jaxgen eval` reads both")
   s.set_defaults(fn=cmd_sample)
 
   e = sub.add_parser(
@@ -498,8 +536,25 @@ def build_parser() -> argparse.ArgumentParser:
                  help="cache of jaxgen's dataset classifiers (built-in captioner)")
   r.set_defaults(fn=cmd_recaption)
 
-  d = sub.add_parser("data", help="prepare a config's dataset and print its splits")
-  d.add_argument("--config", required=True)
+  d = sub.add_parser("data", help="prepare a config's dataset (or a folder of images) "
+                                  "and print its splits")
+  d.add_argument("--config", help="the config whose dataset to prepare")
+  d.add_argument("--from-folder", metavar="DIR",
+                 help="a folder of images: DIR/<class>/... or flat (config.data.name="
+                      "folder, config.data.source_dir=DIR)")
+  d.add_argument("--out", default="", metavar="DATA_DIR",
+                 help="--from-folder: data dir (config.data.data_dir; default "
+                      "$JAXGEN_DATA_DIR or ~/.cache/jaxgen/tfds)")
+  d.add_argument("--image-size", type=int, default=32, help="--from-folder: side length")
+  d.add_argument("--crop", choices=("center", "none"), default="center",
+                 help="--from-folder: center (short side to the size, middle square) or "
+                      "none (stretch)")
+  d.add_argument("--grey", action="store_true", help="--from-folder: one grey channel")
+  d.add_argument("--test-fraction", type=float, default=0.1,
+                 help="--from-folder: share of images (by a hash of the path) in 'test'")
+  d.add_argument("--captions", default="", metavar="FILE",
+                 help="--from-folder: JSONL ({\"path\", \"caption\"}) or TSV "
+                      "(path<TAB>caption), paths relative to DIR")
   d.set_defaults(fn=cmd_data)
   return p
 

@@ -43,11 +43,72 @@ def _literal(text: str):
     return text
 
 
+def packaged_config_dir() -> Optional[str]:
+  """The folder of the configs that ship with jaxgen, or None when there is none.
+
+  setup.py installs the repository's top-level ``configs/`` as ``jaxgen/configs``; a
+  source checkout (or an editable install) has it beside the package.
+  """
+  package = os.path.dirname(os.path.abspath(__file__))
+  for folder in (os.path.join(package, "configs"),
+                 os.path.join(os.path.dirname(package), "configs")):
+    if os.path.isdir(folder):
+      return folder
+  return None
+
+
+def packaged_config_names() -> List[str]:
+  """Names that ``--config NAME`` takes: the packaged files defining ``get_config``."""
+  folder = packaged_config_dir()
+  names = []
+  for f in sorted(os.listdir(folder)) if folder else []:
+    if f.endswith(".py"):
+      with open(os.path.join(folder, f), encoding="utf-8") as fh:
+        if "def get_config(" in fh.read():
+          names.append(f[:-3])
+  return names
+
+
+def _resolve_config_path(path: str, spec: str) -> str:
+  """``path`` if it is a file, else the packaged config named ``path``; ConfigError
+  (with the close matches and the available names) when neither exists."""
+  if os.path.isfile(path):
+    return path
+  names = packaged_config_names()
+  if path in names:
+    return os.path.join(packaged_config_dir(), path + ".py")
+  name = os.path.basename(path)[:-3] if path.endswith(".py") else path
+  arg = spec.partition(":")[2]
+  if name in names:  # a path into a clone, used outside it
+    raise ConfigError(f"Config file {path!r} does not exist (from --config {spec!r}); "
+                      f"jaxgen ships a config of that name: --config "
+                      f"{name}{':' + arg if arg else ''}.")
+  close = [n for n in names if name and name in n]
+  close += [n for n in difflib.get_close_matches(name, names, n=3) if n not in close]
+  hint = f" Did you mean {', '.join(close)}?" if close else ""
+  what = (f"Config file {path!r} does not exist" if path.endswith(".py") or os.sep in path
+          else f"{path!r} is neither a config file nor the name of a packaged config")
+  raise ConfigError(f"{what} (from --config {spec!r}).{hint} Packaged configs: "
+                    f"{', '.join(names) or 'none found'}.")
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """Loads ``path/to/config.py[:arg]`` by calling its ``get_config(arg)``."""
+  """Loads ``CONFIG[:arg]`` by calling the config's ``get_config(arg)``.
+
+  Args:
+    spec: ``CONFIG`` is a config file's path if that file exists, else the name of a
+      config that ships with jaxgen (``quickstart``, ``imagenet256_dit_xl2``; see
+      `packaged_config_names`); ``arg`` (after the first colon) goes to ``get_config``.
+
+  Returns:
+    The config.
+
+  Raises:
+    ConfigError: no such file or packaged config (naming the close matches), or the
+      file defines no ``get_config`` returning a ConfigDict.
+  """
   path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"Config file {path!r} does not exist (from --config {spec!r}).")
+  path = _resolve_config_path(path, spec)
   module_spec = importlib.util.spec_from_file_location("jaxgen_user_config", path)
   module = importlib.util.module_from_spec(module_spec)
   folder = os.path.dirname(os.path.abspath(path))

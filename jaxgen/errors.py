@@ -10,6 +10,8 @@ layer may raise these.
 
 from __future__ import annotations
 
+import importlib
+
 
 class JaxgenError(Exception):
   """Base of jaxgen's user-facing errors; the message is the whole explanation."""
@@ -49,3 +51,28 @@ class DivergedError(JaxgenError, FloatingPointError):
 class NonFiniteSamplesError(JaxgenError, FloatingPointError):
   """A sampler produced NaN/inf images; nothing was written."""
   exit_code = 1
+
+
+class MissingDependencyError(JaxgenError, ImportError):
+  """An optional dependency is not installed: the message names the pip extra."""
+
+
+def import_optional(module: str, extra: str):
+  """Imports ``module`` of the optional extra ``jaxgen[extra]``.
+
+  Args:
+    module: the module to import, e.g. ``"sentencepiece"``.
+    extra: the setup.py extra that installs it, e.g. ``"text"``.
+
+  Returns:
+    The module.
+
+  Raises:
+    MissingDependencyError: it is not installed; the message says what to install.
+  """
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise MissingDependencyError(
+        f"{module} is not installed ({e}); it comes with jaxgen's {extra!r} extra: "
+        f"pip install 'jaxgen[{extra}]' (or pip install -e '.[{extra}]' in a clone).") from e

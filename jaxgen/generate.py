@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from jaxgen import config as config_lib
 from jaxgen import errors
+from jaxgen import fileio
 from jaxgen import images as images_lib
 from jaxgen.sharding import mesh as mesh_lib
 from jaxgen.train import checkpoint
@@ -30,16 +31,24 @@ def fit_mesh(config, devices=None):
   return config
 
 
-def load_run(workdir: str, overrides=(), step: Optional[int] = None, devices=None):
+def load_run(workdir: str, overrides=(), step: Optional[int] = None, devices=None,
+             data: bool = True):
   """``(experiment, state, step)`` of the newest (or given) checkpoint in ``workdir``,
-  on ``devices`` (default: all)."""
+  on ``devices`` (default: all).
+
+  ``data=False`` only describes the dataset (`datasets.describe`: shapes and classes)
+  instead of preparing and reading it, for sampling and frozen use on a machine that
+  has the workdir but not the training data; ``exp.dataset`` then reads no examples.
+  A token run still needs its tokenizer's workdir (to decode codes), and without the
+  codes' ``tokens.json`` only ``config.tokenizer.workdir`` names it.
+  """
   stored = checkpoint.read_config(workdir)
   if stored is None:
     raise FileNotFoundError(f"{workdir} holds no config.json: is it a jaxgen workdir? "
                             "Train first with `jaxgen train --config C --workdir DIR`.")
   config = config_lib.apply_overrides(config_lib.from_dict(stored), overrides)
   config = fit_mesh(config, devices)
-  exp = loop.build(config, devices)
+  exp = loop.build(config, devices, load_data=data)
   ckpt = checkpoint.Checkpointer(workdir, async_save=False)
   if step is not None and step not in ckpt.all_steps():
     raise FileNotFoundError(f"{workdir} has no checkpoint of step {step} (it has "
@@ -108,22 +117,35 @@ def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,
   ``num``) in chunks of ``batch_size`` as uint8 images. Chunk ``i`` uses the key
   ``fold_in(PRNGKey(seed), i)``; the last chunk is padded with copies of its first row
   to keep one compiled shape. Stops at the first chunk with a non-finite sample
-  (`check_finite`)."""
+  (`check_finite`).
+
+  The progress bar counts images (``num`` in all, images/s) and moves once per chunk,
+  the unit of sampler work the host sees (the steps run inside one compiled call; a
+  host callback per step would cost portability and speed). The chunk is also the unit
+  of randomness, so its default (``config.sample.batch_size``) is not shrunk for the
+  bar's sake: that would change every seed's samples. A smaller ``--batch-size`` ticks
+  more often and gives other (equally valid) samples.
+  """
   batch_size = min(batch_size, num)
   fn = jax.jit(lambda p, r, c: exp.paradigm.sample(p, r, c, **sample_kwargs))
   key = jax.random.PRNGKey(seed)
   out = []
-  chunks = range(0, num, batch_size)
-  for i, start in enumerate(tqdm(chunks, desc="sample", unit="batch", disable=not progress)):
-    c = jax.tree.map(lambda v: np.asarray(v[start:start + batch_size]), cond)
-    n = jax.tree.leaves(c)[0].shape[0]
-    if n < batch_size:
-      c = jax.tree.map(lambda v: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)]), c)
-    with mesh_lib.activate(exp.mesh):
-      x = fn(params, jax.random.fold_in(key, i), jax.tree.map(jnp.asarray, c))
-    x = np.asarray(mesh_lib.to_host(x), np.float32)[:n]
-    check_finite(x, done=start + n, num=num, step=step)
-    out.append(images_lib.to_uint8(x))
+  with tqdm(total=num, desc="sample", unit="img", disable=not progress) as bar:
+    bar.set_postfix_str(f"{batch_size} per call, the first one compiles")
+    for i, start in enumerate(range(0, num, batch_size)):
+      c = jax.tree.map(lambda v: np.asarray(v[start:start + batch_size]), cond)
+      n = jax.tree.leaves(c)[0].shape[0]
+      if n < batch_size:
+        c = jax.tree.map(lambda v: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)]),
+                         c)
+      with mesh_lib.activate(exp.mesh):
+        x = fn(params, jax.random.fold_in(key, i), jax.tree.map(jnp.asarray, c))
+      x = np.asarray(mesh_lib.to_host(x), np.float32)[:n]
+      check_finite(x, done=start + n, num=num, step=step)
+      out.append(images_lib.to_uint8(x))
+      if i == 0:
+        bar.set_postfix_str(f"{batch_size} per call", refresh=False)
+      bar.update(n)
   return np.concatenate(out)
 
 
@@ -159,15 +181,48 @@ def read_prompts(path: str):
   return prompts
 
 
+def adm_images(images_uint8: np.ndarray, native_shape, pp: str = "") -> np.ndarray:
+  """Samples in the layout the ADM evaluator (openai/guided-diffusion ``evaluations``,
+  used by DiT, VAR, ...) reads: uint8 NHWC RGB at the dataset's stored size.
+
+  It reads ``arr_0`` in batches into an Inception graph with a 3-channel input, so
+  grey samples are repeated to RGB, and the model's resolution is mapped back to the
+  dataset's with `evaluate.to_native` (padding cropped, else resized), as `jaxgen eval`
+  does before it scores samples.
+
+  Args:
+    images_uint8: samples as `generate` returns them (the model's resolution).
+    native_shape: the image dataset's (H, W, C) as stored; a latent dataset's shape
+      (neither 1 nor 3 channels) keeps the decoded size.
+    pp: the run's preprocessing string (``config.data.pp``), which says whether the
+      pipeline padded.
+
+  Returns:
+    uint8 (N, H, W, 3), C-contiguous.
+  """
+  from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
+  images = np.asarray(images_uint8)
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"ADM layout needs uint8 NHWC grey or RGB images, got {images.dtype} "
+                     f"{images.shape}.")
+  if native_shape[-1] in (1, 3):
+    images = evaluate.to_native(images, native_shape, pp)
+  if images.shape[-1] == 1:
+    images = np.repeat(images, 3, axis=-1)
+  return np.ascontiguousarray(images)
+
+
 def save_samples(path: str, images_uint8: np.ndarray, labels: np.ndarray,
                  grid: int = 100, ncols: Optional[int] = None, prompts=None) -> str:
   """Writes ``path`` (.npz: arr_0 uint8 NHWC, labels, and ``prompts`` (str array) for
-  text-conditioned samples) and a PNG grid beside it."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.npz"
+  text-conditioned samples) and a PNG grid beside it.
+
+  ``arr_0`` is written as given: jaxgen's layout (the model's resolution and channels)
+  as `generate` returns it, or the ADM evaluator's after `adm_images`. Both read back
+  with `jaxgen.eval.evaluate.load_samples`."""
+  path = fileio.absolute(path)  # a local path or a gs://-style URI (jaxgen.fileio)
   extra = {} if prompts is None else {"prompts": np.asarray(list(prompts), dtype=str)}
-  np.savez(tmp, arr_0=images_uint8, labels=labels, **extra)
-  os.replace(tmp, path)
+  fileio.save_with(path, lambda f: np.savez(f, arr_0=images_uint8, labels=labels, **extra))
   png = os.path.splitext(path)[0] + ".png"
   images_lib.save_grid(png, images_uint8[:grid], ncols=ncols)
   return png

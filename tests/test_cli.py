@@ -1,5 +1,6 @@
-"""The `jaxgen` command end to end on a tiny model: train, sample (ADM .npz layout,
-PNG, same seed = same samples), eval, info; and the errors users see."""
+"""The `jaxgen` command end to end on a tiny model: train, sample (.npz in jaxgen's and
+the ADM evaluator's layout, PNG, same seed = same samples), eval, info; and the errors
+users see."""
 
 import json
 import os
@@ -8,6 +9,9 @@ import numpy as np
 import pytest
 
 from jaxgen import cli
+from jaxgen import config as config_lib
+from jaxgen.data import datasets
+from jaxgen.eval import evaluate
 
 from helpers import ROOT, write_tiny_config_file
 
@@ -31,9 +35,21 @@ def test_train_sample_eval(tiny_config_file, tmp_path, capsys):
   assert arr.dtype == np.uint8 and arr.shape == (12, 32, 32, 1)
   np.testing.assert_array_equal(labels, np.arange(12) % 10)
   assert os.path.isfile(str(tmp_path / "a.png"))
+  # Same seed, same samples, here written with --format adm: as the ADM evaluator reads
+  # them (native 28x28: the padding cropped; RGB), and as `jaxgen eval` then scores them
+  # (grey again, exactly the cropped padded samples).
   out2 = str(tmp_path / "b.npz")
-  assert cli.main(args + ["--out", out2]) == 0
-  np.testing.assert_array_equal(np.load(out2)["arr_0"], arr)  # same seed, same samples
+  capsys.readouterr()
+  assert cli.main(args + ["--out", out2, "--format", "adm"]) == 0
+  bar = capsys.readouterr().err  # the progress bar counts images, once per call of 8
+  assert "8/12" in bar and "12/12" in bar and ("img/s" in bar or "s/img" in bar)
+  _assert_adm_evaluator_reads(out2, n=12, size=28)
+  adm, adm_labels = evaluate.load_samples(out2)
+  np.testing.assert_array_equal(adm, np.repeat(arr[:, 2:30, 2:30], 3, axis=-1))
+  spec = datasets.describe(config_lib.load_config_file(tiny_config_file).data)
+  grey, adm_labels = evaluate.check_samples(adm, adm_labels, spec, out2, log=lambda *_: 0)
+  np.testing.assert_array_equal(grey, arr[:, 2:30, 2:30])
+  np.testing.assert_array_equal(adm_labels, labels)
   assert cli.main(args[:6] + ["4", "--out", out2, "--steps", "2", "--batch-size", "8"]) == 0
   assert not np.array_equal(np.load(out2)["arr_0"], arr)
   capsys.readouterr()
@@ -45,6 +61,18 @@ def test_train_sample_eval(tiny_config_file, tmp_path, capsys):
   assert result["real_test"]["num"] == 12
 
 
+def _assert_adm_evaluator_reads(path, n, size):
+  """Reads ``arr_0`` as guided-diffusion's evaluations/evaluator.py does: the
+  ``arr_0.npy`` member of the zip, a version 1 or 2 .npy header (else it falls back to
+  loading it whole), C order, then batches fed to a [None, None, None, 3] input."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  with zipfile.ZipFile(path) as z, z.open("arr_0.npy") as f:
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
+    shape, fortran, dtype = read_header(f)
+  assert shape == (n, size, size, 3) and dtype == np.uint8 and not fortran
+
+
 def test_train_resumes_with_stored_config_and_larger_num_steps(tiny_config_file, tmp_path):
   wd = str(tmp_path / "run")
   assert cli.main(["train", "--config", tiny_config_file, "--workdir", wd,
@@ -54,8 +82,8 @@ def test_train_resumes_with_stored_config_and_larger_num_steps(tiny_config_file,
 
 
 def test_info_prints_parameters_and_gflops(capsys):
-  cfg = os.path.join(ROOT, "configs", "imagenet256_dit_xl2.py")
-  assert cli.main(["info", "--config", cfg, "--config.model.learn_sigma=True"]) == 0
+  cfg = os.path.join(ROOT, "configs", "imagenet256_dit_xl2.py:objective=ddpm")
+  assert cli.main(["info", "--config", cfg]) == 0  # the paper's DDPM recipe: learn_sigma
   out = capsys.readouterr().out
   assert "675.13M as the paper counts" in out
   gflops = float(out.split("forward")[1].split("GFLOPs")[0])

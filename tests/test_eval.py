@@ -1,11 +1,15 @@
 """Evaluation: Frechet distance against SciPy, sample-layout handling, and the
 dataset-classifier evaluator on (synthetic) data."""
 
+import contextlib
+import io
+
 import ml_collections
 import numpy as np
 import pytest
 from scipy import linalg
 
+from jaxgen import generate
 from jaxgen.data import datasets
 from jaxgen.errors import DataError
 from jaxgen.eval import classifier, evaluate, frechet
@@ -44,6 +48,19 @@ def test_to_native_crops_padding_and_resizes_otherwise():
   assert out.shape == (2, 28, 28, 1)
 
 
+def test_adm_images_are_rgb_at_the_datasets_size():
+  x = np.zeros((2, 32, 32, 1), np.uint8)
+  x[:, 2:30, 2:30] = 200
+  out = generate.adm_images(x, (28, 28, 1), "pad(32)|scale(-1, 1)")
+  assert out.shape == (2, 28, 28, 3) and (out == 200).all() and out.flags.c_contiguous
+  rgb = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
+  assert generate.adm_images(rgb, (24, 24, 3), "resize(16)").shape == (2, 24, 24, 3)
+  # A latent dataset's shape (4 channels) is not an image size: decoded size kept.
+  np.testing.assert_array_equal(generate.adm_images(rgb, (4, 4, 4)), rgb)
+  with pytest.raises(ValueError, match="uint8 NHWC"):
+    generate.adm_images(rgb.astype(np.float32), (16, 16, 3))
+
+
 def test_load_samples_refuses_wrong_layout(tmp_path):
   p = tmp_path / "s.npz"
   np.savez(p, images=np.zeros((2, 4, 4, 1), np.uint8))
@@ -58,10 +75,24 @@ def test_load_samples_refuses_wrong_layout(tmp_path):
 
 @pytest.fixture(scope="module")
 def evaluator(fake_fmnist_dir, tmp_path_factory):
+  """The evaluator, its classifier trained here; ``.progress_text``: what the
+  classifier's progress bar wrote to stderr meanwhile."""
   data_dir = str(tmp_path_factory.mktemp("tfds_eval"))
   spec = datasets.get_dataset(ml_collections.ConfigDict(dict(
       name="fashion_mnist", source_dir=fake_fmnist_dir, data_dir=data_dir)))
-  return evaluate.Evaluator(spec, str(tmp_path_factory.mktemp("clf")), log=lambda *_: None)
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    ev = evaluate.Evaluator(spec, str(tmp_path_factory.mktemp("clf")), log=lambda *_: None)
+  ev.progress_text = err.getvalue()
+  return ev
+
+
+def test_classifier_training_shows_progress(evaluator):
+  # 512 synthetic train images: 4 steps of 128 per epoch, 3 epochs.
+  text = evaluator.progress_text
+  assert "classifier" in text and "12/12" in text
+  assert "step/s" in text or "s/step" in text  # tqdm's rate, whichever way round
+  assert "epoch 3/3, loss " in text
 
 
 def test_evaluator_on_real_and_corrupted_images(evaluator):

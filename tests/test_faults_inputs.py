@@ -310,7 +310,7 @@ def _stub_run(monkeypatch, bad_label=-1, bad_value=np.nan):
       mesh=jax.sharding.Mesh(devices, mesh_lib.MESH_AXES))
   params = {"w": jnp.zeros(())}
   state = types.SimpleNamespace(params=params, ema_params=params)
-  monkeypatch.setattr(generate, "load_run", lambda workdir, overrides: (exp, state, 7))
+  monkeypatch.setattr(generate, "load_run", lambda workdir, overrides, **kw: (exp, state, 7))
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf])

@@ -77,6 +77,13 @@ def test_config_metrics_manifest_png_scale_round_trip(gs):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   base.write_latent_scale(gs, 0.25, num_examples=10)
   assert base.read_latent_scale(gs) == 0.25
+  from jaxgen import generate
+  imgs = np.arange(4 * 8 * 8, dtype=np.uint8).reshape(4, 8, 8, 1)
+  png = generate.save_samples(gs + "/out/s.npz", imgs, np.arange(4))
+  assert png == gs + "/out/s.png" and fileio.isfile(png)
+  with fileio.open_file(gs + "/out/s.npz", "rb") as f, np.load(f) as z:
+    np.testing.assert_array_equal(z["arr_0"], imgs)
+    np.testing.assert_array_equal(z["labels"], np.arange(4))
 
 
 def test_lock_in_a_remote_workdir(gs, capsys):

@@ -190,30 +190,62 @@ def test_trained_run_serves_tokenizer_interface_and_tokenize(tok_config, tmp_pat
     assert 0 < figs["codebook_usage"] <= 1 and 1 <= figs["perplexity"] <= 32
 
 
-def test_psnr_and_ssim_against_direct_formulas():
+def _ssim_reference(x, y, border):
+  """SSIM by its definition (Wang et al. 2004), independent of `ssim_uint8`: Gaussian-
+  weighted local statistics (sigma 1.5, 11 taps) of every 11x11 window of the image
+  padded with its mirror image (scipy.ndimage's "reflect"), per channel; the map
+  averaged without ``border`` pixels at each edge (5: only windows inside the image)."""
+  g = np.exp(-0.5 * (np.arange(-5, 6) / 1.5) ** 2)
+  w2 = np.outer(g, g) / g.sum() ** 2
+  c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+  pad = ((0, 0), (5, 5), (5, 5), (0, 0))
+  xw, yw = (np.lib.stride_tricks.sliding_window_view(
+      np.pad(a.astype(np.float64), pad, mode="symmetric"), (11, 11), axis=(1, 2))
+            for a in (x, y))  # (N, H, W, C, 11, 11)
+
+  def mean(a):
+    return np.einsum("nhwcij,ij->nhwc", a, w2)
+
+  mx, my = mean(xw), mean(yw)
+  vx, vy, cov = mean(xw * xw) - mx ** 2, mean(yw * yw) - my ** 2, mean(xw * yw) - mx * my
+  s = (2 * mx * my + c1) * (2 * cov + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+  h, w = x.shape[1:3]
+  return s[:, border:h - border, border:w - border].reshape(len(s), -1).mean(1)
+
+
+def _ssim_test_pair():
+  """Two 20x20 RGB images and noisy copies (SSIM well below 1, edges unlike centres)."""
   rng = np.random.default_rng(0)
-  x = rng.integers(0, 256, (2, 12, 12, 1)).astype(np.uint8)
-  y = np.clip(x.astype(int) + 5, 0, 255).astype(np.uint8)
+  x = np.zeros((2, 20, 20, 3), np.uint8)
+  x[:, 4:16, 4:16] = rng.integers(60, 200, (2, 12, 12, 3))
+  x[1, :, :3] = 255
+  y = np.clip(x + rng.normal(0, 25, x.shape), 0, 255).astype(np.uint8)
+  return x, y
+
+
+def test_psnr_and_ssim_against_direct_formulas():
+  x, y = _ssim_test_pair()
   mse = ((x.astype(float) - y) ** 2).reshape(2, -1).mean(1)
   np.testing.assert_allclose(reconstruction.psnr_uint8(x, y), 10 * np.log10(255 ** 2 / mse))
   np.testing.assert_allclose(reconstruction.ssim_uint8(x, x), 1.0, rtol=1e-12)
-  # SSIM by its definition: Gaussian-weighted local statistics (sigma 1.5, 11 taps,
-  # reflected borders) at every pixel, written as explicit loops.
-  g = np.exp(-0.5 * (np.arange(-5, 6) / 1.5) ** 2)
-  g /= g.sum()
-  w2 = np.outer(g, g)
-  c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-  xp = np.pad(x[0, :, :, 0].astype(float), 5, mode="symmetric")
-  yp = np.pad(y[0, :, :, 0].astype(float), 5, mode="symmetric")
-  vals = []
-  for i in range(12):
-    for j in range(12):
-      a, b = xp[i:i + 11, j:j + 11], yp[i:i + 11, j:j + 11]
-      ma, mb = (w2 * a).sum(), (w2 * b).sum()
-      va, vb = (w2 * a * a).sum() - ma ** 2, (w2 * b * b).sum() - mb ** 2
-      cov = (w2 * a * b).sum() - ma * mb
-      vals.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
-  np.testing.assert_allclose(reconstruction.ssim_uint8(x, y)[0], np.mean(vals), rtol=1e-10)
+  ours = reconstruction.ssim_uint8(x, y)  # the standard: a 5-pixel border left out
+  np.testing.assert_allclose(ours, _ssim_reference(x, y, border=5), rtol=0, atol=1e-6)
+  whole = reconstruction.ssim_uint8(x, y, border=0)  # jaxgen's SSIM before the crop
+  np.testing.assert_allclose(whole, _ssim_reference(x, y, border=0), rtol=0, atol=1e-6)
+  assert np.all(np.abs(ours - whole) > 0.01) and np.all(ours < 0.9)
+  with pytest.raises(ValueError, match="border=0"):
+    reconstruction.ssim_uint8(x[:, :10, :10], y[:, :10, :10])
+
+
+def test_ssim_matches_scikit_image():
+  """Where scikit-image is installed (not a dependency), its SSIM with the settings
+  papers report equals ours."""
+  metrics = pytest.importorskip("skimage.metrics")
+  x, y = _ssim_test_pair()
+  theirs = [metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+                                          use_sample_covariance=False, data_range=255,
+                                          channel_axis=-1) for a, b in zip(x, y)]
+  np.testing.assert_allclose(reconstruction.ssim_uint8(x, y), theirs, rtol=0, atol=1e-6)
 
 
 def test_code_usage_and_latent_scale():

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxgen import errors
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
@@ -104,7 +106,7 @@ class CheckpointReader:
   """Key -> tensor access over one or several safetensors files, read lazily."""
 
   def __init__(self, files: Sequence[str]):
-    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+    safe_open = errors.import_optional("safetensors", "text").safe_open
     self.files = list(files)
     self._handles = {}
     self._where: Dict[str, str] = {}

@@ -47,7 +47,10 @@ def captions_fingerprint(data_cfg, split: str, class_names: Sequence[str]) -> st
   for k in range(len(class_names)):
     h.update(captions_lib.short_caption(k, class_names).encode() + b"\n")
   captions_dir = data_cfg.get("captions_dir", "")
-  if captions_dir:
+  if data_cfg.get("name") == "folder":  # an image folder: its content and captions_file
+    from jaxgen.data import folder  # pylint: disable=g-import-not-at-top
+    h.update(folder.captions_key(data_cfg))
+  elif captions_dir:
     path = captions_lib.captions_path(captions_dir, split)
     if not os.path.isfile(path):
       raise DataError(f"No captions for split {split!r}: {path} does not exist.")

@@ -242,7 +242,7 @@ class ImageNet(Dataset):
   """
 
   def describe(self, data_cfg) -> DatasetSpec:
-    size = data_cfg.get("image_size", 256)
+    size = data_cfg.get("image_size") or 256  # 0 (the presets' default): 256
     return DatasetSpec(name="imagenet2012", image_shape=(size, size, 3), num_classes=1000,
                        class_names=tuple(map(str, range(1000))),
                        splits={"train": 1281167, "validation": 50000}, source=_no_source)
@@ -264,6 +264,12 @@ class ImageNet(Dataset):
 
 def _no_source(split: str):
   raise DataError(f"This dataset spec is a description only; load it to read {split!r}.")
+
+
+def has_data(spec: DatasetSpec) -> bool:
+  """Whether ``spec`` reads examples (`get_dataset`), not only describes them
+  (`describe`)."""
+  return spec.source is not _no_source
 
 
 class PreparedSource(ExtendedSource):

@@ -20,10 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
+from tqdm import tqdm
 
 from jaxgen.data import datasets
 
 CLASSIFIER_VERSION = 2
+_LOSS_EVERY = 20  # steps between loss read-outs on the progress bar
 
 
 class FeatureCNN(nn.Module):
@@ -73,8 +75,21 @@ class DatasetClassifier:
 
 
 def train_classifier(spec: datasets.DatasetSpec, *, epochs: int = 3, batch: int = 128,
-                     seed: int = 0, log=print) -> DatasetClassifier:
-  """Trains a FeatureCNN on the train split; reports test accuracy."""
+                     seed: int = 0, log=print, progress: bool = True) -> DatasetClassifier:
+  """Trains a FeatureCNN on the train split; reports test accuracy.
+
+  Args:
+    spec: the dataset (its train and test splits are read whole).
+    epochs: passes over the train split.
+    batch: examples per step.
+    seed: initialisation, data order and dropout.
+    log: takes a line per epoch and the test accuracy.
+    progress: a progress bar over all steps on stderr (steps/s, epoch, the loss every
+      ``_LOSS_EVERY`` steps): a first `jaxgen eval` trains for minutes on a CPU.
+
+  Returns:
+    The trained classifier, its test accuracy in ``info``.
+  """
   x_train, y_train = datasets.load_arrays(spec, "train")
   x_test, y_test = datasets.load_arrays(spec, "test")
   module = FeatureCNN(spec.num_classes)
@@ -96,17 +111,26 @@ def train_classifier(spec: datasets.DatasetSpec, *, epochs: int = 3, batch: int 
 
   np_rng = np.random.default_rng(seed)
   t0 = time.time()
-  for epoch in range(epochs):
-    perm = np_rng.permutation(len(x_train))
-    for i in range(steps_per_epoch):
-      idx = perm[i * batch:(i + 1) * batch]
-      x = x_train[idx]
-      flip = np_rng.random(len(idx)) < 0.5
-      x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-      params, opt_state, loss = step(params, opt_state, x, y_train[idx],
-                                     jax.random.fold_in(rng, epoch * steps_per_epoch + i))
-    log(f"classifier epoch {epoch + 1}/{epochs}: loss {float(loss):.3f} "
-        f"({time.time() - t0:.0f}s)")
+  with tqdm(total=epochs * steps_per_epoch, desc="classifier", unit="step",
+            disable=not progress) as bar:
+    for epoch in range(epochs):
+      perm = np_rng.permutation(len(x_train))
+      for i in range(steps_per_epoch):
+        idx = perm[i * batch:(i + 1) * batch]
+        x = x_train[idx]
+        flip = np_rng.random(len(idx)) < 0.5
+        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        params, opt_state, loss = step(params, opt_state, x, y_train[idx],
+                                       jax.random.fold_in(rng, epoch * steps_per_epoch + i))
+        if progress and (i % _LOSS_EVERY == 0 or i == steps_per_epoch - 1):
+          # Reading the loss waits for the step, so the bar (which counts dispatched
+          # steps) runs at most _LOSS_EVERY steps ahead of the work.
+          bar.set_postfix_str(f"epoch {epoch + 1}/{epochs}, loss {float(loss):.3f}",
+                              refresh=False)
+        bar.update(1)
+      with tqdm.external_write_mode():
+        log(f"classifier epoch {epoch + 1}/{epochs}: loss {float(loss):.3f} "
+            f"({time.time() - t0:.0f}s)")
   clf = DatasetClassifier(params, spec.num_classes, {})
   _, logits = clf.features_and_logits(x_test)
   acc = float((logits.argmax(-1) == y_test).mean())
@@ -116,9 +140,10 @@ def train_classifier(spec: datasets.DatasetSpec, *, epochs: int = 3, batch: int 
   return clf
 
 
-def load_or_train(spec: datasets.DatasetSpec, directory: str = "", log=print, seed: int = 0
-                  ) -> DatasetClassifier:
-  """The cached classifier of ``spec`` (trained and saved on first use).
+def load_or_train(spec: datasets.DatasetSpec, directory: str = "", log=print, seed: int = 0,
+                  progress: bool = True) -> DatasetClassifier:
+  """The cached classifier of ``spec`` (trained and saved on first use, with a progress
+  bar unless ``progress`` is False).
 
   Evaluation uses seed 0; another seed gives an independently trained network (the
   tokenizers' perceptual loss uses one, so rFD is not measured in the features the
@@ -137,7 +162,7 @@ def load_or_train(spec: datasets.DatasetSpec, directory: str = "", log=print, se
       params = serialization.from_bytes(template, f.read())
     return DatasetClassifier(params, spec.num_classes, info)
   log(f"Training the {spec.name} feature classifier once (cached in {directory}) ...")
-  clf = train_classifier(spec, log=log, seed=seed)
+  clf = train_classifier(spec, log=log, seed=seed, progress=progress)
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
     for ext, data, mode in ((".msgpack", serialization.to_bytes(clf.params), "wb"),

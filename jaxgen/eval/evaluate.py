@@ -41,13 +41,16 @@ def to_native(images: np.ndarray, native_shape, pp: str = "") -> np.ndarray:
 
 
 class Evaluator:
-  """Holds the classifier and the train-split feature statistics of one dataset."""
+  """Holds the classifier and the train-split feature statistics of one dataset
+  (the classifier trained on first use, with a progress bar unless ``progress`` is
+  False)."""
 
-  def __init__(self, spec: datasets.DatasetSpec, classifier_dir: str = "", log=print):
+  def __init__(self, spec: datasets.DatasetSpec, classifier_dir: str = "", log=print,
+               progress: bool = True):
     self.spec = spec
     self.log = log
     self._ref_dir = classifier_dir or clf_lib.default_dir()
-    self.classifier = clf_lib.load_or_train(spec, self._ref_dir, log=log)
+    self.classifier = clf_lib.load_or_train(spec, self._ref_dir, log=log, progress=progress)
     self._ref = self._train_stats(self._ref_dir)
 
   def _train_stats(self, directory: str):

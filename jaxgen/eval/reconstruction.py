@@ -24,15 +24,36 @@ def psnr_uint8(x: np.ndarray, y: np.ndarray) -> np.ndarray:
   return 10.0 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
 
 
-def ssim_uint8(x: np.ndarray, y: np.ndarray, sigma: float = 1.5) -> np.ndarray:
-  """Per-image SSIM (Wang et al. 2004: Gaussian window sigma 1.5 truncated at 11 taps,
-  K1=0.01, K2=0.03, L=255), averaged over pixels and channels. NHWC uint8."""
+def ssim_uint8(x: np.ndarray, y: np.ndarray, sigma: float = 1.5,
+               border: Optional[int] = None) -> np.ndarray:
+  """Per-image SSIM of uint8 NHWC images, averaged over pixels and channels.
+
+  Wang et al. 2004 with the settings papers report: a Gaussian window of ``sigma``
+  truncated at 3.5 sigma (11 taps for 1.5), K1=0.01, K2=0.03, L=255, population
+  (co)variances. As scikit-image's ``structural_similarity(gaussian_weights=True,
+  sigma=1.5, use_sample_covariance=False, data_range=255)`` and dm-pix's ``ssim``, the
+  SSIM map is averaged without ``border`` pixels at each edge, by default the window's
+  half-width (5): only windows that lie inside the image count.
+
+  Args:
+    x: uint8 images, NHWC.
+    y: uint8 images of the same shape.
+    sigma: the Gaussian window's standard deviation.
+    border: pixels dropped at each edge before averaging; None: the window's half-width.
+      0 averages the whole map, windows at the edges reflected (jaxgen's SSIM before
+      2026-11-30, which reads lower than the standard figure).
+
+  Returns:
+    float64 array of one SSIM per image.
+  """
   c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+  truncate = 3.5
+  border = int(truncate * sigma + 0.5) if border is None else border
   x = x.astype(np.float64)
   y = y.astype(np.float64)
 
-  def blur(a):  # over H and W only; truncate=3.5 sigma -> 11 taps for sigma=1.5
-    return ndimage.gaussian_filter(a, sigma=(0, sigma, sigma, 0), truncate=3.5,
+  def blur(a):  # over H and W only
+    return ndimage.gaussian_filter(a, sigma=(0, sigma, sigma, 0), truncate=truncate,
                                    mode="reflect")
 
   mx, my = blur(x), blur(y)
@@ -40,6 +61,12 @@ def ssim_uint8(x: np.ndarray, y: np.ndarray, sigma: float = 1.5) -> np.ndarray:
   syy = blur(y * y) - my * my
   sxy = blur(x * y) - mx * my
   s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+  h, w = s.shape[1:3]
+  if border and (h <= 2 * border or w <= 2 * border):
+    raise ValueError(f"SSIM of {h}x{w} images needs more than {2 * border} pixels per "
+                     f"side (a {2 * border + 1}-tap window); pass border=0 for smaller "
+                     "ones.")
+  s = s[:, border:h - border, border:w - border]
   return s.reshape(len(s), -1).mean(axis=1)
 
 
@@ -72,7 +99,7 @@ def evaluate_tokenizer(tok, spec: datasets.DatasetSpec, *, split: str, pp: str,
   rec = evaluate_lib.to_native(np.concatenate(recons), spec.image_shape, pp)
   out = {"psnr": float(psnr_uint8(orig, rec).mean()), "ssim": float(ssim_uint8(orig, rec).mean()),
          "num": float(len(orig))}
-  ev = evaluate_lib.Evaluator(spec, classifier_dir)
+  ev = evaluate_lib.Evaluator(spec, classifier_dir, progress=progress)
   out["rfd"] = ev.figures(rec)["fd"]
   out["fd_originals"] = ev.figures(orig)["fd"]  # the floor: the same real images
   if codes:

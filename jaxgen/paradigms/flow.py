@@ -11,33 +11,23 @@ noise (t=1) to data (t=0), with CFG against the null condition.
 
 from __future__ import annotations
 
-from typing import Any, Dict
-
 import jax
 import jax.numpy as jnp
 
-from jaxgen import conditioning, registry
+from jaxgen import registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import flow as flow_losses
-from jaxgen.paradigms.base import Paradigm
+from jaxgen.paradigms.denoiser import DenoiserParadigm
 from jaxgen.samplers import cfg as cfg_lib
 from jaxgen.samplers import loop, ode
 
 
 @registry.PARADIGMS.register("flow")
-class RectifiedFlow(Paradigm):
+class RectifiedFlow(DenoiserParadigm):
   """config.paradigm fields: time_sampling, time_mean, time_std, loss_weighting,
   label_dropout (p(condition -> null): label or caption dropout), time_scale.
   config.sample: steps, solver, cfg_scale, shift. config.text: see
   `jaxgen.conditioning.TextConditioner`."""
-
-  supports_text = True
-
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
-    self.model = registry.MODELS.get(config.model.name)(
-        config.model, image_shape=self.image_shape, num_classes=self.num_classes,
-        dtype=self.compute_dtype)
 
   @classmethod
   def validate_config(cls, config) -> None:
@@ -48,36 +38,20 @@ class RectifiedFlow(Paradigm):
     if p.loss_weighting not in flow_losses.WEIGHTINGS:
       raise ConfigError(f"config.paradigm.loss_weighting={p.loss_weighting!r}; use one of "
                         f"{', '.join(flow_losses.WEIGHTINGS)}.")
-    if not 0.0 <= p.label_dropout < 1.0:
-      raise ConfigError(f"config.paradigm.label_dropout={p.label_dropout} must be in [0, 1).")
     if config.sample.solver not in ode.SOLVERS:
       raise ConfigError(f"config.sample.solver={config.sample.solver!r}; use one of "
                         f"{', '.join(ode.SOLVERS)}.")
-    if config.sample.steps < 1:
-      raise ConfigError(f"config.sample.steps={config.sample.steps} must be >= 1.")
-    text = conditioning.uses_text(config)
-    mode = config.model.get("text_conditioning", "none") or "none"
-    if text and (config.model.name != "dit" or mode == "none"):
-      raise ConfigError("config.text.encoder is set: the model must be a DiT with "
-                        "config.model.text_conditioning='cross_attention' or 'joint'.")
-    if not text and mode != "none":
-      raise ConfigError(f"config.model.text_conditioning={mode!r} needs a text encoder "
-                        "(config.text.encoder).")
-
-  def _dummy_inputs(self, batch: int = 1):
-    return (jnp.zeros((batch,) + self.image_shape, jnp.float32),
-            jnp.zeros((batch,), jnp.float32),
-            self.conditioner.model_input(self.conditioner.dummy(batch)))
-
-  def init_params(self, rng):
-    return self.model.init(rng, *self._dummy_inputs())["params"]
+    if config.model.get("learn_sigma", False):
+      raise ConfigError("config.model.learn_sigma=True: a flow predicts a velocity, not "
+                        "a variance; set it False (learn_sigma is for "
+                        "config.paradigm.name='diffusion').")
+    cls.validate_denoiser(config)
 
   def velocity(self, params, x, t_b, cond, train: bool = False, rng=None):
     """The network's velocity; ``cond``: the model's condition input (a label array or
     the text dict)."""
-    rngs = {"dropout": rng} if rng is not None else None
-    return self.model.apply({"params": params}, x, t_b * self.config.paradigm.time_scale,
-                            cond, train=train, rngs=rngs)
+    return self.network(params, x, t_b * self.config.paradigm.time_scale, cond,
+                        train=train, rng=rng)
 
   def loss(self, params, batch, rng, train: bool = True):
     p = self.config.paradigm
@@ -112,7 +86,3 @@ class RectifiedFlow(Paradigm):
     noise = jax.random.normal(rng, (batch,) + self.image_shape, jnp.float32)
     x0 = loop.run_loop(step_fn, noise, steps)
     return jnp.clip(x0, -1.0, 1.0)
-
-  def model_summary(self) -> Dict[str, Any]:
-    return dict(module=self.model, inputs=self._dummy_inputs(),
-                fixed_params=getattr(self.model, "fixed_parameter_count", lambda: 0)())

@@ -19,6 +19,7 @@ reconstructions of a fixed batch, so the shared loop's PNG grids show them.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, Tuple
 
 import jax
@@ -29,7 +30,7 @@ import optax
 from jaxgen import registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import adversarial, perceptual
-from jaxgen.paradigms.base import Paradigm
+from jaxgen.paradigms.base import Paradigm, building_shapes_only
 from jaxgen.tokenizers import autoencoder as ae_lib
 from jaxgen.tokenizers import nets
 from jaxgen.train import optim
@@ -54,7 +55,21 @@ class TokenizerParadigm(Paradigm):
         dtype=self.compute_dtype)
     self.use_gan = p.disc_weight > 0
     self.disc = nets.PatchGANDiscriminator(channels=p.disc_channels, num_layers=p.disc_layers)
-    self.perceptual = build_perceptual(p, dataset) if p.perceptual != "none" else None
+    self._perceptual = None
+    from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
+    if p.perceptual != "none" and datasets.has_data(dataset):
+      self._perceptual = build_perceptual(p, dataset)  # now, before a step is traced
+
+  @property
+  def perceptual(self):
+    """The perceptual distance ``(x, y) -> (N,)``, None when off. Built at construction
+    when the data is loaded; when it is only described (sampling, ``info``, compiling
+    ahead of time) on first use, if any (see `build_perceptual`)."""
+    p = self.config.paradigm
+    if self._perceptual is None and p.perceptual != "none":
+      with jax.ensure_compile_time_eval():  # the first use may be in a traced step
+        self._perceptual = build_perceptual(p, self.dataset)
+    return self._perceptual
 
   @classmethod
   def validate_config(cls, config) -> None:
@@ -67,7 +82,7 @@ class TokenizerParadigm(Paradigm):
     if config.model.get("bottleneck") not in ae_lib.BOTTLENECKS:
       raise ConfigError(f"config.model.bottleneck={config.model.get('bottleneck')!r}; use "
                         f"one of {', '.join(ae_lib.BOTTLENECKS)}.")
-    if p.perceptual == "lpips" and not p.perceptual_weights:
+    if p.perceptual == "lpips" and not p.perceptual_weights and not building_shapes_only():
       raise ConfigError("config.paradigm.perceptual='lpips' needs "
                         "config.paradigm.perceptual_weights=PATH.npz (LPIPS weights cannot "
                         "be downloaded here; see jaxgen.losses.perceptual).")
@@ -251,13 +266,25 @@ class TokenizerParadigm(Paradigm):
 
 def build_perceptual(p, dataset):
   """The perceptual distance of ``config.paradigm``: LPIPS from a weights file, or the
-  dataset classifier's feature maps (trained once with ``perceptual_seed``, cached)."""
+  dataset classifier's feature maps (trained once with ``perceptual_seed``, cached).
+
+  A ``dataset`` that is only described (`datasets.describe`) gets an untrained
+  classifier of the same shapes: the step compiles alike, but is not for training.
+  """
   if p.perceptual == "lpips":
     return perceptual.lpips_loss(perceptual.load_lpips_params(p.perceptual_weights))
+  from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
   from jaxgen.eval import classifier  # pylint: disable=g-import-not-at-top
-  clf = classifier.load_or_train(dataset, seed=p.perceptual_seed)
+  if datasets.has_data(dataset):
+    params = classifier.load_or_train(dataset, seed=p.perceptual_seed).params
+  else:
+    logging.warning("The %s data is only described: the perceptual loss uses an "
+                    "untrained classifier (for compiling, not training).", dataset.name)
+    x = jnp.zeros((1,) + tuple(dataset.image_shape), jnp.uint8)
+    params = classifier.FeatureCNN(dataset.num_classes).init(
+        jax.random.PRNGKey(p.perceptual_seed), x)["params"]
   return perceptual.PerceptualLoss(
-      perceptual.classifier_feature_fn(clf.params, dataset.num_classes))
+      perceptual.classifier_feature_fn(params, dataset.num_classes))
 
 
 def psnr(x, y, data_range: float = 2.0):

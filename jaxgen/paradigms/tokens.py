@@ -33,21 +33,32 @@ import ml_collections
 from jaxgen import conditioning, fileio, registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import token as token_losses
-from jaxgen.paradigms.base import Paradigm
+from jaxgen.paradigms.base import Paradigm, building_shapes_only
 
 
-def tokens_meta(config) -> Optional[dict]:
-  """``tokens.json`` of the pre-computed codes the config trains on (else None)."""
+def tokens_meta(config, required: bool = True) -> Optional[dict]:
+  """``tokens.json`` of the pre-computed codes the config trains on (else None).
+
+  Args:
+    config: the run's config.
+    required: raise a DataError naming `jaxgen tokenize` when ``config.data.data_dir``
+      holds no ``tokens.json``; if False, return None then (validation, ``jaxgen info``
+      and sampling do without the codes).
+  """
   if config.data.name != "tokens":
     return None
   from jaxgen.tokenizers import precompute  # pylint: disable=g-import-not-at-top
+  if not required and not precompute.has_meta(config.data.get("data_dir")):
+    return None
   return precompute.read_meta(config.data.get("data_dir"))
 
 
-def tokenizer_workdir(config) -> str:
-  """The configured tokenizer run, else the one that wrote the pre-computed codes."""
+def tokenizer_workdir(config, required: bool = True) -> str:
+  """The configured tokenizer run, else the one that wrote the pre-computed codes
+  (``required``: as in `tokens_meta`; without a ``tokens.json`` only the configured
+  run is known)."""
   configured = config.tokenizer.get("workdir", "") if "tokenizer" in config else ""
-  meta = tokens_meta(config)
+  meta = tokens_meta(config, required)
   written_by = (meta or {}).get("tokenizer_workdir") or ""
   if configured and written_by and fileio.absolute(configured) != fileio.absolute(written_by):
     raise ConfigError(
@@ -117,8 +128,10 @@ class TokenParadigm(Paradigm):
     self.codebook_size = int(m.codebook_size)
     self.mask_id = self.codebook_size
     self.tokenizer = None
-    workdir = tokenizer_workdir(config)
-    if workdir:
+    workdir = tokenizer_workdir(config, required=False)  # the data reports missing codes
+    if workdir and building_shapes_only():
+      pass  # `jaxgen info`: the grid and vocabulary of config.model, no weights loaded
+    elif workdir:
       from jaxgen.tokenizers.base import Tokenizer  # pylint: disable=g-import-not-at-top
       tok = Tokenizer.from_workdir(workdir, params=config.tokenizer.get("params") or None)
       self.check_tokenizer_kind(tok.kind, workdir)
@@ -154,12 +167,12 @@ class TokenParadigm(Paradigm):
     for f in (cls.grid_field, "codebook_size"):
       if config.model.get(f) is None:
         raise ConfigError(f"config.model.{f} is not set: it must equal the tokenizer's.")
-    meta = tokens_meta(config)
+    meta = tokens_meta(config, required=False)  # no codes yet: the dataset says so
     if meta is not None:
       cls.check_tokenizer_kind(meta["kind"], config.data.data_dir)
       check_codes(f"config.data.data_dir={config.data.data_dir}", meta["grid_shape"],
                   meta["vocab_size"], cls.expected_grid(config), config, cls.grid_field)
-    tokenizer_workdir(config)  # same tokenizer for codes and decoding
+    tokenizer_workdir(config, required=False)  # same tokenizer for codes and decoding
     if conditioning.uses_text(config) and config.data.name == "tokens":
       raise ConfigError("config.text.encoder is set but config.data.name='tokens': code "
                         "files carry no captions. Train a text-to-image token model on a "

@@ -8,19 +8,24 @@ output exactly, without the unconditional pass.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 
-def guided(model_fn: Callable[..., Any], null_cond: Any, scale) -> Callable[..., Any]:
+def guided(model_fn: Callable[..., Any], null_cond: Any, scale,
+           channels: Optional[int] = None) -> Callable[..., Any]:
   """Wraps ``model_fn(x, *args, cond)`` (cond last) with classifier-free guidance.
 
   Args:
     model_fn: conditional model call; ``cond`` is its last positional argument.
     null_cond: the unconditional input, broadcastable to ``cond`` (e.g. the null label).
     scale: guidance scale (a Python float, or an array for schedules inside a scan).
+    channels: guide only the first ``channels`` channels (last axis) of the output and
+      take the rest from the conditional pass, as the official DiT's
+      ``forward_with_cfg`` does (its learned variance; and by default only 3 of the 4
+      latent channels). None: guide every channel.
   """
   if isinstance(scale, (int, float)) and scale == 1.0:
     return model_fn
@@ -29,7 +34,7 @@ def guided(model_fn: Callable[..., Any], null_cond: Any, scale) -> Callable[...,
     *rest, cond = args
     both_x = jax.tree.map(lambda a: jnp.concatenate([a, a], axis=0), (x, *rest))
     out = model_fn(*both_x, with_null(cond, null_cond))
-    return jax.tree.map(lambda o: _combine(o, scale), out)
+    return jax.tree.map(lambda o: _combine(o, scale, channels), out)
 
   return call
 
@@ -49,6 +54,10 @@ def with_null(cond, null_cond, cfg_scale: float = 2.0):
   return jax.tree.map(lambda c, n: jnp.concatenate([c, n], axis=0), cond, null)
 
 
-def _combine(out, scale):
+def _combine(out, scale, channels=None):
   cond, uncond = jnp.split(out, 2, axis=0)
-  return uncond + scale * (cond - uncond)
+  if channels is None:
+    return uncond + scale * (cond - uncond)
+  k = channels
+  guided_part = uncond[..., :k] + scale * (cond[..., :k] - uncond[..., :k])
+  return jnp.concatenate([guided_part, cond[..., k:]], axis=-1)

@@ -13,22 +13,32 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-StepFn = Callable[[Any, jax.Array], Any]
+StepFn = Callable[..., Any]
 
 
-def run_loop(step_fn: StepFn, carry: Any, num_steps: int, *, unroll: int = 1) -> Any:
-  """Runs ``carry = step_fn(carry, i)`` for ``i = 0..num_steps-1`` under ``lax.scan``."""
+def run_loop(step_fn: StepFn, carry: Any, num_steps: int, *, rng: Any = None,
+             unroll: int = 1) -> Any:
+  """Runs ``carry = step_fn(carry, i)`` for ``i = 0..num_steps-1`` under ``lax.scan``.
+
+  With ``rng`` (stochastic samplers: DDPM, DDIM with eta > 0), the step is
+  ``step_fn(carry, i, key_i)`` with ``key_i = fold_in(rng, i)``: each step draws its
+  own noise, the same in the scan and in `run_loop_python`.
+  """
 
   def body(c, i):
-    return step_fn(c, i), None
+    if rng is None:
+      return step_fn(c, i), None
+    return step_fn(c, i, jax.random.fold_in(rng, i)), None
 
   carry, _ = jax.lax.scan(body, carry, jnp.arange(num_steps, dtype=jnp.int32),
                           unroll=unroll)
   return carry
 
 
-def run_loop_python(step_fn: StepFn, carry: Any, num_steps: int) -> Any:
+def run_loop_python(step_fn: StepFn, carry: Any, num_steps: int, *, rng: Any = None) -> Any:
   """The same loop in plain Python (reference for tests and debugging)."""
   for i in range(num_steps):
-    carry = step_fn(carry, jnp.int32(i))
+    i = jnp.int32(i)
+    carry = step_fn(carry, i) if rng is None else step_fn(
+        carry, i, jax.random.fold_in(rng, i))
   return carry

@@ -53,10 +53,17 @@ class Tokenizer:
                    step: Optional[int] = None) -> "Tokenizer":
     """Loads the newest (or ``step``) checkpoint of a tokenizer run.
 
-    ``params``: "raw" (default for tokenizers: the trained weights) or "ema".
+    ``params``: "raw" (default for tokenizers: the trained weights) or "ema". Reads no
+    training data (its dataset is only described).
     """
     from jaxgen import generate  # pylint: disable=g-import-not-at-top
-    exp, state, _ = generate.load_run(workdir, step=step)
+    exp, state, _ = generate.load_run(workdir, step=step, data=False)
+    return cls.from_run(exp, state, workdir, params)
+
+  @classmethod
+  def from_run(cls, exp, state, workdir: str, params: Optional[str] = None
+               ) -> "Tokenizer":
+    """The tokenizer of a run already loaded (`generate.load_run`'s ``exp, state``)."""
     if exp.config.paradigm.name != "tokenizer":
       raise ValueError(f"{workdir} holds a {exp.config.paradigm.name!r} run, not a "
                        "tokenizer; train one with configs/fmnist_vqgan.py (or _vitvq, "

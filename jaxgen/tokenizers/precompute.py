@@ -17,10 +17,12 @@ them unchanged).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Dict, Sequence
 
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
@@ -110,9 +112,14 @@ class _TokenSource:
     return {self.key: np.asarray(self.codes[i]), "label": int(self.labels[i])}
 
 
+def has_meta(directory: str) -> bool:
+  """Whether ``directory`` holds codes' ``tokens.json``."""
+  return os.path.isfile(os.path.join(directory or "", META))
+
+
 def read_meta(directory: str) -> dict:
   path = os.path.join(directory or "", META)
-  if not os.path.isfile(path):
+  if not has_meta(directory):
     raise DataError(f"No {META} in config.data.data_dir={directory!r}: write one with "
                     "`jaxgen tokenize --workdir TOKENIZER_RUN --out DIR` and point "
                     "config.data.data_dir at DIR.")
@@ -125,16 +132,24 @@ class TokenDataset(datasets.Dataset):
   """Codes or latents written by ``jaxgen tokenize`` into ``config.data.data_dir``."""
 
   def describe(self, data_cfg) -> datasets.DatasetSpec:
-    meta = read_meta(data_cfg.get("data_dir"))
+    """From ``tokens.json``; without one (``jaxgen info``, sampling a run on a machine
+    without its codes) the classes and splits of ``config.data.source_dataset``, the
+    image dataset the codes encode, and no code shape (the model's config has it)."""
+    directory = data_cfg.get("data_dir")
+    if not has_meta(directory) and data_cfg.get("source_dataset"):
+      src = datasets.describe(ml_collections.ConfigDict(dict(name=data_cfg.source_dataset)))
+      return dataclasses.replace(src, name=f"tokens({src.name})", image_shape=(),
+                                 has_captions=False)
+    meta = read_meta(directory)
     return datasets.DatasetSpec(
         name=f"tokens({meta['source_dataset']})", image_shape=tuple(meta["code_shape"]),
         num_classes=meta["num_classes"], class_names=meta["class_names"],
         splits=dict(meta["splits"]), source=datasets._no_source)  # pylint: disable=protected-access
 
   def load(self, data_cfg) -> datasets.DatasetSpec:
-    spec = self.describe(data_cfg)
     directory = data_cfg.get("data_dir")
-    key = "image" if read_meta(directory)["kind"] == "kl" else "codes"
+    key = "image" if read_meta(directory)["kind"] == "kl" else "codes"  # no codes: stop
+    spec = self.describe(data_cfg)
     sources = {}
 
     def source(split):

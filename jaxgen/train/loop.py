@@ -123,7 +123,8 @@ def make_preview_fn(exp: Experiment):
 
 
 def grid_labels(num: int, num_classes: int) -> np.ndarray:
-  """Labels for a sample grid: each class in turn (a row per class when num = k*C)."""
+  """Labels for a sample grid: each class in turn (a column per class in a grid of C
+  columns)."""
   return (np.arange(num) % max(num_classes, 1)).astype(np.int32)
 
 

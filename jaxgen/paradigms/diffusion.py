@@ -1,0 +1,114 @@
+"""Gaussian diffusion (DDPM / improved DDPM / DiT), class- or text-conditional, on any
+denoiser registered in MODELS (DiT, U-Net).
+
+Training: ``t`` uniform over the ``num_timesteps`` steps of a linear or cosine beta
+schedule, ``x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps``; the network, fed
+the timestep index, predicts ``eps``, ``x0`` or ``v`` (mean-squared error) and, with
+``config.model.learn_sigma`` (DiT), C more channels for the variance, trained by the
+variational bound with the mean held fixed (the hybrid loss: ``mse + vlb_weight *
+vb``; DiT uses 1). Condition dropout to the null class / text trains the
+unconditional model for classifier-free guidance.
+
+Sampling (`jaxgen.samplers.diffusion`, on the shared scan loop): DDPM ancestral, DDIM
+(``eta``) or DPM-Solver++(2M) over ``config.sample.steps`` steps of the respaced
+process (DiT's 250 of 1000). Guidance follows the official DiT ``forward_with_cfg``:
+the conditional and unconditional passes run as one doubled batch, the mean channels
+are guided and the learned variance comes from the conditional pass;
+``config.sample.cfg_channels=3`` guides only the first 3 channels as the official code
+does by default (for its exact reproduction), 0 guides all mean channels (the standard
+rule, our default).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxgen import registry
+from jaxgen.config import ConfigError
+from jaxgen.losses import diffusion as diffusion_losses
+from jaxgen.paradigms.denoiser import DenoiserParadigm
+from jaxgen.samplers import cfg as cfg_lib
+from jaxgen.samplers import diffusion as diffusion_samplers
+
+
+@registry.PARADIGMS.register("diffusion")
+class GaussianDiffusionParadigm(DenoiserParadigm):
+  """config.paradigm fields: schedule (linear | cosine), num_timesteps, prediction
+  (eps | x0 | v), vlb_weight, label_dropout. config.model.learn_sigma: a 2C-channel
+  output with the learned variance (DiT). config.sample: steps, solver (ddpm | ddim |
+  dpm++2m), eta (DDIM), cfg_scale, cfg_channels, clip_denoised."""
+
+  def __init__(self, config, dataset):
+    super().__init__(config, dataset)
+    p = config.paradigm
+    self.learn_sigma = bool(config.model.get("learn_sigma", False))
+    self.prediction = p.prediction
+    self.diffusion = diffusion_losses.GaussianDiffusion.create(p.schedule, p.num_timesteps)
+
+  @classmethod
+  def validate_config(cls, config) -> None:
+    p, s = config.paradigm, config.sample
+    for field, value, known in (("paradigm.schedule", p.get("schedule"), diffusion_losses.SCHEDULES),
+                                ("paradigm.prediction", p.get("prediction"),
+                                 diffusion_losses.PREDICTIONS),
+                                ("sample.solver", s.solver, diffusion_samplers.SOLVERS)):
+      if value not in known:
+        raise ConfigError(f"config.{field}={value!r}; use one of {', '.join(known)}.")
+    if not 1 <= s.steps <= p.num_timesteps:
+      raise ConfigError(f"config.sample.steps={s.steps}: take 1..{p.num_timesteps} "
+                        f"(config.paradigm.num_timesteps) sampling steps.")
+    if s.get("eta", 0.0) < 0:
+      raise ConfigError(f"config.sample.eta={s.eta} must be >= 0.")
+    if config.model.get("learn_sigma", False) and "learn_sigma" not in config.model:
+      raise ConfigError("learn_sigma needs a model with that option (DiT).")
+    if config.model.get("learn_sigma", False) and p.prediction != "eps":
+      raise ConfigError("config.model.learn_sigma=True is DiT/ADM's setting with "
+                        f"epsilon prediction; config.paradigm.prediction={p.prediction!r} "
+                        "is not supported with it.")
+    cls.validate_denoiser(config)
+
+  def loss(self, params, batch, rng, train: bool = True):
+    d = self.diffusion
+    x0 = batch["image"]
+    b = x0.shape[0]
+    r_t, r_eps, r_drop, r_model = jax.random.split(rng, 4)
+    t = jax.random.randint(r_t, (b,), 0, d.num_steps)
+    eps = jax.random.normal(r_eps, x0.shape, x0.dtype)
+    x_t = d.q_sample(x0, t, eps)
+    cond = self.condition(batch, r_drop, train)
+    out = self.network(params, x_t, diffusion_losses.timestep_inputs(d, t), cond,
+                       train=train, rng=r_model)
+    loss_b, terms = diffusion_losses.training_loss(
+        d, out, x0, x_t, eps, t, prediction=self.prediction, learn_sigma=self.learn_sigma,
+        vlb_weight=self.config.paradigm.vlb_weight)
+    return jnp.mean(loss_b), {k: jnp.mean(v) for k, v in terms.items()}
+
+  def sample(self, params, rng, labels, *, steps=None, cfg_scale=None, solver=None,
+             shift=None, eta=None):
+    """Images for ``labels`` (a label array, or for text runs a condition dict) with
+    ``solver`` over ``steps`` respaced steps; CFG against the null condition."""
+    if shift is not None:
+      raise ConfigError("--shift is a rectified-flow option; diffusion samples on its "
+                        "own respaced timesteps.")
+    s = self.config.sample
+    steps = s.steps if steps is None else steps
+    cfg_scale = s.cfg_scale if cfg_scale is None else cfg_scale
+    solver = s.solver if solver is None else solver
+    eta = s.get("eta", 0.0) if eta is None else eta
+    if solver not in diffusion_samplers.SOLVERS:
+      raise ConfigError(f"Diffusion sampler {solver!r}; use one of "
+                        f"{', '.join(diffusion_samplers.SOLVERS)}.")
+    c = self.image_shape[-1]
+    channels = s.get("cfg_channels", 0) or (c if self.learn_sigma else None)
+    cond = self.sampling_condition(labels)
+    guided = cfg_lib.guided(lambda x, t, y: self.network(params, x, t, y),
+                            self.null_condition(), cfg_scale, channels=channels)
+    r_noise, r_steps = jax.random.split(rng)
+    noise = jax.random.normal(r_noise, (cfg_lib.batch_size(cond),) + self.image_shape,
+                              jnp.float32)
+    x0 = diffusion_samplers.sample(
+        lambda x, t: guided(x, t, cond), self.diffusion.respace(steps), noise, r_steps,
+        solver=solver, eta=eta, prediction=self.prediction, learn_sigma=self.learn_sigma,
+        clip_denoised=s.get("clip_denoised", False))
+    return jnp.clip(x0, -1.0, 1.0)
