@@ -14,6 +14,7 @@ from jaxgen import config as config_lib
 from jaxgen import errors
 from jaxgen import fileio
 from jaxgen import images as images_lib
+from jaxgen.samplers import loop as loop_lib
 from jaxgen.sharding import mesh as mesh_lib
 from jaxgen.train import checkpoint
 from jaxgen.train import state as state_lib
@@ -119,34 +120,61 @@ def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,
   to keep one compiled shape. Stops at the first chunk with a non-finite sample
   (`check_finite`).
 
-  The progress bar counts images (``num`` in all, images/s) and moves once per chunk,
-  the unit of sampler work the host sees (the steps run inside one compiled call; a
-  host callback per step would cost portability and speed). The chunk is also the unit
-  of randomness, so its default (``config.sample.batch_size``) is not shrunk for the
-  bar's sake: that would change every seed's samples. A smaller ``--batch-size`` ticks
-  more often and gives other (equally valid) samples.
+  The progress bar ticks once per sampler step (a host callback from the shared
+  sampler loop, `loop.report_steps`): ``chunks x steps`` in all, with the images done
+  beside it. The chunk is the unit of randomness, so its default
+  (``config.sample.batch_size``) is not shrunk for the bar's sake: that would change
+  every seed's samples.
   """
   batch_size = min(batch_size, num)
-  fn = jax.jit(lambda p, r, c: exp.paradigm.sample(p, r, c, **sample_kwargs))
+  chunks = -(-num // batch_size)
   key = jax.random.PRNGKey(seed)
   out = []
-  with tqdm(total=num, desc="sample", unit="img", disable=not progress) as bar:
-    bar.set_postfix_str(f"{batch_size} per call, the first one compiles")
-    for i, start in enumerate(range(0, num, batch_size)):
-      c = jax.tree.map(lambda v: np.asarray(v[start:start + batch_size]), cond)
-      n = jax.tree.leaves(c)[0].shape[0]
-      if n < batch_size:
-        c = jax.tree.map(lambda v: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)]),
-                         c)
-      with mesh_lib.activate(exp.mesh):
-        x = fn(params, jax.random.fold_in(key, i), jax.tree.map(jnp.asarray, c))
-      x = np.asarray(mesh_lib.to_host(x), np.float32)[:n]
-      check_finite(x, done=start + n, num=num, step=step)
-      out.append(images_lib.to_uint8(x))
-      if i == 0:
-        bar.set_postfix_str(f"{batch_size} per call", refresh=False)
-      bar.update(n)
+  with tqdm(total=None, desc="sample", unit="step", disable=not progress) as bar:
+    ticker = _StepTicker(bar, chunks)
+    bar.set_postfix_str(f"0/{num} images, {batch_size} per call; the first compiles")
+    with loop_lib.report_steps(ticker if progress else None):
+      fn = jax.jit(lambda p, r, c: exp.paradigm.sample(p, r, c, **sample_kwargs))
+      for i, start in enumerate(range(0, num, batch_size)):
+        c = jax.tree.map(lambda v: np.asarray(v[start:start + batch_size]), cond)
+        n = jax.tree.leaves(c)[0].shape[0]
+        if n < batch_size:
+          c = jax.tree.map(lambda v: np.concatenate([v, np.repeat(v[:1], batch_size - n, 0)]),
+                           c)
+        ticker.chunk = i
+        with mesh_lib.activate(exp.mesh):
+          x = fn(params, jax.random.fold_in(key, i), jax.tree.map(jnp.asarray, c))
+        x = np.asarray(mesh_lib.to_host(x), np.float32)[:n]
+        check_finite(x, done=start + n, num=num, step=step)
+        out.append(images_lib.to_uint8(x))
+        ticker.chunk_done()
+        bar.set_postfix_str(f"{start + n}/{num} images", refresh=True)
   return np.concatenate(out)
+
+
+class _StepTicker:
+  """The sampler loop's per-step host callback: one tick per (chunk, loop, step), also
+  when a sharded program calls it once per device; the bar's total (chunks x steps per
+  chunk) is known after the first chunk."""
+
+  def __init__(self, bar, chunks: int):
+    self.bar, self.chunks, self.chunk = bar, chunks, 0
+    self._seen = set()
+    self._per_chunk = 0
+
+  def __call__(self, i, num_steps: int) -> None:
+    key = (self.chunk, num_steps, int(i))
+    if key in self._seen:
+      return
+    self._seen.add(key)
+    if self.chunk == 0:
+      self._per_chunk += 1
+    self.bar.update(1)
+
+  def chunk_done(self) -> None:
+    if self.chunk == 0 and self._per_chunk:
+      self.bar.total = self._per_chunk * self.chunks
+      self.bar.refresh()
 
 
 def _generate_text(exp, params, *, num, seed, labels, prompts, batch_size, progress,

@@ -41,8 +41,9 @@ def test_train_sample_eval(tiny_config_file, tmp_path, capsys):
   out2 = str(tmp_path / "b.npz")
   capsys.readouterr()
   assert cli.main(args + ["--out", out2, "--format", "adm"]) == 0
-  bar = capsys.readouterr().err  # the progress bar counts images, once per call of 8
-  assert "8/12" in bar and "12/12" in bar and ("img/s" in bar or "s/img" in bar)
+  bar = capsys.readouterr().err  # the bar ticks per sampler step: 2 calls x 2 steps
+  assert "4/4" in bar and "8/12 images" in bar and "12/12 images" in bar, bar
+  assert "step/s" in bar or "s/step" in bar, bar
   _assert_adm_evaluator_reads(out2, n=12, size=28)
   adm, adm_labels = evaluate.load_samples(out2)
   np.testing.assert_array_equal(adm, np.repeat(arr[:, 2:30, 2:30], 3, axis=-1))
