@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
@@ -14,6 +15,7 @@ from jaxgen import config as config_lib
 from jaxgen import errors
 from jaxgen import fileio
 from jaxgen import images as images_lib
+from jaxgen.data import datasets
 from jaxgen.samplers import loop as loop_lib
 from jaxgen.sharding import mesh as mesh_lib
 from jaxgen.train import checkpoint
@@ -37,8 +39,9 @@ def load_run(workdir: str, overrides=(), step: Optional[int] = None, devices=Non
   """``(experiment, state, step)`` of the newest (or given) checkpoint in ``workdir``,
   on ``devices`` (default: all).
 
-  ``data=False`` only describes the dataset (`datasets.describe`: shapes and classes)
-  instead of preparing and reading it, for sampling and frozen use on a machine that
+  ``data=False`` only describes the dataset (the ``dataset.json`` the training run
+  wrote, else `datasets.describe`: shapes and classes) instead of preparing and
+  reading it, for sampling and frozen use on a machine that
   has the workdir but not the training data; ``exp.dataset`` then reads no examples.
   A token run still needs its tokenizer's workdir (to decode codes), and without the
   codes' ``tokens.json`` only ``config.tokenizer.workdir`` names it.
@@ -49,7 +52,11 @@ def load_run(workdir: str, overrides=(), step: Optional[int] = None, devices=Non
                             "Train first with `jaxgen train --config C --workdir DIR`.")
   config = config_lib.apply_overrides(config_lib.from_dict(stored), overrides)
   config = fit_mesh(config, devices)
-  exp = loop.build(config, devices, load_data=data)
+  spec = None
+  spec_path = os.path.join(workdir, datasets.SPEC_FILE)
+  if not data and fileio.isfile(spec_path):  # the description the training run recorded
+    spec = datasets.spec_from_dict(json.loads(fileio.read_text(spec_path)))
+  exp = loop.build(config, devices, load_data=data, dataset=spec)
   ckpt = checkpoint.Checkpointer(workdir, async_save=False)
   if step is not None and step not in ckpt.all_steps():
     raise FileNotFoundError(f"{workdir} has no checkpoint of step {step} (it has "

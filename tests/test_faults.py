@@ -102,6 +102,9 @@ def test_checkpoints_carry_a_manifest_and_only_verified_ones_are_kept(run):
     assert checkpoint.check_manifest(d) is None
   assert not os.path.exists(os.path.join(wd, "train.lock")) or not open(
       os.path.join(wd, "train.lock")).read()  # released: empty
+  with open(os.path.join(wd, "dataset.json")) as f:  # for sampling where the data is not
+    spec = json.load(f)
+  assert spec["name"] == "fashion_mnist" and spec["num_classes"] == 10
 
 
 def test_flipped_bytes_fall_back_to_the_previous_checkpoint_and_resume_exactly(
@@ -317,7 +320,8 @@ def test_leftovers_of_a_kill_during_save_are_cleaned_and_the_run_resumes(
 @pytest.mark.slow
 def test_kill_9_at_random_moments_resumes_equal_to_uninterrupted(run, tmp_path):
   """`jaxgen train` in a subprocess, killed with SIGKILL three times at random
-  moments (checkpoints every step, so often during a save), then run to the end:
+  moments once it trains (checkpoints every step, so often during a save), then run
+  to the end:
   the final parameters equal those of an uninterrupted run in the same kind of
   process, bit for bit."""
   import signal
@@ -335,9 +339,17 @@ def test_kill_9_at_random_moments_resumes_equal_to_uninterrupted(run, tmp_path):
   wd = str(tmp_path / "killed")
   rng = np.random.default_rng(0)
   reached = []
+  def on_disk():
+    d = os.path.join(wd, "checkpoints")
+    names = os.listdir(d) if os.path.isdir(d) else []
+    return max([int(n) for n in names if n.isdigit()], default=0)
+
   for _ in range(3):
     p = subprocess.Popen(cmd(wd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(float(rng.uniform(6, 12)))  # start-up + compile take ~5 s here
+    start, deadline = on_disk(), time.time() + 180
+    while on_disk() <= start and time.time() < deadline and p.poll() is None:
+      time.sleep(0.1)  # until this attempt has saved a checkpoint (after start-up)
+    time.sleep(float(rng.uniform(0.0, 1.0)))  # then at a random moment (often a save)
     p.send_signal(signal.SIGKILL)
     p.wait()
     reached.append(max(_steps_in(wd), default=0))

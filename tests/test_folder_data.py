@@ -262,3 +262,31 @@ def test_any_config_trains_on_a_folder(prepared, image_folder, tmp_path, one_dev
     rows = [json.loads(l) for l in f]
   assert [r["step"] for r in rows if "loss" in r] == [1, 2]
   assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+
+
+def test_a_folder_run_samples_where_the_folder_is_not(prepared, image_folder, tmp_path,
+                                                      one_device):
+  """A run records its dataset's description (``dataset.json``, as training writes it);
+  `load_run(data=False)` builds from it, so the run loads without the folder."""
+  import jax
+  from jaxgen import generate
+  from jaxgen.train import checkpoint, loop
+  _, data_dir, _ = prepared
+  src = str(tmp_path / "images")
+  shutil.copytree(image_folder, src)
+  config = _folder_config(src, data_dir)
+  exp = loop.build(config, one_device)
+  wd = str(tmp_path / "run")
+  state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), exp.abstract_state)
+  ckpt = checkpoint.Checkpointer(wd, async_save=False)
+  ckpt.save(1, state, config=config, force=True)
+  ckpt.close()
+  checkpoint.write_config(wd, config)
+  with open(os.path.join(wd, datasets.SPEC_FILE), "w") as f:
+    json.dump(datasets.spec_to_dict(exp.dataset), f)
+  shutil.rmtree(src)  # the folder is gone
+  with pytest.raises(DataError):
+    datasets.describe(config.data)  # describing the folder would need it
+  again, _, step = generate.load_run(wd, devices=one_device, data=False)
+  assert step == 1 and again.paradigm.image_shape == (16, 16, 3)
+  assert again.dataset.class_names == exp.dataset.class_names

@@ -328,6 +328,25 @@ def describe(data_cfg) -> DatasetSpec:
   return registry.DATASETS.get(data_cfg.name)().describe(data_cfg)
 
 
+SPEC_FILE = "dataset.json"
+
+
+def spec_to_dict(spec: DatasetSpec) -> dict:
+  """What a run records of its dataset (``<workdir>/dataset.json``): everything but
+  the data, so that the run can be sampled where the data is not."""
+  return dict(name=spec.name, image_shape=list(spec.image_shape),
+              num_classes=spec.num_classes, class_names=list(spec.class_names),
+              splits=dict(spec.splits), has_captions=spec.has_captions)
+
+
+def spec_from_dict(d: dict) -> DatasetSpec:
+  """The description `spec_to_dict` wrote; it reads no examples."""
+  return DatasetSpec(name=d["name"], image_shape=tuple(d["image_shape"]),
+                     num_classes=int(d["num_classes"]), class_names=tuple(d["class_names"]),
+                     splits=dict(d["splits"]), source=_no_source,
+                     has_captions=bool(d.get("has_captions", False)))
+
+
 def load_arrays(spec: DatasetSpec, split: str, limit: Optional[int] = None):
   """All (or the first ``limit``) examples of a split as numpy (images, labels)."""
   src = spec.source(split)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from jaxgen import config as config_lib
 from jaxgen import errors
+from jaxgen import fileio
 from jaxgen import images as images_lib
 from jaxgen import registry
 from jaxgen.data import datasets, pipeline
@@ -45,16 +47,19 @@ class Experiment:
   state_shardings: Any
 
 
-def build(config, devices=None, load_data: bool = True) -> Experiment:
+def build(config, devices=None, load_data: bool = True,
+          dataset: Optional[datasets.DatasetSpec] = None) -> Experiment:
   """Validates ``config`` and builds mesh, data spec, paradigm and state factories.
 
   With ``load_data=False`` the dataset is only described (shapes, classes), for
-  benchmarks, ahead-of-time compilation and ``info`` on machines without the data.
+  benchmarks, ahead-of-time compilation and ``info`` on machines without the data;
+  ``dataset`` gives that description (a run's recorded ``dataset.json``) instead.
   """
   config_lib.validate(config)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
-  dataset = (datasets.get_dataset(config.data) if load_data
-             else datasets.describe(config.data))
+  if dataset is None:
+    dataset = (datasets.get_dataset(config.data) if load_data
+               else datasets.describe(config.data))
   paradigm = registry.PARADIGMS.get(config.paradigm.name)(config, dataset)
   tx, schedule = paradigm.make_optimizer()
   rng = jax.random.PRNGKey(config.train.seed)
@@ -180,6 +185,9 @@ def _train(exp, workdir, stop_after, progress, reset_optimizer):
     ckpt.close()
     return state
   checkpoint.write_config(workdir, cfg)  # only a run that trains, with a fitting config
+  if jax.process_index() == 0:  # what sampling elsewhere needs of the data (load_run)
+    fileio.write_text(os.path.join(workdir, datasets.SPEC_FILE),
+                      json.dumps(datasets.spec_to_dict(exp.dataset), indent=1))
   step_fn, _ = make_train_step(exp)
   sample_fn = make_preview_fn(exp) if cfg.train.sample_every > 0 else None
   writer = MetricWriter(workdir, start_step=start)
