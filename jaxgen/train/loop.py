@@ -148,18 +148,15 @@ def train(config, workdir: str, devices=None, *, stop_after: Optional[int] = Non
     return _train(exp, workdir, stop_after, progress, reset_optimizer)
 
 
-def _say():
-  """Prints one line on process 0 (stderr), also when the progress bar is off."""
-  def say(msg):
-    logging.warning(msg)
-    if jax.process_index() == 0:
-      tqdm.write(msg, file=sys.stderr)
-  return say
+def _say(msg: str) -> None:
+  """Prints one line on process 0 (stderr, above any progress bar)."""
+  if jax.process_index() == 0:
+    tqdm.write(msg, file=sys.stderr)
 
 
 def _train(exp, workdir, stop_after, progress, reset_optimizer):
   cfg = exp.config
-  say = _say()
+  say = _say
   ckpt = checkpoint.Checkpointer(workdir, keep=cfg.train.keep_checkpoints, cleanup_tmp=True)
   data_iter = make_data_iterator(exp)
   fresh = exp.init_state if reset_optimizer else None
