@@ -37,10 +37,6 @@ def join(*parts) -> str:
   return os.path.join(*(os.fspath(p) for p in parts))
 
 
-def exists(path) -> bool:
-  return epath.Path(path).exists() if is_remote(path) else os.path.exists(path)
-
-
 def isfile(path) -> bool:
   return epath.Path(path).is_file() if is_remote(path) else os.path.isfile(path)
 
