@@ -78,7 +78,7 @@ def main():
         f"{'ms/NFE':>8}")
   for solver in args.solvers.split(","):
     for steps in map(int, args.steps.split(",")):
-      fn = jax.jit(lambda pr, k, y, s=steps, so=solver: exp.paradigm.sample(
+      fn = exp.frozen.jit(lambda pr, k, y, s=steps, so=solver: exp.paradigm.sample(
           pr, k, y, steps=s, solver=so, cfg_scale=args.cfg_scale))
       t0 = time.perf_counter()
       compiled = fn.lower(params, key, labels).compile()
@@ -127,7 +127,7 @@ def token_table(exp, params, key, labels, args):
         f"{'fwd equiv':>10}")
   for cfg in sorted({1.0, args.cfg_scale}):
     for steps in map(int, args.steps.split(",")):
-      fn = jax.jit(lambda pr, k, y, s=steps, c=cfg: p.sample_tokens(pr, k, y, steps=s,
+      fn = exp.frozen.jit(lambda pr, k, y, s=steps, c=cfg: p.sample_tokens(pr, k, y, steps=s,
                                                                     cfg_scale=c))
       t0 = time.perf_counter()
       compiled = fn.lower(params, key, labels).compile()
@@ -181,7 +181,7 @@ def ar_table(exp, params, key, labels, args):
     secs = {}
     for mode in ("cached", "uncached"):
       sample = p.sample_tokens if mode == "cached" else p.sample_tokens_uncached
-      fn = jax.jit(lambda pr, k, y, c=cfg, f=sample: f(pr, k, y, cfg_scale=c))
+      fn = exp.frozen.jit(lambda pr, k, y, c=cfg, f=sample: f(pr, k, y, cfg_scale=c))
       t0 = time.perf_counter()
       compiled = fn.lower(params, key, labels).compile()
       compile_s = time.perf_counter() - t0

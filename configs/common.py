@@ -176,16 +176,33 @@ def gan_config() -> ml_collections.ConfigDict:
   return c
 
 
+def sized_dit(variant: str) -> ml_collections.ConfigDict:
+  """``config.model`` of a DiT sized by name, "WxDxH/P": width W, D blocks, H heads,
+  patch P (the CPU configs' sizes; the paper's named sizes are ``variant="XL/2"``)."""
+  size, patch = variant.split("/")
+  width, depth, heads = map(int, size.split("x"))
+  return ml_collections.ConfigDict(dict(
+      name="dit", variant=None, hidden_size=width, depth=depth, num_heads=heads,
+      patch_size=int(patch), mlp_ratio=4.0, learn_sigma=False, scan_blocks=False,
+      remat=False))
+
+
+def tokenizer_section(workdir: str = "") -> ml_collections.ConfigDict:
+  """``config.tokenizer``: the frozen tokenizer a token or latent model uses."""
+  return ml_collections.ConfigDict(dict(
+      workdir=workdir,           # tokenizer run; "" = the one that wrote data_dir's codes
+      params="",                 # "" = the tokenizer's default (trained weights) | ema | raw
+      step=None,                 # checkpoint step; None = the newest intact one
+  ))
+
+
 def token_config(paradigm: str = "maskgit") -> ml_collections.ConfigDict:
   """Base of the paradigms over a frozen VQ tokenizer's codes (jaxgen.paradigms.maskgit,
   .mage, .autoregressive): ``base_config()`` training on pre-computed codes (``jaxgen
   tokenize``) with MaskGIT's masking and decoding fields, or the raster AR model's. A
   config sets the data dir, the tokenizer and the model sizes."""
   c = base_config()
-  c.tokenizer = ml_collections.ConfigDict(dict(
-      workdir="",                # tokenizer run; "" = the one that wrote data_dir's codes
-      params="",                 # "" = the tokenizer's default (trained weights) | ema | raw
-  ))
+  c.tokenizer = tokenizer_section()
   c.data.name = "tokens"         # pre-computed codes; or an image dataset + tokenizer.workdir
   c.data.source_dataset = "fashion_mnist"  # the codes' images: classes when no tokens.json
   c.data.pp = ""

@@ -13,13 +13,8 @@ from jaxgen.config import parse_arg
 
 def get_config(arg=None):
   arg = parse_arg(arg)
-  size, patch = arg.get("variant", "256x8x4/4").split("/")
-  width, depth, heads = map(int, size.split("x"))
   c = common.base_config()
-  c.model = common.ml_collections.ConfigDict(dict(
-      name="dit", variant=None, hidden_size=width, depth=depth, num_heads=heads,
-      patch_size=int(patch), mlp_ratio=4.0, learn_sigma=False, scan_blocks=False,
-      remat=False))
+  c.model = common.sized_dit(arg.get("variant", "256x8x4/4"))
   c.train.num_steps = 6000
   c.train.batch_size = 32
   c.train.sample_every = 1000

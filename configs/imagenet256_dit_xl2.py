@@ -3,10 +3,14 @@ the paper's setting (Peebles & Xie 2023, Table 4: 7M steps, batch 256, AdamW 1e-
 no weight decay, EMA 0.9999, label dropout 0.1), with rectified flow in place of DDPM.
 
 For real hardware (TPU pod / GPU cluster); it does not run on a laptop. Latents are
-pre-computed with the tokenizer tools. Launch on a TPU pod, e.g.:
+pre-computed once by ``jaxgen tokenize`` of a KL-VAE f8 run (e.g.
+``configs/imagenet256_tokenizer.py:variant=kl``) on ImageNet, and the run decodes its
+samples, preview grids and evaluation images through that tokenizer (named by the
+latents' ``tokens.json``, or ``--config.tokenizer.workdir``). Launch on a TPU pod, e.g.:
 
+  jaxgen tokenize --workdir gs://BUCKET/kl_f8 --out gs://BUCKET/in256_latents
   launch/tpu_pod.sh NAME ZONE train --config configs/imagenet256_dit_xl2.py \
-      --workdir gs://BUCKET/dit_xl2
+      --workdir gs://BUCKET/dit_xl2 --config.data.data_dir=gs://BUCKET/in256_latents
 
 ``:variant=S/2`` (or B/2, L/4, ...) selects another named size; ``runlocal`` shrinks
 the batch and steps for a smoke test of the wiring. ``:objective=ddpm`` is the paper's
@@ -23,8 +27,9 @@ def get_config(arg=None):
   arg = parse_arg(arg)
   c = common.base_config()
   c.data = common.ml_collections.ConfigDict(dict(
-      name="imagenet2012_latents", data_dir="", source_dir="", latent_size=32, pp="",
-      train_split="train", eval_split="validation"))
+      name="tokens", data_dir="", source_dataset="imagenet2012", code_shape=(32, 32, 4),
+      pp="", train_split="train", eval_split="validation"))  # 256x256 -> 32x32x4 latents
+  c.tokenizer = common.tokenizer_section()  # "" = the KL-VAE that wrote the latents
   c.model = common.ml_collections.ConfigDict(dict(
       name="dit", variant=arg.get("variant", "XL/2"), learn_sigma=False, scan_blocks=True,
       remat=False, attn_impl="xla"))  # attn_impl="cudnn": fused attention on NVIDIA GPUs

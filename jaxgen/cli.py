@@ -273,7 +273,6 @@ def cmd_linear_probe(args, overrides):
   from jaxgen.data import pipeline  # pylint: disable=g-import-not-at-top
   from jaxgen.eval import linear_probe  # pylint: disable=g-import-not-at-top
   from jaxgen.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   exp, state, step = generate.load_run(args.workdir, overrides)
   paradigm = exp.paradigm
   if not hasattr(paradigm, "features"):
@@ -281,7 +280,7 @@ def cmd_linear_probe(args, overrides):
         f"{args.workdir} holds a {exp.config.paradigm.name!r} run, which has no "
         "representation to probe; --linear-probe needs a MAGE run (configs/fmnist_mage.py).")
   params = state.ema_params if (args.params or paradigm.default_params) == "ema" else state.params
-  fn = jax.jit(lambda p, b: paradigm.features(p, paradigm.codes(b)))
+  fn = exp.frozen.jit(lambda p, b: paradigm.features(p, paradigm.codes(b)))
   c = exp.config
 
   def feats(split):

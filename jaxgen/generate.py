@@ -14,6 +14,7 @@ from tqdm import tqdm
 from jaxgen import config as config_lib
 from jaxgen import errors
 from jaxgen import fileio
+from jaxgen import frozen as frozen_lib
 from jaxgen import images as images_lib
 from jaxgen.data import datasets
 from jaxgen.samplers import loop as loop_lib
@@ -57,6 +58,7 @@ def load_run(workdir: str, overrides=(), step: Optional[int] = None, devices=Non
   if not data and fileio.isfile(spec_path):  # the description the training run recorded
     spec = datasets.spec_from_dict(json.loads(fileio.read_text(spec_path)))
   exp = loop.build(config, devices, load_data=data, dataset=spec)
+  frozen_lib.check_record(workdir, exp.frozen.networks)  # the tokenizer it was trained with
   ckpt = checkpoint.Checkpointer(workdir, async_save=False)
   if step is not None and step not in ckpt.all_steps():
     raise FileNotFoundError(f"{workdir} has no checkpoint of step {step} (it has "
@@ -119,6 +121,12 @@ def check_finite(x: np.ndarray, *, done: int, num: int, step: Optional[int] = No
       "lower --cfg-scale).")
 
 
+def sample_fn(exp, **sample_kwargs):
+  """``(params, rng, cond) -> images`` jitted, with the paradigm's frozen networks
+  (tokenizer, text encoder) as arguments of the program (`jaxgen.frozen`)."""
+  return exp.frozen.jit(lambda p, r, c: exp.paradigm.sample(p, r, c, **sample_kwargs))
+
+
 def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,
                       step=None, **sample_kwargs):
   """``exp.paradigm.sample`` over ``cond`` (labels, or a dict of arrays, leading axis
@@ -141,7 +149,7 @@ def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,
     ticker = _StepTicker(bar, chunks)
     bar.set_postfix_str(f"0/{num} images, {batch_size} per call; the first compiles")
     with loop_lib.report_steps(ticker if progress else None):
-      fn = jax.jit(lambda p, r, c: exp.paradigm.sample(p, r, c, **sample_kwargs))
+      fn = sample_fn(exp, **sample_kwargs)
       for i, start in enumerate(range(0, num, batch_size)):
         c = jax.tree.map(lambda v: np.asarray(v[start:start + batch_size]), cond)
         n = jax.tree.leaves(c)[0].shape[0]

@@ -164,6 +164,30 @@ def t2i_config(source_dir, data_dir, cap_dir, emb_dir, mode="cross_attention",
   return c
 
 
+def image_token_config(paradigm, tokenizer_dir, source_dir, data_dir, **kw):
+  """`tiny_token_config` on images encoded in the step by the frozen tokenizer of
+  ``tokenizer_dir`` (no pre-computed codes)."""
+  import common  # configs/common.py
+  c = tiny_token_config(paradigm, "", **kw)
+  c.tokenizer.workdir = tokenizer_dir
+  c.data = common.base_config().data
+  c.data.source_dir, c.data.data_dir = source_dir, data_dir
+  return c
+
+
+def init_only_run(config, workdir):
+  """A workdir holding ``config``'s freshly initialised state as checkpoint 0 (with its
+  manifest and config.json): a frozen network of a given size without training it."""
+  import jax
+  from jaxgen.train import checkpoint, loop
+  exp = loop.build(config, jax.devices()[:1], load_data=False)
+  ckpt = checkpoint.Checkpointer(workdir, async_save=False)
+  ckpt.save(0, exp.init_state(), config=config, force=True)
+  ckpt.close()
+  checkpoint.write_config(workdir, config)
+  return workdir
+
+
 def text_token_config(paradigm, tokenizer_dir, source_dir, data_dir, cap_dir, emb_dir,
                       grid=(8, 8)):
   """`tiny_token_config` made text-to-image: captioned synthetic images encoded in the

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import common  # configs/common.py (on the path through helpers)
-from jaxgen import cli, config as config_lib, errors, generate
+from jaxgen import cli, config as config_lib, errors, frozen, generate
 from jaxgen.data import datasets, pipeline
 from jaxgen.eval import evaluate
 from jaxgen.sharding import mesh as mesh_lib
@@ -307,7 +307,7 @@ def _stub_run(monkeypatch, bad_label=-1, bad_value=np.nan):
       paradigm=types.SimpleNamespace(num_classes=10, sample=sample),
       config=ml_collections.ConfigDict(dict(paradigm=dict(name="flow"),
                                             sample=dict(batch_size=4))),
-      mesh=jax.sharding.Mesh(devices, mesh_lib.MESH_AXES))
+      mesh=jax.sharding.Mesh(devices, mesh_lib.MESH_AXES), frozen=frozen.Frozen({}))
   params = {"w": jnp.zeros(())}
   state = types.SimpleNamespace(params=params, ema_params=params)
   monkeypatch.setattr(generate, "load_run", lambda workdir, overrides, **kw: (exp, state, 7))

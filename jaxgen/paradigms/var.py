@@ -91,7 +91,7 @@ class VAR(TokenParadigm):
 
   def teacher_forcing(self, codes_bl):
     tok = self._tokenizer()
-    maps = tok.teacher_forcing_fn(tok.params, self.split_scales(codes_bl))
+    maps = tok.teacher_forcing_fn(tok.variables, self.split_scales(codes_bl))
     return jax.lax.stop_gradient(
         jnp.concatenate([m.reshape(m.shape[0], -1, m.shape[-1]) for m in maps], axis=1))
 
@@ -116,7 +116,7 @@ class VAR(TokenParadigm):
     out = autoregressive.sampling_options(kwargs, self.config.sample, SAMPLE_FIELDS,
                                           len(self.scales), "one step per scale")
     tok = self._tokenizer()
-    next_input = lambda k, f_hat, idx: tok.next_input_fn(tok.params, k, f_hat, idx)
+    next_input = lambda k, f_hat, idx: tok.next_input_fn(tok.variables, k, f_hat, idx)
     return dict(out, null=self.null_condition(), scales=self.scales,
                 feature_shape=tok.latent_shape), next_input
 
@@ -136,7 +136,7 @@ class VAR(TokenParadigm):
     tok = self._tokenizer()
     return var_sampler.decode_uncached(
         lambda x, y: self.logits(params, x, y),
-        lambda codes: tok.teacher_forcing_fn(tok.params, codes), next_input,
+        lambda codes: tok.teacher_forcing_fn(tok.variables, codes), next_input,
         self.sampling_condition(labels), rng, code_dim=int(self.config.model.code_dim), **kw)
 
   def sample_tokens(self, params, rng, labels, **kwargs):
@@ -151,11 +151,11 @@ class VAR(TokenParadigm):
   def sample(self, params, rng, labels, **kwargs):
     _, f_hat = self.sample_pyramid(params, rng, labels, **kwargs)
     tok = self._tokenizer()
-    return tok.decode_features_fn(tok.params, f_hat)
+    return tok.decode_features_fn(tok.variables, f_hat)
 
   def decode_images(self, tokens_bn):
     tok = self._tokenizer()
-    return tok.decode_fn(tok.params, self.split_scales(tokens_bn))
+    return tok.decode_fn(tok.variables, self.split_scales(tokens_bn))
 
   def _dummy_inputs(self, batch: int = 1):
     m = self.config.model

@@ -10,9 +10,12 @@ uses one::
   emb = tok.codes_to_embeddings(codes)  # (N, h, w, embed_dim)
   tok.grid_shape, tok.vocab_size, tok.latent_shape
 
-The methods are pure functions of explicit parameters underneath
-(``tok.encode_fn(params, images)``), so a paradigm can pass ``tok.params`` into its own
-jitted, sharded step instead of baking them into the compiled program as constants.
+Loading reads only the autoencoder's weights and quantizer state from the newest
+intact checkpoint (no optimizer state, no discriminator). The methods are pure
+functions of explicit variables underneath (``tok.encode_fn(tok.variables, images)``);
+a tokenizer is a `jaxgen.frozen.FrozenNetwork`, so inside the programs the loop and
+the sampler build (`jaxgen.frozen.Frozen.jit`) ``tok.variables`` is an argument of the
+program, sharded on its mesh, never a constant baked into it.
 """
 
 from __future__ import annotations
@@ -23,42 +26,110 @@ from typing import Any, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from jaxgen import fileio
+from jaxgen.errors import CheckpointError, ConfigError
+from jaxgen.frozen import FrozenField, FrozenNetwork
 
 SCALE_FILE = "latent_scale.json"
+PARAMS_CHOICES = ("raw", "ema")
 
 
-class Tokenizer:
-  """A frozen autoencoder: encode / decode / codes_to_embeddings and its shapes."""
+class Tokenizer(FrozenNetwork):
+  """A frozen autoencoder: encode / decode / codes_to_embeddings and its shapes.
+
+  ``variables``: the autoencoder's flax variables (``{"params": ..., "vq_stats": ...}``:
+  trained parameters and quantizer state), a `FrozenField`."""
+
+  variables = FrozenField()
+  frozen_field = "variables"
 
   def __init__(self, paradigm, params, model_state, *, latent_scale: float = 1.0,
-               workdir: Optional[str] = None):
+               workdir: Optional[str] = None, step: Optional[int] = None,
+               fingerprint: Optional[str] = None):
     self.paradigm = paradigm
     self.ae = paradigm.ae
-    self.params = params["autoencoder"] if "autoencoder" in params else params
-    self.model_state = dict(model_state or {})
+    params = params["autoencoder"] if "autoencoder" in params else params
+    self.variables = {"params": params, **dict(model_state or {})}
     self.kind = paradigm.config.model.bottleneck
     self.latent_scale = float(latent_scale)
     self.workdir = workdir
+    self.step = step
+    self.fingerprint = fingerprint
     self.image_shape = tuple(paradigm.image_shape)
+    self._embed = jax.jit(self.embed_fn)
+
+  @property
+  def latent_scale(self) -> float:
+    """The KL-VAE's latent scale factor (1 for codes): latents are ``scale * z``."""
+    return self._latent_scale
+
+  @latent_scale.setter
+  def latent_scale(self, value: float) -> None:
+    # A new scale is a new function: the jitted conveniences read it when traced.
+    self._latent_scale = float(value)
     self._encode = jax.jit(self.encode_fn)
     self._decode = jax.jit(self.decode_fn)
-    self._embed = jax.jit(self.embed_fn)
 
   # -- construction -----------------------------------------------------------------
   @classmethod
   def from_workdir(cls, workdir: str, params: Optional[str] = None,
-                   step: Optional[int] = None) -> "Tokenizer":
-    """Loads the newest (or ``step``) checkpoint of a tokenizer run.
-
-    ``params``: "raw" (default for tokenizers: the trained weights) or "ema". Reads no
-    training data (its dataset is only described).
-    """
-    from jaxgen import generate  # pylint: disable=g-import-not-at-top
-    exp, state, _ = generate.load_run(workdir, step=step, data=False)
-    return cls.from_run(exp, state, workdir, params)
+                   step: Optional[int] = None, abstract: bool = False) -> "Tokenizer":
+    """Loads the newest intact (or ``step``'s) checkpoint of a tokenizer run: only the
+    autoencoder's weights (``params``: "raw", the default for tokenizers, or "ema") and
+    its quantizer state, onto the default device. Reads no training data (its dataset
+    is only described) and builds no optimizer. ``abstract``: read only the run's
+    config, for shapes (``jaxgen info``): the variables are ShapeDtypeStructs."""
+    from jaxgen import config as config_lib, registry  # pylint: disable=g-import-not-at-top
+    from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
+    from jaxgen.paradigms.base import shapes_only  # pylint: disable=g-import-not-at-top
+    from jaxgen.train import checkpoint  # pylint: disable=g-import-not-at-top
+    stored = checkpoint.read_config(workdir)
+    if stored is None:
+      raise CheckpointError(f"The tokenizer run {workdir} does not exist or holds no "
+                            "config.json: train one (configs/fmnist_vqgan.py, _vitvq, "
+                            "_msvq, _vae) or point config.tokenizer.workdir at it.")
+    config = config_lib.from_dict(stored)
+    if config.paradigm.name != "tokenizer":
+      raise ConfigError(f"{workdir} holds a {config.paradigm.name!r} run, not a "
+                        "tokenizer; train one with configs/fmnist_vqgan.py (or _vitvq, "
+                        "_msvq, _vae).")
+    spec_path = os.path.join(workdir, datasets.SPEC_FILE)
+    spec = (datasets.spec_from_dict(json.loads(fileio.read_text(spec_path)))
+            if fileio.isfile(spec_path) else datasets.describe(config.data))
+    with shapes_only():  # no perceptual network: only the autoencoder is used
+      paradigm = registry.PARADIGMS.get("tokenizer")(config, spec)
+    which = params or paradigm.default_params
+    if which not in PARAMS_CHOICES:
+      raise ConfigError(f"Tokenizer params={which!r}; use one of {', '.join(PARAMS_CHOICES)}.")
+    shapes = jax.eval_shape(paradigm.init_variables, jax.random.PRNGKey(0))
+    if abstract:
+      return cls(paradigm, _unboxed(shapes[0]), _unboxed(shapes[1]), workdir=workdir)
+    target = {("ema_params" if which == "ema" else "params"):
+              {"autoencoder": _unboxed(shapes[0]["autoencoder"])}}
+    if jax.tree.leaves(shapes[1]):
+      target["model_state"] = _unboxed(shapes[1])
+    ckpt = checkpoint.Checkpointer(workdir, async_save=False)
+    try:
+      steps = ckpt.all_steps()
+      if step is not None and step not in steps:
+        raise CheckpointError(f"The tokenizer run {workdir} has no checkpoint of step {step} "
+                              f"(it has {sorted(steps)}).")
+      parts, got = ckpt.restore_newest_intact(
+          None, steps=None if step is None else [step], parts=target,
+          all_finite=lambda t: all(np.isfinite(x).all() for x in jax.tree.leaves(t)
+                                   if np.issubdtype(np.asarray(x).dtype, np.inexact)))
+    finally:
+      ckpt.close()
+    if got is None:
+      raise CheckpointError(f"The tokenizer run {workdir} has no checkpoint yet.")
+    scale = read_latent_scale(workdir)
+    tree = jax.device_put(next(iter(parts[k] for k in parts if k != "model_state")))
+    return cls(paradigm, tree, jax.device_put(parts.get("model_state", {})),
+               latent_scale=scale if scale is not None else 1.0, workdir=workdir, step=got,
+               fingerprint=checkpoint.fingerprint(ckpt.step_dir(got)))
 
   @classmethod
   def from_run(cls, exp, state, workdir: str, params: Optional[str] = None
@@ -74,7 +145,22 @@ class Tokenizer:
     return cls(exp.paradigm, jax.device_get(tree), jax.device_get(state.model_state),
                latent_scale=scale if scale is not None else 1.0, workdir=workdir)
 
+  # -- as a frozen network -------------------------------------------------------------
+  def abstract_weights(self):
+    params, state = jax.eval_shape(self.paradigm.init_variables, jax.random.PRNGKey(0))
+    return {"params": params["autoencoder"], **state}
+
+  def identity(self):
+    return dict(workdir=fileio.absolute(self.workdir) if self.workdir else None,
+                step=self.step, fingerprint=self.fingerprint, kind=self.kind,
+                latent_shape=list(self.latent_shape), latent_scale=self.latent_scale)
+
   # -- shapes ---------------------------------------------------------------------
+  @property
+  def params(self):
+    """The autoencoder's trained parameters (``variables["params"]``)."""
+    return self.variables["params"]
+
   @property
   def vocab_size(self) -> Optional[int]:
     """Number of codes (``None`` for continuous latents)."""
@@ -91,59 +177,127 @@ class Tokenizer:
   def latent_shape(self) -> Tuple[int, ...]:
     """Shape of one example's bottleneck vectors (h, w, embed_dim)."""
     x = jax.ShapeDtypeStruct((1,) + self.image_shape, jnp.float32)
-    h = jax.eval_shape(lambda p, x: self.ae.apply(self._vars(p), x, method="encode_features"),
-                       self.params, x)
+    h = jax.eval_shape(lambda v, x: self.ae.apply(v, x, method="encode_features"),
+                       self.stored_weights, x)
     width = h.shape[-1] // 2 if self.kind == "kl" else h.shape[-1]
     return tuple(h.shape[1:-1]) + (width,)
 
-  # -- pure functions of the parameters -------------------------------------------------
-  def _vars(self, params):
-    return {"params": params, **self.model_state}
-
-  def encode_fn(self, params, images):
-    out = self.ae.apply(self._vars(params), images, method="encode")
+  # -- pure functions of the variables ----------------------------------------------------
+  def encode_fn(self, variables, images):
+    out = self.ae.apply(variables, images, method="encode")
     return out * self.latent_scale if self.kind == "kl" else out
 
-  def decode_fn(self, params, codes):
+  def decode_fn(self, variables, codes):
     if self.kind == "kl":
       codes = codes / self.latent_scale
-    return jnp.clip(self.ae.apply(self._vars(params), codes, method="decode_codes"), -1, 1)
+    return jnp.clip(self.ae.apply(variables, codes, method="decode_codes"), -1, 1)
 
-  def embed_fn(self, params, codes):
-    return self.ae.apply(self._vars(params), codes, method="codes_to_embeddings")
+  def embed_fn(self, variables, codes):
+    return self.ae.apply(variables, codes, method="codes_to_embeddings")
 
   # -- multi-scale ("msvq") pieces VAR trains and samples with ------------------------------
-  def _quantizer_call(self, params, name: str, *args):
+  def _quantizer_call(self, variables, name: str, *args):
     if self.kind != "msvq":
       raise ValueError(f"{name} needs a multi-scale VQ tokenizer; {self.workdir} is "
                        f"{self.kind!r}.")
-    return self.ae.apply(self._vars(params), *args,
+    return self.ae.apply(variables, *args,
                          method=lambda ae, *a: getattr(ae.quantizer, name)(*a))
 
-  def teacher_forcing_fn(self, params, codes):
+  def teacher_forcing_fn(self, variables, codes):
     """VAR's inputs from per-scale codes (list of (N, s, s)): f_hat after scale k
     area-resized to scale k+1, for k < S (a list of S - 1 (N, s, s, code_dim) maps)."""
-    return self._quantizer_call(params, "teacher_forcing_inputs", codes)
+    return self._quantizer_call(variables, "teacher_forcing_inputs", codes)
 
-  def next_input_fn(self, params, scale_index: int, f_hat, codes_nss):
+  def next_input_fn(self, variables, scale_index: int, f_hat, codes_nss):
     """One sampling step: (f_hat + scale ``scale_index``'s codes, the next scale's input).
     ``f_hat`` starts as zeros of (N,) + `latent_shape`."""
-    return self._quantizer_call(params, "next_autoregressive_input", scale_index, f_hat,
+    return self._quantizer_call(variables, "next_autoregressive_input", scale_index, f_hat,
                                 codes_nss)
 
-  def decode_features_fn(self, params, f_hat):
+  def decode_features_fn(self, variables, f_hat):
     """Images in [-1, 1] from bottleneck-space features (msvq's accumulated f_hat)."""
-    return jnp.clip(self.ae.apply(self._vars(params), f_hat, method="decode"), -1, 1)
+    return jnp.clip(self.ae.apply(variables, f_hat, method="decode"), -1, 1)
 
-  # -- conveniences on the stored parameters ---------------------------------------------
+  # -- conveniences on the stored variables (eager; also while a step is traced) ----------
   def encode(self, images):
-    return self._encode(self.params, jnp.asarray(images, jnp.float32))
+    return self._encode(self.stored_weights, jnp.asarray(images, jnp.float32))
 
   def decode(self, codes):
-    return self._decode(self.params, codes)
+    return self._decode(self.stored_weights, codes)
 
   def codes_to_embeddings(self, codes):
-    return self._embed(self.params, codes)
+    return self._embed(self.stored_weights, codes)
+
+
+# -------------------------------------- which tokenizer a token or latent run uses
+
+
+def tokens_meta(config, required: bool = True) -> Optional[dict]:
+  """``tokens.json`` of the pre-computed codes the config trains on (else None).
+
+  Args:
+    config: the run's config.
+    required: raise a DataError naming `jaxgen tokenize` when ``config.data.data_dir``
+      holds no ``tokens.json``; if False, return None then (validation, ``jaxgen info``
+      and sampling do without the codes).
+  """
+  if config.data.name != "tokens":
+    return None
+  from jaxgen.tokenizers import precompute  # pylint: disable=g-import-not-at-top
+  if not required and not precompute.has_meta(config.data.get("data_dir")):
+    return None
+  return precompute.read_meta(config.data.get("data_dir"))
+
+
+def tokenizer_workdir(config, required: bool = True) -> str:
+  """The configured tokenizer run, else the one that wrote the pre-computed codes
+  (``required``: as in `tokens_meta`; without a ``tokens.json`` only the configured
+  run is known)."""
+  configured = config.tokenizer.get("workdir", "") if "tokenizer" in config else ""
+  meta = tokens_meta(config, required)
+  written_by = (meta or {}).get("tokenizer_workdir") or ""
+  if configured and written_by and fileio.absolute(configured) != fileio.absolute(written_by):
+    raise ConfigError(
+        f"config.data.data_dir={config.data.data_dir} holds codes written by the tokenizer "
+        f"{written_by}, but config.tokenizer.workdir={configured}: codes of one tokenizer "
+        "mean nothing to another. Re-run `jaxgen tokenize --workdir "
+        f"{configured} --out DIR`, or set config.tokenizer.workdir={written_by}.")
+  return configured or written_by
+
+
+def image_data_config(config) -> ml_collections.ConfigDict:
+  """The image dataset behind a token run (for evaluation against real images): the
+  tokenizer run's ``config.data`` when the run trains on codes, else its own."""
+  if config.data.name != "tokens":
+    return config.data
+  workdir = tokenizer_workdir(config)
+  path = os.path.join(workdir, "config.json")
+  if not workdir or not fileio.isfile(path):
+    raise ConfigError(f"Cannot find the images behind {config.data.data_dir}: its tokenizer "
+                      f"run {workdir!r} has no config.json. Set config.tokenizer.workdir.")
+  return ml_collections.ConfigDict(json.loads(fileio.read_text(path))["data"])
+
+
+def _unboxed(tree):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  return nn.meta.unbox(tree)
+
+
+def load_frozen_tokenizer(config, workdir: str, kinds: Sequence[str], who: str
+                          ) -> "Tokenizer":
+  """The tokenizer ``config.tokenizer`` names (``workdir`` resolved by the caller):
+  its ``params`` ("" = the tokenizer's default) and ``step`` (None = the newest intact
+  checkpoint), checked to be one of ``kinds`` ("vq", "msvq", "kl"); ``who`` names the
+  model that needs it in the error."""
+  t = config.tokenizer
+  tok = Tokenizer.from_workdir(workdir, params=t.get("params") or None, step=t.get("step"))
+  if tok.kind not in kinds:
+    what = {"vq": "a single-scale VQ tokenizer (configs/fmnist_vqgan.py or _vitvq.py)",
+            "msvq": "a multi-scale VQ tokenizer (configs/fmnist_msvq.py)",
+            "kl": "a KL-VAE tokenizer (configs/fmnist_vae.py)"}
+    raise ConfigError(f"{workdir} holds {tok.kind!r} codes; {who} needs "
+                      + " or ".join(what[k] for k in kinds) + ".")
+  return tok
 
 
 def read_latent_scale(workdir: str) -> Optional[float]:

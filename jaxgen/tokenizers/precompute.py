@@ -134,11 +134,13 @@ class TokenDataset(datasets.Dataset):
   def describe(self, data_cfg) -> datasets.DatasetSpec:
     """From ``tokens.json``; without one (``jaxgen info``, sampling a run on a machine
     without its codes) the classes and splits of ``config.data.source_dataset``, the
-    image dataset the codes encode, and no code shape (the model's config has it)."""
+    image dataset the codes encode, and ``config.data.code_shape`` (default none: a
+    token model's config has it; a latent model's config gives its latents' shape)."""
     directory = data_cfg.get("data_dir")
     if not has_meta(directory) and data_cfg.get("source_dataset"):
       src = datasets.describe(ml_collections.ConfigDict(dict(name=data_cfg.source_dataset)))
-      return dataclasses.replace(src, name=f"tokens({src.name})", image_shape=(),
+      return dataclasses.replace(src, name=f"tokens({src.name})",
+                                 image_shape=tuple(data_cfg.get("code_shape") or ()),
                                  has_captions=False)
     meta = read_meta(directory)
     return datasets.DatasetSpec(

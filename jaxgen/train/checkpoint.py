@@ -239,6 +239,36 @@ class Checkpointer:
     fresh = fresh_optimizer()
     return serialization.from_state_dict(fresh, {**serialization.to_state_dict(fresh), **parts})
 
+  def restore_parts(self, target: dict, step: Optional[int] = None) -> dict:
+    """Only the parts of the state named by ``target`` (a nested dict of abstract arrays:
+    a subset of the state's state dict, e.g. ``{"params": {"autoencoder": ...},
+    "model_state": ...}``), as host NumPy arrays: a frozen network's weights, read
+    without its optimizer state or any other network. No verification (see
+    `restore_newest_intact`); a missing array or another shape raises
+    `CheckpointMismatchError` naming it."""
+    step = self.latest_step() if step is None else step
+    meta = self._manager.item_metadata(step)["state"]
+    stored = _shapes(getattr(meta, "tree", meta))
+    wanted = _shapes(target)
+    where = f"{self.directory}/{step}"
+    missing = sorted(set(wanted) - set(stored))
+    if missing:
+      raise CheckpointMismatchError(
+          f"The checkpoint {where} lacks {len(missing)} arrays the model needs (e.g. "
+          f"{missing[:3]}): it was written for another model.")
+    bad = [(k, stored[k], wanted[k]) for k in wanted if stored[k] != wanted[k]]
+    if bad:
+      k, s, w = bad[0]
+      raise CheckpointMismatchError(
+          f"The checkpoint {where} does not fit the model: {len(bad)} arrays differ in "
+          f"shape, e.g. {k}: checkpoint {s} vs model {w}.")
+    args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype),
+                        target)
+    with ocp.PyTreeCheckpointer() as reader:
+      return reader.restore(os.path.join(self.step_dir(step), "state"),
+                            args=ocp.args.PyTreeRestore(item=target, restore_args=args,
+                                                        partial_restore=True))
+
   def verify(self, step: int) -> Optional[str]:
     """What is wrong with the files of ``step`` (None: they match its manifest, or it
     has none, as checkpoints of older versions)."""
@@ -248,10 +278,12 @@ class Checkpointer:
                             steps=None, quarantine: bool = False,
                             fresh_optimizer: Optional[Callable[[], Any]] = None,
                             all_finite: Optional[Callable[[Any], Any]] = None,
-                            warn: Optional[Callable[[str], None]] = None):
+                            warn: Optional[Callable[[str], None]] = None,
+                            parts: Optional[dict] = None):
     """``(state, step)`` of the newest checkpoint (of ``steps``, default all) whose
     files match its manifest, that can be read and (``all_finite``) holds only finite
-    values; ``(None, None)`` when there are no checkpoints. Each damaged newer one is
+    values; ``(None, None)`` when there are no checkpoints. With ``parts`` (a target of
+    `restore_parts`) only those parts are read, as NumPy arrays, in place of the state. Each damaged newer one is
     reported with ``warn`` in one line and, with ``quarantine`` (the training run),
     moved to ``<workdir>/damaged_checkpoints/``. A checkpoint of another model raises
     `CheckpointMismatchError`; no intact one raises `CheckpointError`."""
@@ -262,7 +294,9 @@ class Checkpointer:
       problem = self.verify(step)
       if problem is None:
         try:
-          state = self.restore(abstract_state, data_iter, step, fresh_optimizer=fresh_optimizer)
+          state = (self.restore_parts(parts, step) if parts is not None else
+                   self.restore(abstract_state, data_iter, step,
+                                fresh_optimizer=fresh_optimizer))
         except CheckpointMismatchError:  # another model, not damage: refuse
           raise
         except Exception as e:  # pylint: disable=broad-except
@@ -339,6 +373,16 @@ def write_manifest(step_dir: str, step: int) -> None:
            for rel, p in sorted(fileio.walk_files(step_dir)) if rel != MANIFEST}
   fileio.write_text(os.path.join(step_dir, MANIFEST),
                     json.dumps({"step": step, "files": files}, indent=1, sort_keys=True))
+
+
+def fingerprint(step_dir: str) -> Optional[str]:
+  """A short identity of a checkpoint's contents: the SHA-256 of its manifest (which
+  lists the size and SHA-256 of every file), or None for a checkpoint without one."""
+  path = os.path.join(step_dir, MANIFEST)
+  if not fileio.isfile(path):
+    return None
+  files = json.loads(fileio.read_text(path))["files"]
+  return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def check_manifest(step_dir: str) -> Optional[str]:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from jaxgen import config as config_lib
 from jaxgen import errors
 from jaxgen import fileio
+from jaxgen import frozen as frozen_lib
 from jaxgen import images as images_lib
 from jaxgen import registry
 from jaxgen.data import datasets, pipeline
@@ -45,6 +46,7 @@ class Experiment:
   init_state: Any          # () -> sharded TrainState
   abstract_state: Any      # ShapeDtypeStructs with shardings
   state_shardings: Any
+  frozen: Any = None       # jaxgen.frozen.Frozen: the paradigm's frozen networks, placed
 
 
 def build(config, devices=None, load_data: bool = True,
@@ -65,8 +67,9 @@ def build(config, devices=None, load_data: bool = True,
   rng = jax.random.PRNGKey(config.train.seed)
   init_state, abstract, shardings = state_lib.sharded_state(
       paradigm.init_params, tx, mesh, rng, init_model_state=paradigm.init_model_state)
+  frozen = frozen_lib.Frozen(paradigm.frozen_networks(), mesh)
   return Experiment(config, mesh, dataset, paradigm, tx, schedule, init_state, abstract,
-                    shardings)
+                    shardings, frozen)
 
 
 def build_abstract(config, devices=None) -> Experiment:
@@ -93,16 +96,17 @@ def guard_nonfinite(step_fn, mode: str):
 
 def make_train_step(exp: Experiment):
   """The paradigm's step under ``jax.jit`` with state/batch shardings, donating state;
-  its metrics carry the finite flag of `guard_nonfinite`."""
+  its metrics carry the finite flag of `guard_nonfinite`. The frozen networks' weights
+  are arguments of the program (`jaxgen.frozen`), not constants."""
   batch_sh = jax.tree.map(
       lambda a: mesh_lib.batch_sharding(exp.mesh, len(a.shape)),
       exp.paradigm.example_batch(exp.config.train.batch_size))
   step = guard_nonfinite(
       functools.partial(exp.paradigm.train_step, tx=exp.tx, schedule=exp.schedule),
       config_lib.nonfinite_mode(exp.config))
-  jitted = jax.jit(step, in_shardings=(exp.state_shardings, batch_sh),
-                   out_shardings=(exp.state_shardings, mesh_lib.replicated(exp.mesh)),
-                   donate_argnums=(0,))
+  jitted = exp.frozen.jit(step, in_shardings=(exp.state_shardings, batch_sh),
+                          out_shardings=(exp.state_shardings, mesh_lib.replicated(exp.mesh)),
+                          donate_argnums=(0,))
 
   def run(state, batch):
     with mesh_lib.activate(exp.mesh):
@@ -124,7 +128,8 @@ def make_data_iterator(exp: Experiment):
 
 def make_preview_fn(exp: Experiment):
   """Jitted ``(state, rng) -> images`` for the PNG grids (``paradigm.preview``)."""
-  return jax.jit(functools.partial(exp.paradigm.preview, num=exp.config.train.sample_grid))
+  return exp.frozen.jit(functools.partial(exp.paradigm.preview,
+                                          num=exp.config.train.sample_grid))
 
 
 def grid_labels(num: int, num_classes: int) -> np.ndarray:
@@ -181,7 +186,10 @@ def _train(exp, workdir, stop_after, progress, reset_optimizer):
           "pass a larger --config.train.num_steps to train on. Nothing was changed.")
     ckpt.close()
     return state
+  # A resumed run must see the frozen networks (tokenizer) it was trained with.
+  frozen_lib.check_record(workdir, exp.frozen.networks)
   checkpoint.write_config(workdir, cfg)  # only a run that trains, with a fitting config
+  frozen_lib.write_record(workdir, exp.frozen.networks)
   if jax.process_index() == 0:  # what sampling elsewhere needs of the data (load_run)
     fileio.write_text(os.path.join(workdir, datasets.SPEC_FILE),
                       json.dumps(datasets.spec_to_dict(exp.dataset), indent=1))
