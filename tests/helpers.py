@@ -175,17 +175,22 @@ def image_token_config(paradigm, tokenizer_dir, source_dir, data_dir, **kw):
   return c
 
 
-def init_only_run(config, workdir):
-  """A workdir holding ``config``'s freshly initialised state as checkpoint 0 (with its
-  manifest and config.json): a frozen network of a given size without training it."""
+def init_only_run(config, *workdirs):
+  """Workdirs holding ``config``'s freshly initialised state as checkpoint 0 (with its
+  manifest and config.json): a frozen network of a given size without training it. The
+  k-th workdir's parameters are scaled by 1 + k / 100 (same shapes, other weights).
+  Returns the first workdir."""
   import jax
   from jaxgen.train import checkpoint, loop
   exp = loop.build(config, jax.devices()[:1], load_data=False)
-  ckpt = checkpoint.Checkpointer(workdir, async_save=False)
-  ckpt.save(0, exp.init_state(), config=config, force=True)
-  ckpt.close()
-  checkpoint.write_config(workdir, config)
-  return workdir
+  state = exp.init_state()
+  for k, workdir in enumerate(workdirs):
+    params = jax.tree.map(lambda x: x * (1 + k / 100), state.params)
+    ckpt = checkpoint.Checkpointer(workdir, async_save=False)
+    ckpt.save(0, state.replace(params=params, ema_params=params), config=config, force=True)
+    ckpt.close()
+    checkpoint.write_config(workdir, config)
+  return workdirs[0]
 
 
 def text_token_config(paradigm, tokenizer_dir, source_dir, data_dir, cap_dir, emb_dir,

@@ -44,18 +44,21 @@ def test_tokenizer_loads_only_the_autoencoder_and_matches_its_checkpoint(big_tok
   del exp
 
 
-@pytest.mark.parametrize("paradigm", ["maskgit", "var"])
+@pytest.mark.parametrize("paradigm", [
+    "maskgit",
+    # The same mechanism on VAR's programs: lowering them twice costs ~30 s, so slow.
+    pytest.param("var", marks=[pytest.mark.uses_shared_fixtures, pytest.mark.slow])])
 def test_train_step_and_sampler_carry_no_tokenizer_constants(
-    big_tokenizer, msvq_run, fake_fmnist_dir, data_dir, paradigm):
+    request, fake_fmnist_dir, data_dir, paradigm):
   """The lowered programs hold < 1 MB of constants with a 3.8M-parameter (15 MB)
   tokenizer; the same step and sampler jitted the old way (closing over the weights)
   hold the encoder's and the decoder's weights, so the measure sees constants when
   they are there."""
-  if paradigm == "var":
-    tok_dir = msvq_run[0]
+  if paradigm == "var":  # the session's multi-scale tokenizer (tiny)
+    tok_dir = request.getfixturevalue("msvq_run")[0]
     c = image_token_config("var", tok_dir, fake_fmnist_dir, data_dir, grid=(1, 2, 3, 4, 6, 8))
   else:
-    tok_dir = big_tokenizer
+    tok_dir = request.getfixturevalue("big_tokenizer")
     c = image_token_config("maskgit", tok_dir, fake_fmnist_dir, data_dir)
   exp = loop.build(c, jax.devices()[:1], load_data=False)
   assert set(exp.frozen.networks) == {"tokenizer"}
@@ -99,18 +102,17 @@ def test_frozen_weights_are_placed_with_the_mesh_rules(big_tokenizer, fake_fmnis
     assert v.sharding == s
 
 
-def test_a_run_refuses_another_tokenizer_than_its_own(big_tokenizer, fake_fmnist_dir,
-                                                      data_dir, tmp_path):
+def test_a_run_refuses_another_tokenizer_than_its_own(fake_fmnist_dir, data_dir, tmp_path):
+  """Two tiny tokenizers of the same shapes, other weights."""
   c = tiny_tokenizer_config(fake_fmnist_dir, data_dir, "vq", gan=False)
-  c.model.update(channels=64, channel_mult=(1, 2, 2))
-  c.train.seed = 7  # same shapes, other weights
-  other = init_only_run(c, str(tmp_path / "other_tok"))
-  config = image_token_config("maskgit", big_tokenizer, fake_fmnist_dir, data_dir,
-                              num_steps=1)
+  c.model.channel_mult = (1, 2, 2)
+  own, other = str(tmp_path / "own_tok"), str(tmp_path / "other_tok")
+  init_only_run(c, own, other)
+  config = image_token_config("maskgit", own, fake_fmnist_dir, data_dir, num_steps=1)
   wd = str(tmp_path / "maskgit")
   loop.train(config, wd, jax.devices()[:1], progress=False)
   record = frozen.read_record(wd)["tokenizer"]
-  assert record["workdir"] == os.path.abspath(big_tokenizer) and record["step"] == 0
+  assert record["workdir"] == os.path.abspath(own) and record["step"] == 0
   with pytest.raises(errors.ConfigError, match=r"trained with the tokenizer .*other_tok"):
     generate.load_run(wd, [("tokenizer.workdir", other)], data=False)
   config.tokenizer.workdir = other
@@ -118,4 +120,4 @@ def test_a_run_refuses_another_tokenizer_than_its_own(big_tokenizer, fake_fmnist
   with pytest.raises(errors.ConfigError, match="fingerprint"):
     loop.train(config, wd, jax.devices()[:1], progress=False)
   exp, _, step = generate.load_run(wd, data=False)  # its own tokenizer: fine
-  assert step == 1 and exp.paradigm.tokenizer.workdir == big_tokenizer
+  assert step == 1 and exp.paradigm.tokenizer.workdir == own

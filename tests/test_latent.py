@@ -87,7 +87,7 @@ def test_latent_loss_is_the_same_on_precomputed_and_in_step_latents(
 
 
 def test_latent_run_names_a_missing_tokenizer_and_refuses_vq_codes(
-    kl_run, vq_run, fake_fmnist_dir, data_dir, tmp_path):
+    kl_run, fake_fmnist_dir, data_dir, tmp_path):
   tok_dir, latents = kl_run
   moved = str(tmp_path / "vae")
   shutil.copytree(tok_dir, moved)
@@ -107,7 +107,11 @@ def test_latent_run_names_a_missing_tokenizer_and_refuses_vq_codes(
   shutil.rmtree(moved)
   with pytest.raises(errors.CheckpointError, match=f"tokenizer run {moved} does not exist"):
     generate.load_run(wd, data=False)
-  bad = latent_config(fake_fmnist_dir, data_dir, vq_run[1])
+  codes = tmp_path / "vq_codes"  # what `jaxgen tokenize` of a VQ tokenizer describes
+  codes.mkdir()
+  (codes / precompute.META).write_text(json.dumps(dict(meta, kind="vq", vocab_size=32,
+                                                       code_shape=[8, 8])))
+  bad = latent_config(fake_fmnist_dir, data_dir, str(codes))
   with pytest.raises(errors.ConfigError, match="holds 'vq' codes; RectifiedFlow trains on a "
                      "KL-VAE's latents"):
     config_lib.validate(bad)
@@ -127,17 +131,18 @@ def get_config(arg=None):
       grey=False, test_fraction=0.25, captions_file="", pp="scale(-1, 1)",
       train_split="train", eval_split="test"))
   if arg == "vae":  # a tiny f8 KL-VAE: 256x256x3 -> 32x32x4
-    c = tiny_tokenizer_config("", "", "kl", gan=False, num_steps=2, batch_size=2)
+    c = tiny_tokenizer_config("", "", "kl", gan=False, num_steps=2, batch_size=8)
     c.model.channel_mult = (1, 1, 2, 2)
     c.data = folder
   else:  # a tiny DiT/2 on its latents (256 tokens)
-    c = tiny_config("", "", "dit", num_steps=2, batch_size=2)
+    c = tiny_config("", "", "dit", num_steps=2, batch_size=8)
     c.model.patch_size = 2
     c.data = ml_collections.ConfigDict(dict(name="tokens", data_dir={latents!r}, pp="",
                                             train_split="train", eval_split="test"))
     c.tokenizer = common.tokenizer_section()
-    c.sample.batch_size = 2
+    c.sample.batch_size = 8
     c.sample.steps = 2
+  c.mesh.data = -1  # every device of the test session (8 fake CPUs)
   c.eval.classifier_dir = {clf!r}
   return c
 '''
@@ -156,7 +161,7 @@ def test_256px_latent_dit_trains_samples_decodes_and_evaluates_through_the_cli(t
   src = tmp_path / "images"
   for k, name in enumerate(["red", "green"]):
     (src / name).mkdir(parents=True)
-    for i in range(8):
+    for i in range(12):
       arr = rng.integers(0, 60, (256, 256, 3)).astype(np.uint8)
       arr[32 * (i % 4):32 * (i % 4) + 96, 64:192, k] = 220
       Image.fromarray(arr).save(src / name / f"{i}.png")
@@ -172,11 +177,11 @@ def test_256px_latent_dit_trains_samples_decodes_and_evaluates_through_the_cli(t
   assert np.load(tmp_path / "latents" / "train_codes.npy").shape[1:] == (32, 32, 4)
   assert cli.main(["train", "--config", f"{cfg}:dit", "--workdir", dit]) == 0
   out = str(tmp_path / "s.npz")
-  assert cli.main(["sample", "--workdir", dit, "--num", "4", "--out", out]) == 0
+  assert cli.main(["sample", "--workdir", dit, "--num", "8", "--out", out]) == 0
   with np.load(out) as f:
-    assert f["images"].shape == (4, 256, 256, 3) and f["images"].dtype == np.uint8
+    assert f["arr_0"].shape == (8, 256, 256, 3) and f["arr_0"].dtype == np.uint8
   report = str(tmp_path / "eval.json")
   assert cli.main(["eval", "--workdir", dit, "--samples", out, "--json-out", report]) == 0
   with open(report) as f:
     figures = json.load(f)["samples"]
-  assert np.isfinite(figures["fd"]) and figures["num"] == 4
+  assert np.isfinite(figures["fd"]) and figures["num"] == 8

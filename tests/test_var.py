@@ -177,10 +177,10 @@ def test_loss_is_cross_entropy_over_the_pyramid_and_samples_decode(built):
       batch)
   # Teacher forcing: the tokenizer's cumulative maps after each scale, resized to the next.
   tok = p.tokenizer
-  maps = tok.teacher_forcing_fn(tok.params, p.split_scales(codes))
+  maps = tok.teacher_forcing_fn(tok.variables, p.split_scales(codes))
   chex.assert_shape(maps, [(4, s, s, 8) for s in (2, 3, 4, 6, 8)])
   f_hats = jax.jit(lambda c: tok.ae.apply(
-      tok._vars(tok.params), c, method=lambda ae, c: ae.quantizer.indices_to_cumulative(c)))(
+      tok.variables, c, method=lambda ae, c: ae.quantizer.indices_to_cumulative(c)))(
           p.split_scales(codes)[:5])
   np.testing.assert_allclose(maps[2], f_hats[2].reshape(4, 4, 2, 4, 2, 8).mean((2, 4)),
                              rtol=1e-5, atol=1e-6)  # 8x8 -> 4x4 area resize = 2x2 means
@@ -193,7 +193,7 @@ def test_loss_is_cross_entropy_over_the_pyramid_and_samples_decode(built):
   # Samples: the image is the decoder of the final f_hat, i.e. of the sampled codes.
   labels = jnp.arange(4, dtype=jnp.int32)
   pyramid, f_hat = jax.jit(lambda r: p.sample_pyramid(params, r, labels))(jax.random.PRNGKey(2))
-  images = tok.decode_features_fn(tok.params, f_hat)
+  images = tok.decode_features_fn(tok.variables, f_hat)
   chex.assert_shape(images, (4, 32, 32, 1))
   tokens = jnp.concatenate([c.reshape(4, -1) for c in pyramid], axis=1)
   np.testing.assert_allclose(images, p.decode_images(tokens), atol=1e-5)

@@ -81,7 +81,7 @@ def train_classifier(spec: datasets.DatasetSpec, *, epochs: int = 3, batch: int 
   Args:
     spec: the dataset (its train and test splits are read whole).
     epochs: passes over the train split.
-    batch: examples per step.
+    batch: examples per step (at most the train split's size).
     seed: initialisation, data order and dropout.
     log: takes a line per epoch and the test accuracy.
     progress: a progress bar over all steps on stderr (steps/s, epoch, the loss every
@@ -95,6 +95,7 @@ def train_classifier(spec: datasets.DatasetSpec, *, epochs: int = 3, batch: int 
   module = FeatureCNN(spec.num_classes)
   rng = jax.random.PRNGKey(seed)
   params = jax.jit(module.init)(rng, jnp.zeros((1,) + x_train.shape[1:], jnp.uint8))["params"]
+  batch = min(batch, len(x_train))  # a small dataset (a folder of a few images): one batch
   steps_per_epoch = len(x_train) // batch
   sched = optax.cosine_decay_schedule(2e-3, epochs * steps_per_epoch)
   tx = optax.adam(sched)
