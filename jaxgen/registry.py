@@ -76,7 +76,7 @@ _REGISTERING_MODULES = (
     "jaxgen.models.mage",
     "jaxgen.models.ar_transformer",
     "jaxgen.models.var",
-    "jaxgen.models.text_encoders",
+    "jaxgen.text_encoders",
     "jaxgen.paradigms.flow",
     "jaxgen.paradigms.diffusion",
     "jaxgen.paradigms.maskgit",

@@ -13,6 +13,7 @@ from jaxgen import cli
 from jaxgen.data import captions as C
 from jaxgen.data import datasets, pipeline
 from jaxgen.data.idx import DataError
+from jaxgen.eval import classifier as clf_lib
 
 from helpers import synthetic_fmnist
 
@@ -248,11 +249,11 @@ def test_recaption_cli_builtin_captioner(fake_fmnist_dir, data_dir, tmp_path, ca
   def classify(images):
     return (images.reshape(len(images), -1).sum(1) % 10).astype(int)
 
-  def stand_in(data_cfg, classifier_dir):
-    asked.append((data_cfg.name, classifier_dir))
+  def stand_in(spec, classifier_dir):
+    asked.append((spec.name, classifier_dir))
     return classify
 
-  monkeypatch.setattr(C, "fashion_mnist_classifier", stand_in)
+  monkeypatch.setattr(clf_lib, "load_or_train", stand_in)
   out = str(tmp_path / "caps")
   args = ["recaption", "--out", out, "--data-dir", data_dir, "--source-dir", fake_fmnist_dir,
           "--classifier-dir", "CLF", "--splits", "test", "--batch", "50", "--seed", "4"]

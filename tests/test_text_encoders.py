@@ -31,7 +31,8 @@ from safetensors.numpy import save_file
 
 from jaxgen import registry
 from jaxgen.convert import hf_t5
-from jaxgen.models import t5, text_encoders
+from jaxgen import text_encoders
+from jaxgen.models import t5
 
 REFERENCE_FILE = os.path.join(os.path.dirname(__file__), "data", "minilm_reference.json")
 

@@ -135,7 +135,7 @@ def test_trained_run_serves_tokenizer_interface_and_tokenize(tok_config, tmp_pat
   else:
     wd, codes_dir = request.getfixturevalue(f"{bottleneck}_run")
   tok = tok_base.Tokenizer.from_workdir(wd)
-  config = tok.paradigm.config
+  config = tok.config
   x = np.random.default_rng(0).uniform(-1, 1, (50, 32, 32, 1)).astype(np.float32)
   codes = tok.encode(x)
   scales = (1, 2, 3, 4, 6, 8)  # conftest.msvq_run's schedule (f4: 8x8 at the finest)

@@ -142,12 +142,6 @@ def measure_attributes(images: np.ndarray) -> Dict[str, np.ndarray]:
   return {k: v.astype(np.int32) for k, v in out.items()}
 
 
-def attribute_frequencies(attributes: Dict[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
-  """Fraction of examples with each value, per attribute (for reports)."""
-  return {k: {name: float(np.mean(v == i)) for i, name in enumerate(ATTRIBUTES[k])}
-          for k, v in attributes.items()}
-
-
 # ---------------------------------------------------------------------------------------
 # Short captions and sentence rendering.
 
@@ -290,27 +284,25 @@ class FashionMnistCaptioner:
   """Describes what it measures in each Fashion-MNIST image, in varied sentences.
 
   The class comes from ``classifier`` (a ``jaxgen.eval.classifier.DatasetClassifier`` or
-  any ``images -> class ids`` callable; None loads jaxgen's cached Fashion-MNIST
-  classifier, training it once) or, when ``labels`` are passed to ``__call__``, from the
-  labels. Brightness, size and texture come from ``measure_attributes``. Sentence form,
+  any ``images -> class ids`` callable) or, when ``labels`` are passed to ``__call__``,
+  from the labels. Brightness, size and texture come from ``measure_attributes``. Sentence form,
   attribute order and phrasing are drawn from a generator seeded with
   ``(seed, example index)``: the same example gets the same caption in any batch.
   """
 
   name = "fashion_mnist_attributes"
 
-  def __init__(self, classifier=None, seed: int = 0, data_cfg=None, classifier_dir: str = "",
+  def __init__(self, classifier=None, seed: int = 0,
                attributes: Sequence[str] = CAPTIONED_ATTRIBUTES):
     self.classifier = classifier
     self.seed = int(seed)
-    self.data_cfg = data_cfg
-    self.classifier_dir = classifier_dir
     self.attributes = tuple(attributes)
     self.nouns = class_nouns(datasets.FMNIST_CLASSES)
 
   def _classifier(self):
     if self.classifier is None:
-      self.classifier = fashion_mnist_classifier(self.data_cfg, self.classifier_dir)
+      raise ValueError("FashionMnistCaptioner has no classifier: pass classifier= (e.g. "
+                       "jaxgen.eval.classifier.load_or_train of Fashion-MNIST) or labels=.")
     return self.classifier
 
   def __call__(self, images: np.ndarray, indices: np.ndarray,
@@ -330,17 +322,6 @@ class FashionMnistCaptioner:
       values = {a: ATTRIBUTES[a][attrs[a][j]] for a in self.attributes}
       captions.append(render_caption(rng, noun, values))
     return captions
-
-
-def fashion_mnist_classifier(data_cfg=None, classifier_dir: str = ""):
-  """jaxgen's cached Fashion-MNIST classifier (``eval.classifier.load_or_train``): the
-  one evaluation uses, trained on the train split the first time it is asked for."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from jaxgen.eval import classifier as clf_lib  # pylint: disable=g-import-not-at-top
-  get = {}.get if data_cfg is None else data_cfg.get
-  cfg = ml_collections.ConfigDict(dict(name="fashion_mnist", data_dir=get("data_dir", ""),
-                                       source_dir=get("source_dir", "")))
-  return clf_lib.load_or_train(datasets.get_dataset(cfg), classifier_dir)
 
 
 def load_captioner(spec: str, **kwargs) -> Captioner:
@@ -546,9 +527,10 @@ class FashionMnistCaptions(datasets.Dataset):
   image_dataset = "fashion_mnist"  # the registered dataset whose images these are
 
   @staticmethod
-  def make_captioner(seed: int = 0, data_cfg=None, classifier_dir: str = "") -> Captioner:
-    """The built-in captioner, its classifier loaded (or trained once) now."""
-    return FashionMnistCaptioner(fashion_mnist_classifier(data_cfg, classifier_dir), seed)
+  def make_captioner(seed: int, classifier_factory) -> Captioner:
+    """The built-in captioner; ``classifier_factory()`` gives the classifier of the
+    images (`jaxgen recaption`: evaluation's, loaded or trained once, now)."""
+    return FashionMnistCaptioner(classifier_factory(), seed)
 
   def describe(self, data_cfg) -> datasets.DatasetSpec:
     check_caption_config(data_cfg)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 from PIL import Image
 
 from jaxgen import registry
+from jaxgen.errors import ConfigError
 
 Example = Dict[str, np.ndarray]
 Op = Callable[[Example, np.random.Generator], Example]
@@ -136,3 +137,15 @@ def label_int32() -> Op:
     del rng
     return {**ex, "label": np.int32(ex["label"])}
   return op
+
+
+def preprocessed_shape(pp: str, stored_shape) -> Tuple[int, ...]:
+  """Shape of an image after the ``pp`` string (runs it once on a blank example)."""
+  ex = {"image": np.zeros(stored_shape, np.uint8), "label": 0, "caption_short": "",
+        "caption_detailed": ""}  # captioned data: pp may start with choose_caption
+  try:
+    return tuple(parse(pp)(ex, np.random.default_rng(0))["image"].shape)
+  except ValueError as e:  # e.g. pad(32) of the presets on larger images (a folder's)
+    raise ConfigError(f"config.data.pp={pp!r} cannot preprocess this dataset's "
+                      f"{'x'.join(map(str, stored_shape))} images: {e} Change config.data.pp "
+                      "(e.g. to 'scale(-1, 1)') or config.data.image_size.") from None

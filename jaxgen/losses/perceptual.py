@@ -276,7 +276,7 @@ def load_lpips_params(path: str, vgg_path: Optional[str] = None):
     FileNotFoundError: a file does not exist.
     ValueError: weights are missing or have the wrong shapes.
   """
-  from jaxgen.eval.inception import read_state_dict  # torch-free .pth reader
+  from jaxgen.convert.torch_pickle import read_state_dict  # pylint: disable=g-import-not-at-top
   paths = [p for p in (path, vgg_path) if p]
   for p in paths:
     if not os.path.isfile(p):
@@ -297,13 +297,13 @@ _CLASSIFIER_CONVS = ("conv0", "conv1", "conv2")
 
 
 def classifier_features(params, images, num_classes: int = 10) -> List[jax.Array]:
-  """Feature maps of the dataset classifier (`jaxgen.eval.classifier.FeatureCNN`):
+  """Feature maps of the dataset classifier (`jaxgen.models.feature_cnn.FeatureCNN`):
   the ReLU outputs of its three convs and its 256-d feature vector (N, 256).
 
   Takes images in [-1, 1] (N, H, W, C) like those it was trained on (28x28 or 32x32
   grey for Fashion-MNIST); differentiable in the images, not in ``params``.
   """
-  from jaxgen.eval.classifier import FeatureCNN  # pylint: disable=g-import-not-at-top
+  from jaxgen.models.feature_cnn import FeatureCNN  # pylint: disable=g-import-not-at-top
   # FeatureCNN maps uint8 [0, 255] to [-1, 1] by x / 127.5 - 1: invert that on floats.
   (_, feats), state = FeatureCNN(num_classes).apply(
       {"params": jax.lax.stop_gradient(params)}, (images + 1.0) * 127.5,

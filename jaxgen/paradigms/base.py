@@ -14,11 +14,10 @@ from typing import Any, Dict, Iterator, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxgen import conditioning
-from jaxgen.data import preprocess
+from jaxgen.data.preprocess import preprocessed_shape
 from jaxgen.train import optim
 from jaxgen.train.state import TrainState
 
@@ -44,19 +43,6 @@ def shapes_only() -> Iterator[None]:
 def building_shapes_only() -> bool:
   """Whether the caller runs inside `shapes_only`."""
   return _SHAPES_ONLY.get()
-
-
-def preprocessed_shape(pp: str, stored_shape) -> Tuple[int, ...]:
-  """Shape of an image after the ``pp`` string (runs it once on a blank example)."""
-  ex = {"image": np.zeros(stored_shape, np.uint8), "label": 0, "caption_short": "",
-        "caption_detailed": ""}  # captioned data: pp may start with choose_caption
-  try:
-    return tuple(preprocess.parse(pp)(ex, np.random.default_rng(0))["image"].shape)
-  except ValueError as e:  # e.g. pad(32) of the presets on larger images (a folder's)
-    from jaxgen.errors import ConfigError  # pylint: disable=g-import-not-at-top
-    raise ConfigError(f"config.data.pp={pp!r} cannot preprocess this dataset's "
-                      f"{'x'.join(map(str, stored_shape))} images: {e} Change config.data.pp "
-                      "(e.g. to 'scale(-1, 1)') or config.data.image_size.") from None
 
 
 class Paradigm:

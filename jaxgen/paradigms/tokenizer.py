@@ -32,6 +32,7 @@ from jaxgen.config import ConfigError
 from jaxgen.losses import adversarial, perceptual
 from jaxgen.paradigms.base import Paradigm, building_shapes_only
 from jaxgen.tokenizers import autoencoder as ae_lib
+from jaxgen.tokenizers import base as tok_base
 from jaxgen.tokenizers import nets
 from jaxgen.train import optim
 from jaxgen.train.state import TrainState
@@ -45,14 +46,12 @@ PERCEPTUAL_NETS = ("none", "classifier", "lpips")
 class TokenizerParadigm(Paradigm):
   """Trains an autoencoder tokenizer; see the module docstring."""
 
-  default_params = "raw"  # frozen use: the trained weights (EMA codebooks are not averaged)
+  default_params = tok_base.DEFAULT_PARAMS  # frozen use: the trained weights
 
   def __init__(self, config, dataset):
     super().__init__(config, dataset)
     p = config.paradigm
-    self.ae = registry.MODELS.get(config.model.name)(
-        config.model, image_shape=self.image_shape, num_classes=self.num_classes,
-        dtype=self.compute_dtype)
+    self.ae, _ = tok_base.build_autoencoder(config, dataset)
     self.use_gan = p.disc_weight > 0
     self.disc = nets.PatchGANDiscriminator(channels=p.disc_channels, num_layers=p.disc_layers)
     self._perceptual = None

@@ -59,7 +59,6 @@ class TokenParadigm(Paradigm):
   ``sample_tokens``. ``tokenizer_kind`` is the bottleneck it needs ("vq": a single grid,
   ``config.model.grid_size``; VAR overrides it with "msvq" and its scales)."""
 
-  needs_vq = True
   supports_text = True
   tokenizer_kind = "vq"
   grid_field = "grid_size"

@@ -49,10 +49,6 @@ LOGICAL_RULES = (
 )
 
 
-def mesh_rules():
-  return LOGICAL_RULES
-
-
 def make_mesh(mesh_cfg, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   """Mesh from ``config.mesh`` (data, fsdp, tensor sizes; one may be -1 = the rest).
 

@@ -24,17 +24,23 @@ import json
 import os
 from typing import Any, Optional, Sequence, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxgen import fileio
+from jaxgen import config as config_lib
+from jaxgen import fileio, registry
+from jaxgen.data import datasets
+from jaxgen.data.preprocess import preprocessed_shape
 from jaxgen.errors import CheckpointError, ConfigError
 from jaxgen.frozen import FrozenField, FrozenNetwork
+from jaxgen.train import checkpoint
 
 SCALE_FILE = "latent_scale.json"
 PARAMS_CHOICES = ("raw", "ema")
+DEFAULT_PARAMS = "raw"  # frozen use: the trained weights (EMA codebooks are not averaged)
 
 
 class Tokenizer(FrozenNetwork):
@@ -46,19 +52,22 @@ class Tokenizer(FrozenNetwork):
   variables = FrozenField()
   frozen_field = "variables"
 
-  def __init__(self, paradigm, params, model_state, *, latent_scale: float = 1.0,
-               workdir: Optional[str] = None, step: Optional[int] = None,
-               fingerprint: Optional[str] = None):
-    self.paradigm = paradigm
-    self.ae = paradigm.ae
+  def __init__(self, config, ae, image_shape, params, model_state, *,
+               latent_scale: float = 1.0, workdir: Optional[str] = None,
+               step: Optional[int] = None, fingerprint: Optional[str] = None):
+    """``config``: the tokenizer run's; ``ae``: its autoencoder module (`build_autoencoder`)
+    for images of ``image_shape``; ``params`` / ``model_state``: its trained parameters
+    (the autoencoder's, or the run's ``{"autoencoder": ..., ...}``) and quantizer state."""
+    self.config = config
+    self.ae = ae
     params = params["autoencoder"] if "autoencoder" in params else params
     self.variables = {"params": params, **dict(model_state or {})}
-    self.kind = paradigm.config.model.bottleneck
+    self.kind = config.model.bottleneck
     self.latent_scale = float(latent_scale)
     self.workdir = workdir
     self.step = step
     self.fingerprint = fingerprint
-    self.image_shape = tuple(paradigm.image_shape)
+    self.image_shape = tuple(image_shape)
     self._embed = jax.jit(self.embed_fn)
 
   @property
@@ -82,10 +91,6 @@ class Tokenizer(FrozenNetwork):
     its quantizer state, onto the default device. Reads no training data (its dataset
     is only described) and builds no optimizer. ``abstract``: read only the run's
     config, for shapes (``jaxgen info``): the variables are ShapeDtypeStructs."""
-    from jaxgen import config as config_lib, registry  # pylint: disable=g-import-not-at-top
-    from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
-    from jaxgen.paradigms.base import shapes_only  # pylint: disable=g-import-not-at-top
-    from jaxgen.train import checkpoint  # pylint: disable=g-import-not-at-top
     stored = checkpoint.read_config(workdir)
     if stored is None:
       raise CheckpointError(f"The tokenizer run {workdir} does not exist or holds no "
@@ -99,18 +104,16 @@ class Tokenizer(FrozenNetwork):
     spec_path = os.path.join(workdir, datasets.SPEC_FILE)
     spec = (datasets.spec_from_dict(json.loads(fileio.read_text(spec_path)))
             if fileio.isfile(spec_path) else datasets.describe(config.data))
-    with shapes_only():  # no perceptual network: only the autoencoder is used
-      paradigm = registry.PARADIGMS.get("tokenizer")(config, spec)
-    which = params or paradigm.default_params
+    ae, image_shape = build_autoencoder(config, spec)
+    which = params or DEFAULT_PARAMS
     if which not in PARAMS_CHOICES:
       raise ConfigError(f"Tokenizer params={which!r}; use one of {', '.join(PARAMS_CHOICES)}.")
-    shapes = jax.eval_shape(paradigm.init_variables, jax.random.PRNGKey(0))
+    shapes = _unboxed(autoencoder_shapes(ae, image_shape))
     if abstract:
-      return cls(paradigm, _unboxed(shapes[0]), _unboxed(shapes[1]), workdir=workdir)
-    target = {("ema_params" if which == "ema" else "params"):
-              {"autoencoder": _unboxed(shapes[0]["autoencoder"])}}
+      return cls(config, ae, image_shape, shapes[0], shapes[1], workdir=workdir)
+    target = {("ema_params" if which == "ema" else "params"): {"autoencoder": shapes[0]}}
     if jax.tree.leaves(shapes[1]):
-      target["model_state"] = _unboxed(shapes[1])
+      target["model_state"] = shapes[1]
     ckpt = checkpoint.Checkpointer(workdir, async_save=False)
     try:
       steps = ckpt.all_steps()
@@ -127,7 +130,7 @@ class Tokenizer(FrozenNetwork):
       raise CheckpointError(f"The tokenizer run {workdir} has no checkpoint yet.")
     scale = read_latent_scale(workdir)
     tree = jax.device_put(next(iter(parts[k] for k in parts if k != "model_state")))
-    return cls(paradigm, tree, jax.device_put(parts.get("model_state", {})),
+    return cls(config, ae, image_shape, tree, jax.device_put(parts.get("model_state", {})),
                latent_scale=scale if scale is not None else 1.0, workdir=workdir, step=got,
                fingerprint=checkpoint.fingerprint(ckpt.step_dir(got)))
 
@@ -139,16 +142,18 @@ class Tokenizer(FrozenNetwork):
       raise ValueError(f"{workdir} holds a {exp.config.paradigm.name!r} run, not a "
                        "tokenizer; train one with configs/fmnist_vqgan.py (or _vitvq, "
                        "_msvq, _vae).")
-    params = params or exp.paradigm.default_params
+    params = params or DEFAULT_PARAMS
     tree = state.ema_params if params == "ema" else state.params
     scale = read_latent_scale(workdir)
-    return cls(exp.paradigm, jax.device_get(tree), jax.device_get(state.model_state),
+    p = exp.paradigm
+    return cls(exp.config, p.ae, p.image_shape, jax.device_get(tree),
+               jax.device_get(state.model_state),
                latent_scale=scale if scale is not None else 1.0, workdir=workdir)
 
   # -- as a frozen network -------------------------------------------------------------
   def abstract_weights(self):
-    params, state = jax.eval_shape(self.paradigm.init_variables, jax.random.PRNGKey(0))
-    return {"params": params["autoencoder"], **state}
+    params, state = autoencoder_shapes(self.ae, self.image_shape)
+    return {"params": params, **state}
 
   def identity(self):
     return dict(workdir=fileio.absolute(self.workdir) if self.workdir else None,
@@ -164,13 +169,13 @@ class Tokenizer(FrozenNetwork):
   @property
   def vocab_size(self) -> Optional[int]:
     """Number of codes (``None`` for continuous latents)."""
-    return None if self.kind == "kl" else int(self.paradigm.config.model.codebook_size)
+    return None if self.kind == "kl" else int(self.config.model.codebook_size)
 
   @property
   def grid_shape(self) -> Any:
     """Token grid (h, w) ("vq", "kl"), or the list of (s, s) scales ("msvq")."""
     if self.kind == "msvq":
-      return [(s, s) for s in self.paradigm.config.model.scales]
+      return [(s, s) for s in self.config.model.scales]
     return tuple(self.latent_shape[:-1])
 
   @property
@@ -279,8 +284,27 @@ def image_data_config(config) -> ml_collections.ConfigDict:
 
 
 def _unboxed(tree):
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   return nn.meta.unbox(tree)
+
+
+def build_autoencoder(config, spec) -> Tuple[Any, Tuple[int, ...]]:
+  """The autoencoder module a tokenizer run's ``config`` describes, and the shape of
+  the images it takes (the dataset ``spec``'s, after ``config.data.pp``)."""
+  image_shape = preprocessed_shape(config.data.pp, spec.image_shape)
+  ae = registry.MODELS.get(config.model.name)(
+      config.model, image_shape=image_shape, num_classes=spec.num_classes,
+      dtype=jnp.dtype(config.train.compute_dtype))
+  return ae, image_shape
+
+
+def autoencoder_shapes(ae, image_shape) -> Tuple[Any, Any]:
+  """``(params, model_state)`` of ``ae`` as abstract arrays, with their logical-axis
+  boxes: the parameters, and the non-gradient collections (a VQ codebook's statistics)."""
+  def init(rng):
+    variables = dict(ae.init(rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+                             train=False))
+    return variables.pop("params"), variables
+  return jax.eval_shape(init, jax.random.PRNGKey(0))
 
 
 def load_frozen_tokenizer(config, workdir: str, kinds: Sequence[str], who: str

@@ -167,11 +167,6 @@ class Checkpointer:
 
   # -- reading ----------------------------------------------------------------------
 
-  def restore_config(self, step: Optional[int] = None) -> dict:
-    step = self.latest_step() if step is None else step
-    out = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return out["config"]
-
   def check_compatible(self, abstract_state: Any, step: Optional[int] = None,
                        what: str = "state", skip: Tuple[str, ...] = ()) -> None:
     """Refuses (with a message naming both shapes) a checkpoint whose arrays differ

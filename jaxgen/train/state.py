@@ -79,6 +79,3 @@ def all_finite(tree) -> jax.Array:
             if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
   return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
 
-
-def count_params(tree) -> int:
-  return int(sum(x.size for x in jax.tree.leaves(tree)))
