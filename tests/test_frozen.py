@@ -108,16 +108,16 @@ def test_a_run_refuses_another_tokenizer_than_its_own(fake_fmnist_dir, data_dir,
   c.model.channel_mult = (1, 2, 2)
   own, other = str(tmp_path / "own_tok"), str(tmp_path / "other_tok")
   init_only_run(c, own, other)
-  config = image_token_config("maskgit", own, fake_fmnist_dir, data_dir, num_steps=1)
-  wd = str(tmp_path / "maskgit")
-  loop.train(config, wd, jax.devices()[:1], progress=False)
+  built = {k: loop.build(image_token_config("maskgit", d, fake_fmnist_dir, data_dir),
+                         jax.devices()[:1], load_data=False) for k, d in (("own", own),
+                                                                          ("other", other))}
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  frozen.write_record(wd, built["own"].frozen.networks)  # what `jaxgen train` writes
   record = frozen.read_record(wd)["tokenizer"]
   assert record["workdir"] == os.path.abspath(own) and record["step"] == 0
-  with pytest.raises(errors.ConfigError, match=r"trained with the tokenizer .*other_tok"):
-    generate.load_run(wd, [("tokenizer.workdir", other)], data=False)
-  config.tokenizer.workdir = other
-  config.train.num_steps = 2
-  with pytest.raises(errors.ConfigError, match="fingerprint"):
-    loop.train(config, wd, jax.devices()[:1], progress=False)
-  exp, _, step = generate.load_run(wd, data=False)  # its own tokenizer: fine
-  assert step == 1 and exp.paradigm.tokenizer.workdir == own
+  assert record["fingerprint"] and record["latent_shape"] == [8, 8, 8]
+  frozen.check_record(wd, built["own"].frozen.networks)  # its own tokenizer: fine
+  with pytest.raises(errors.ConfigError, match=r"trained with the tokenizer .*own_tok step 0 "
+                     r"\(fingerprint=\w+\), but this command loads .*other_tok step 0"):
+    frozen.check_record(wd, built["other"].frozen.networks)

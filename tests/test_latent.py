@@ -16,7 +16,7 @@ import pytest
 import common  # configs/common.py
 from helpers import init_only_run, tiny_config, tiny_tokenizer_config
 from jaxgen import config as config_lib
-from jaxgen import errors, generate
+from jaxgen import errors, frozen, generate
 from jaxgen.data import datasets
 from jaxgen.tokenizers import base as tok_base
 from jaxgen.tokenizers import precompute
@@ -104,6 +104,19 @@ def test_latent_run_names_a_missing_tokenizer_and_refuses_vq_codes(
   images, _ = generate.generate(exp, state.ema_params, num=2, seed=0, batch_size=2,
                                 progress=False)
   assert images.shape == (2, 32, 32, 1) and images.dtype == np.uint8
+  # The run recorded its tokenizer; one whose weights differ is refused by sampling and
+  # by a resumed training run (before anything compiles).
+  path = os.path.join(wd, frozen.RECORD_FILE)
+  record = json.loads(open(path).read())
+  assert record["tokenizer"]["workdir"] == moved
+  record["tokenizer"]["fingerprint"] = "0" * 16
+  with open(path, "w") as f:
+    json.dump(record, f)
+  with pytest.raises(errors.ConfigError, match="trained with the tokenizer .*fingerprint"):
+    generate.load_run(wd, data=False)
+  with pytest.raises(errors.ConfigError, match="trained with the tokenizer .*fingerprint"):
+    loop.train(latent_config(fake_fmnist_dir, data_dir, out, num_steps=2), wd,
+               jax.devices()[:1], progress=False)
   shutil.rmtree(moved)
   with pytest.raises(errors.CheckpointError, match=f"tokenizer run {moved} does not exist"):
     generate.load_run(wd, data=False)
