@@ -30,15 +30,17 @@ def tok_config(fake_fmnist_dir, data_dir):
 
 
 def _steps(config, devices, n):
+  """``(initial params, final state, metrics of each step)`` of ``n`` steps."""
   exp = loop.build(config, devices)
   state = exp.init_state()
+  init = jax.device_get(state.params)  # before the step donates the state
   step_fn, _ = loop.make_train_step(exp)
   it = loop.make_data_iterator(exp)
   metrics = []
   for _ in range(n):
     state, m = step_fn(state, mesh_lib.global_batch(next(it), exp.mesh))
     metrics.append(jax.device_get(m))
-  return exp, state, metrics
+  return init, state, metrics
 
 
 def test_adaptive_weight_equals_gradient_norm_ratio(tok_config, one_device):
@@ -90,7 +92,7 @@ def test_two_optimizer_step_on_2x4_mesh_equals_one_device(tok_config):
     c.optim.eps = 1e-3
     c.paradigm.disc_start = 1
   c8.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=4, tensor=1))
-  _, s1, m1 = _steps(c1, jax.devices()[:1], 2)
+  init, s1, m1 = _steps(c1, jax.devices()[:1], 2)
   _, s8, m8 = _steps(c8, jax.devices(), 2)
   # disc_start=1: the GAN terms are off in the first step, on in the second.
   assert m1[0]["d_loss"] == 0.0 and m1[1]["d_loss"] > 0.0
@@ -101,7 +103,6 @@ def test_two_optimizer_step_on_2x4_mesh_equals_one_device(tok_config):
   jax.tree.map(close, jax.device_get(s1.params), jax.device_get(s8.params))
   jax.tree.map(close, jax.device_get(s1.model_state), jax.device_get(s8.model_state))
   # Both networks moved, and the discriminator was trained by its own optimizer.
-  init = jax.device_get(loop.build(c1, jax.devices()[:1]).init_state().params)
   for net in ("autoencoder", "discriminator"):
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(),
                                          init[net], jax.device_get(s1.params[net])))
@@ -121,7 +122,11 @@ def test_stop_and_resume_equals_uninterrupted(tok_config, tmp_path, one_device):
 
 @pytest.mark.parametrize("bottleneck", [
     pytest.param("vq", marks=pytest.mark.uses_shared_fixtures),
-    pytest.param("msvq", marks=pytest.mark.uses_shared_fixtures), "kl"])
+    pytest.param("msvq", marks=pytest.mark.uses_shared_fixtures),
+    # Slow (22 s: it trains a KL-VAE with a discriminator). The default tier loads,
+    # tokenizes and checks KL latents in tests/test_latent.py (kl_run: the pre-computed
+    # latents give the same loss as latents encoded in the step).
+    pytest.param("kl", marks=pytest.mark.slow)])
 def test_trained_run_serves_tokenizer_interface_and_tokenize(tok_config, tmp_path, one_device,
                                                              request, bottleneck):
   """VQ and multi-scale VQ: the session's tiny tokenizer runs (``vq_run``, ``msvq_run``
