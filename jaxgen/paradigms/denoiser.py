@@ -105,10 +105,9 @@ class DenoiserParadigm(Paradigm):
       raise ConfigError(f"config.model.text_conditioning={mode!r} needs a text encoder "
                         "(config.text.encoder).")
     meta = tok_base.tokens_meta(config, required=False)
-    if meta is not None and meta["kind"] != "kl":
-      raise ConfigError(f"config.data.data_dir={config.data.data_dir} holds {meta['kind']!r} "
-                        f"codes; {cls.__name__} trains on a KL-VAE's latents (jaxgen "
-                        "tokenize of a configs/fmnist_vae.py run).")
+    if meta is not None:
+      tok_base.check_kind(meta["kind"], f"config.data.data_dir={config.data.data_dir}",
+                          ("kl",), cls.__name__)
     if (meta is not None or _configured_tokenizer(config)) and config.sample.get(
         "clip_denoised", False):
       raise ConfigError("config.sample.clip_denoised=True would clip latents to [-1, 1]; "

@@ -31,6 +31,7 @@ from jaxgen import conditioning, registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import token as token_losses
 from jaxgen.paradigms.base import Paradigm, building_shapes_only
+from jaxgen.tokenizers import base as tok_base
 from jaxgen.tokenizers.base import (  # noqa: F401  (shared with the latent denoisers)
     image_data_config, tokenizer_workdir, tokens_meta)
 
@@ -84,7 +85,6 @@ class TokenParadigm(Paradigm):
     if workdir and building_shapes_only():
       pass  # `jaxgen info`: the grid and vocabulary of config.model, no weights loaded
     elif workdir:
-      from jaxgen.tokenizers import base as tok_base  # pylint: disable=g-import-not-at-top
       tok = tok_base.load_frozen_tokenizer(config, workdir, (self.tokenizer_kind,),
                                            type(self).__name__)
       check_codes(f"The tokenizer {workdir}", tok.grid_shape, tok.vocab_size,
@@ -106,10 +106,7 @@ class TokenParadigm(Paradigm):
 
   @classmethod
   def check_tokenizer_kind(cls, kind: str, where: str) -> None:
-    if kind != cls.tokenizer_kind:
-      what = {"vq": "a single-scale VQ tokenizer (configs/fmnist_vqgan.py or _vitvq.py)",
-              "msvq": "a multi-scale VQ tokenizer (configs/fmnist_msvq.py)"}[cls.tokenizer_kind]
-      raise ConfigError(f"{where} holds {kind!r} codes; {cls.__name__} needs {what}.")
+    tok_base.check_kind(kind, where, (cls.tokenizer_kind,), cls.__name__)
 
   @classmethod
   def validate_config(cls, config) -> None:

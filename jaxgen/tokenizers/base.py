@@ -315,13 +315,21 @@ def load_frozen_tokenizer(config, workdir: str, kinds: Sequence[str], who: str
   model that needs it in the error."""
   t = config.tokenizer
   tok = Tokenizer.from_workdir(workdir, params=t.get("params") or None, step=t.get("step"))
-  if tok.kind not in kinds:
-    what = {"vq": "a single-scale VQ tokenizer (configs/fmnist_vqgan.py or _vitvq.py)",
-            "msvq": "a multi-scale VQ tokenizer (configs/fmnist_msvq.py)",
-            "kl": "a KL-VAE tokenizer (configs/fmnist_vae.py)"}
-    raise ConfigError(f"{workdir} holds {tok.kind!r} codes; {who} needs "
-                      + " or ".join(what[k] for k in kinds) + ".")
+  check_kind(tok.kind, workdir, kinds, who)
   return tok
+
+
+_KINDS = {"vq": "a single-scale VQ tokenizer (configs/fmnist_vqgan.py or _vitvq.py)",
+          "msvq": "a multi-scale VQ tokenizer (configs/fmnist_msvq.py)",
+          "kl": "a KL-VAE tokenizer (configs/fmnist_vae.py)"}
+
+
+def check_kind(kind: str, where: str, kinds: Sequence[str], who: str) -> None:
+  """Raises a `ConfigError` unless a tokenizer (or code files) at ``where`` of
+  bottleneck ``kind`` is one of ``kinds``, which ``who`` (a model) needs."""
+  if kind not in kinds:
+    raise ConfigError(f"{where} holds {kind!r} codes; {who} needs "
+                      + " or ".join(_KINDS[k] for k in kinds) + ".")
 
 
 def read_latent_scale(workdir: str) -> Optional[float]:
