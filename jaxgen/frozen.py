@@ -131,12 +131,6 @@ class Frozen:
       self.values = {k: _place(net.stored_weights, self.shardings[k])
                      for k, net in self.networks.items()}
 
-  def __bool__(self) -> bool:
-    return bool(self.networks)
-
-  def num_parameters(self) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(self.values)))
-
   def jit(self, fn: Callable, *, in_shardings: Optional[Sequence[Any]] = None,
           out_shardings: Any = None, donate_argnums: Sequence[int] = ()) -> "FrozenJitted":
     """``jax.jit(fn)`` whose program takes the frozen weights as a leading argument
