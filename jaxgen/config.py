@@ -240,6 +240,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.train.compute_dtype={t.compute_dtype!r}; use float32, "
                       "bfloat16 or float16.")
   paradigm = registry.PARADIGMS.get(config.paradigm.name)
+  paradigm.Options.from_config(config.sample, config.paradigm.name)  # typed and checked
   paradigm.validate_config(config)
   if uses_text(config):
     if not paradigm.supports_text:

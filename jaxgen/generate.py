@@ -121,10 +121,13 @@ def check_finite(x: np.ndarray, *, done: int, num: int, step: Optional[int] = No
       "lower --cfg-scale).")
 
 
-def sample_fn(exp, **sample_kwargs):
+def sample_fn(exp, **sample_options):
   """``(params, rng, cond) -> images`` jitted, with the paradigm's frozen networks
-  (tokenizer, text encoder) as arguments of the program (`jaxgen.frozen`)."""
-  return exp.frozen.jit(lambda p, r, c: exp.paradigm.sample(p, r, c, **sample_kwargs))
+  (tokenizer, text encoder) as arguments of the program (`jaxgen.frozen`), and the
+  paradigm's sampling options overridden by ``sample_options`` (checked here, before
+  anything compiles)."""
+  options = exp.paradigm.sample_options(**sample_options)
+  return exp.frozen.jit(lambda p, r, c: exp.paradigm.sample(p, r, c, options))
 
 
 def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,

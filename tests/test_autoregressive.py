@@ -289,5 +289,6 @@ def test_sampling_fields_are_checked(vq_run):
       config_lib.validate(c)
   c = tiny_token_config("autoregressive", codes)
   c.sample.steps = 8
-  with pytest.raises(ConfigError, match="one step per token"):
+  with pytest.raises(ConfigError, match="config.sample.steps: the 'autoregressive' "
+                     "paradigm has no sampling option 'steps'; its options are "):
     config_lib.validate(c)

@@ -109,7 +109,7 @@ def test_guidance_grows_linearly_as_in_var():
       w = var_sampler.guidance_scale(k, 10, 1.0 + cfg, "linear")
       np.testing.assert_allclose(uncond + w * (cond - uncond), ref, rtol=1e-12)
   assert var_sampler.guidance_scale(3, 10, 2.0, "constant") == 2.0
-  with pytest.raises(ValueError, match="linear, constant"):
+  with pytest.raises(ValueError, match="constant, linear"):
     var_sampler.guidance_scale(0, 10, 2.0, "cosine")
 
 
@@ -244,5 +244,6 @@ def test_mismatched_tokenizer_or_codes_are_refused(msvq_run, vq_run):
     config_lib.validate(tiny_token_config("autoregressive", codes))
   c = tiny_token_config("var", codes)
   c.sample.steps = 6
-  with pytest.raises(ConfigError, match="one step per scale"):
+  with pytest.raises(ConfigError, match="the 'var' paradigm has no sampling option "
+                     "'steps'"):
     config_lib.validate(c)

@@ -14,54 +14,31 @@ randomness: the reference for the equality test and the speed benchmark.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from jaxgen import registry
-from jaxgen.config import ConfigError
 from jaxgen.losses import token as token_losses
 from jaxgen.paradigms.tokens import TokenParadigm
 from jaxgen.samplers import autoregressive as decoding
 from jaxgen.samplers import cfg as cfg_lib
+from jaxgen.samplers import options as options_lib
 
-SAMPLE_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale")
-
-
-def check_sampling_config(s, takes: str) -> None:
-  """``config.sample`` checks shared by the sequential decoders (raster AR, VAR), whose
-  step count the model fixes (``takes``: e.g. "one step per token")."""
-  if "steps" in s:
-    raise ConfigError(f"config.sample.steps={s.steps}: this paradigm takes {takes}; "
-                      "remove the field.")
-  if s.temperature < 0:
-    raise ConfigError(f"config.sample.temperature={s.temperature} must be >= 0.")
-  if s.top_k < 0:
-    raise ConfigError(f"config.sample.top_k={s.top_k} must be >= 0 (0 = off).")
-  if not 0.0 < s.top_p <= 1.0:
-    raise ConfigError(f"config.sample.top_p={s.top_p} must be in (0, 1] (1 = off).")
-
-
-def sampling_options(kwargs, sample_cfg, fields, num_steps: int, takes: str) -> dict:
-  """Sampling keyword arguments over ``config.sample`` defaults; ``steps`` may only
-  repeat the fixed count."""
-  steps = kwargs.pop("steps", None)
-  if steps is not None and steps != num_steps:
-    raise ValueError(f"steps={steps}: this paradigm takes {takes} ({num_steps} here).")
-  unknown = set(kwargs) - set(fields)
-  if unknown:
-    raise TypeError(f"Unknown sampling option(s) {sorted(unknown)}; use {', '.join(fields)}.")
-  return {f: kwargs[f] if kwargs.get(f) is not None else sample_cfg[f] for f in fields}
+@dataclasses.dataclass(frozen=True)
+class AROptions(options_lib.Categorical, options_lib.Guided):
+  """Raster decoding, one step per token (the grid fixes the count): each code drawn
+  at ``temperature`` (0 = argmax) after top-k and top-p, guided on logits by
+  ``cfg_scale``."""
 
 
 @registry.PARADIGMS.register("autoregressive")
 class Autoregressive(TokenParadigm):
-  """config.paradigm: label_smoothing, label_dropout. config.sample: temperature,
-  top_k, top_p, cfg_scale (no ``steps``: decoding takes one step per token)."""
+  """config.paradigm: label_smoothing, label_dropout. config.sample: `AROptions`
+  (no ``steps``: decoding takes one step per token)."""
 
-  @classmethod
-  def validate_config(cls, config) -> None:
-    check_sampling_config(config.sample, "one step per token (the grid fixes the count)")
-    super().validate_config(config)
+  Options = AROptions
 
   def logits(self, params, codes, labels, train: bool = False, rng=None):
     """Teacher-forced (B, N, V) logits; entry i predicts code i from codes < i."""
@@ -78,11 +55,6 @@ class Autoregressive(TokenParadigm):
     return loss, {"accuracy": acc}
 
   # -- sampling -----------------------------------------------------------------------
-  def _sampling(self, kwargs):
-    out = sampling_options(kwargs, self.config.sample, SAMPLE_FIELDS, self.num_tokens,
-                           "one step per token")
-    return dict(out, null=self.null_condition())
-
   def init_cache(self, params, cond, cfg_scale: float):
     """KV caches for the decoding batch (2B with guidance) with the prefix before its
     last token already in them; returns ``(cache, positions in it)``."""
@@ -95,19 +67,21 @@ class Autoregressive(TokenParadigm):
                                   both, cache, method="decode")
     return cache, start
 
-  def sample_tokens(self, params, rng, labels, **kwargs):
-    """(B, N) codes, one per step with the KV cache. kwargs: ``SAMPLE_FIELDS``."""
-    kw = self._sampling(kwargs)
+  def sample_tokens(self, params, rng, labels, options=None, **overrides):
+    """(B, N) codes, one per step with the KV cache."""
+    o = self.sample_options(options, **overrides)
     cond = self.sampling_condition(labels)
-    cache, start = self.init_cache(params, cond, kw["cfg_scale"])
+    cache, start = self.init_cache(params, cond, o.cfg_scale)
     decode_fn = lambda t, y, c: self.model.apply({"params": params}, t, y, c,
                                                  method="decode_step")
     return decoding.decode_cached(decode_fn, cache, cond, rng, num_tokens=self.num_tokens,
-                                  start=start, **kw)
+                                  start=start, null=self.null_condition(),
+                                  cfg_scale=o.cfg_scale, **o.sampling())
 
-  def sample_tokens_uncached(self, params, rng, labels, **kwargs):
+  def sample_tokens_uncached(self, params, rng, labels, options=None, **overrides):
     """The same draws as ``sample_tokens`` by full recomputation at every step."""
-    kw = self._sampling(kwargs)
+    o = self.sample_options(options, **overrides)
     return decoding.decode_uncached(lambda t, y: self.logits(params, t, y),
                                     self.sampling_condition(labels), rng,
-                                    num_tokens=self.num_tokens, **kw)
+                                    num_tokens=self.num_tokens, null=self.null_condition(),
+                                    cfg_scale=o.cfg_scale, **o.sampling())

@@ -18,6 +18,7 @@ import optax
 
 from jaxgen import conditioning
 from jaxgen.data.preprocess import preprocessed_shape
+from jaxgen.samplers import options as options_lib
 from jaxgen.train import optim
 from jaxgen.train.state import TrainState
 
@@ -54,6 +55,9 @@ class Paradigm:
   """
 
   supports_text = False  # paradigms whose models take the text condition dict
+  # The typed sampling options `sample` takes (`jaxgen.samplers.options`): their
+  # defaults, filled from ``config.sample``, overridable by name.
+  Options = options_lib.SampleOptions
 
   def __init__(self, config, dataset):
     self.config = config
@@ -62,6 +66,8 @@ class Paradigm:
     self.num_classes = dataset.num_classes
     self.null_label = self.num_classes
     self.compute_dtype = jnp.dtype(config.train.compute_dtype)
+    self.name = config.paradigm.name
+    self.config_options = self.Options.from_config(config.sample, self.name)
     self.conditioner = conditioning.make_conditioner(config, dataset)
     if self.conditioner.kind == "text" and hasattr(dataset, "source"):
       self.conditioner.wrap_source(dataset)
@@ -104,9 +110,18 @@ class Paradigm:
            ) -> Tuple[jax.Array, Metrics]:
     raise NotImplementedError
 
-  def sample(self, params: Any, rng: jax.Array, labels: jax.Array, **kwargs) -> jax.Array:
-    """Images in [-1, 1], NHWC, for ``labels`` (the null label = unconditional)."""
+  def sample(self, params: Any, rng: jax.Array, labels: jax.Array, options=None,
+             **overrides) -> jax.Array:
+    """Images in [-1, 1], NHWC, for ``labels`` (the null label = unconditional), with
+    ``sample_options(options, **overrides)``."""
     raise NotImplementedError
+
+  def sample_options(self, options=None, **overrides):
+    """``options`` (default: ``config.sample``'s) with ``overrides`` by name (None =
+    keep); an option this paradigm does not have, or a bad value, is a `ConfigError`
+    naming it."""
+    return (self.config_options if options is None else options).replace(self.name,
+                                                                          **overrides)
 
   def example_batch(self, batch_size: int) -> Batch:
     """Abstract batch (ShapeDtypeStructs) as the data pipeline delivers it."""

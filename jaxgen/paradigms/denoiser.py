@@ -91,8 +91,6 @@ class DenoiserParadigm(Paradigm):
   @classmethod
   def validate_denoiser(cls, config) -> None:
     """The checks every denoiser paradigm makes (text conditioning, sampler steps)."""
-    if config.sample.steps < 1:
-      raise ConfigError(f"config.sample.steps={config.sample.steps} must be >= 1.")
     if not 0.0 <= config.paradigm.label_dropout < 1.0:
       raise ConfigError(f"config.paradigm.label_dropout={config.paradigm.label_dropout} "
                         "must be in [0, 1).")
@@ -108,8 +106,9 @@ class DenoiserParadigm(Paradigm):
     if meta is not None:
       tok_base.check_kind(meta["kind"], f"config.data.data_dir={config.data.data_dir}",
                           ("kl",), cls.__name__)
-    if (meta is not None or _configured_tokenizer(config)) and config.sample.get(
-        "clip_denoised", False):
+    clip = getattr(cls.Options.from_config(config.sample, config.paradigm.name),
+                   "clip_denoised", False)
+    if (meta is not None or _configured_tokenizer(config)) and clip:
       raise ConfigError("config.sample.clip_denoised=True would clip latents to [-1, 1]; "
                         "set it False for a latent run (as DiT samples).")
     tok_base.tokenizer_workdir(config, required=False)  # codes and tokenizer agree

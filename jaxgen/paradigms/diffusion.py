@@ -21,6 +21,8 @@ rule, our default).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -30,14 +32,38 @@ from jaxgen.losses import diffusion as diffusion_losses
 from jaxgen.paradigms.denoiser import DenoiserParadigm
 from jaxgen.samplers import cfg as cfg_lib
 from jaxgen.samplers import diffusion as diffusion_samplers
+from jaxgen.samplers import options as options_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionOptions(options_lib.Guided):
+  """Diffusion sampling: ``solver`` (ddpm ancestral | ddim | dpm++2m) over ``steps``
+  respaced steps (DiT: 250 of 1000); ``eta`` for DDIM (0 deterministic .. 1
+  DDPM-like); ``cfg_channels``: guide the first k output channels (the official DiT's
+  exact rule: 3), 0 = all mean channels; ``clip_denoised``: clip each x0 prediction to
+  [-1, 1] (pixel runs only)."""
+  steps: int = 250
+  solver: str = "ddpm"
+  eta: float = 0.0
+  cfg_channels: int = 0
+  clip_denoised: bool = False
+  ignored = ("shift",)  # rectified flow's, in the shared preset
+
+  def check(self, where: str) -> None:
+    super().check(where)
+    options_lib.at_least(where, "steps", self.steps, 1)
+    options_lib.choose(where, "solver", self.solver, diffusion_samplers.SOLVERS)
+    options_lib.at_least(where, "eta", self.eta, 0.0)
+    options_lib.at_least(where, "cfg_channels", self.cfg_channels, 0, " (0 = all)")
 
 
 @registry.PARADIGMS.register("diffusion")
 class GaussianDiffusionParadigm(DenoiserParadigm):
   """config.paradigm fields: schedule (linear | cosine), num_timesteps, prediction
   (eps | x0 | v), vlb_weight, label_dropout. config.model.learn_sigma: a 2C-channel
-  output with the learned variance (DiT). config.sample: steps, solver (ddpm | ddim |
-  dpm++2m), eta (DDIM), cfg_scale, cfg_channels, clip_denoised."""
+  output with the learned variance (DiT). config.sample: `DiffusionOptions`."""
+
+  Options = DiffusionOptions
 
   def __init__(self, config, dataset):
     super().__init__(config, dataset)
@@ -48,18 +74,14 @@ class GaussianDiffusionParadigm(DenoiserParadigm):
 
   @classmethod
   def validate_config(cls, config) -> None:
-    p, s = config.paradigm, config.sample
+    p = config.paradigm
     for field, value, known in (("paradigm.schedule", p.get("schedule"), diffusion_losses.SCHEDULES),
                                 ("paradigm.prediction", p.get("prediction"),
-                                 diffusion_losses.PREDICTIONS),
-                                ("sample.solver", s.solver, diffusion_samplers.SOLVERS)):
+                                 diffusion_losses.PREDICTIONS)):
       if value not in known:
         raise ConfigError(f"config.{field}={value!r}; use one of {', '.join(known)}.")
-    if not 1 <= s.steps <= p.num_timesteps:
-      raise ConfigError(f"config.sample.steps={s.steps}: take 1..{p.num_timesteps} "
-                        f"(config.paradigm.num_timesteps) sampling steps.")
-    if s.get("eta", 0.0) < 0:
-      raise ConfigError(f"config.sample.eta={s.eta} must be >= 0.")
+    _check_steps(cls.Options.from_config(config.sample, p.name), p.num_timesteps,
+                 "config.sample")
     if config.model.get("learn_sigma", False) and "learn_sigma" not in config.model:
       raise ConfigError("learn_sigma needs a model with that option (DiT).")
     if config.model.get("learn_sigma", False) and p.prediction != "eps":
@@ -84,31 +106,31 @@ class GaussianDiffusionParadigm(DenoiserParadigm):
         vlb_weight=self.config.paradigm.vlb_weight)
     return jnp.mean(loss_b), {k: jnp.mean(v) for k, v in terms.items()}
 
-  def sample(self, params, rng, labels, *, steps=None, cfg_scale=None, solver=None,
-             shift=None, eta=None):
+  def sample_options(self, options=None, **overrides):
+    o = super().sample_options(options, **overrides)
+    _check_steps(o, self.diffusion.num_steps, "sample")
+    return o
+
+  def sample(self, params, rng, labels, options=None, **overrides):
     """Images for ``labels`` (a label array, or for text runs a condition dict) with
-    ``solver`` over ``steps`` respaced steps; CFG against the null condition."""
-    if shift is not None:
-      raise ConfigError("--shift is a rectified-flow option; diffusion samples on its "
-                        "own respaced timesteps.")
-    s = self.config.sample
-    steps = s.steps if steps is None else steps
-    cfg_scale = s.cfg_scale if cfg_scale is None else cfg_scale
-    solver = s.solver if solver is None else solver
-    eta = s.get("eta", 0.0) if eta is None else eta
-    if solver not in diffusion_samplers.SOLVERS:
-      raise ConfigError(f"Diffusion sampler {solver!r}; use one of "
-                        f"{', '.join(diffusion_samplers.SOLVERS)}.")
+    the solver over ``steps`` respaced steps; CFG against the null condition."""
+    o = self.sample_options(options, **overrides)
     c = self.model_shape[-1]
-    channels = s.get("cfg_channels", 0) or (c if self.learn_sigma else None)
+    channels = o.cfg_channels or (c if self.learn_sigma else None)
     cond = self.sampling_condition(labels)
     guided = cfg_lib.guided(lambda x, t, y: self.network(params, x, t, y),
-                            self.null_condition(), cfg_scale, channels=channels)
+                            self.null_condition(), o.cfg_scale, channels=channels)
     r_noise, r_steps = jax.random.split(rng)
     noise = jax.random.normal(r_noise, (cfg_lib.batch_size(cond),) + tuple(self.model_shape),
                               jnp.float32)
     x0 = diffusion_samplers.sample(
-        lambda x, t: guided(x, t, cond), self.diffusion.respace(steps), noise, r_steps,
-        solver=solver, eta=eta, prediction=self.prediction, learn_sigma=self.learn_sigma,
-        clip_denoised=s.get("clip_denoised", False))
+        lambda x, t: guided(x, t, cond), self.diffusion.respace(o.steps), noise, r_steps,
+        solver=o.solver, eta=o.eta, prediction=self.prediction,
+        learn_sigma=self.learn_sigma, clip_denoised=o.clip_denoised)
     return self.to_images(x0)
+
+
+def _check_steps(o: DiffusionOptions, num_timesteps: int, where: str) -> None:
+  if options_lib.concrete(o.steps) and o.steps > num_timesteps:
+    raise ConfigError(f"{where}.steps={o.steps}: take 1..{num_timesteps} "
+                      "(config.paradigm.num_timesteps) sampling steps.")

@@ -11,6 +11,8 @@ noise (t=1) to data (t=0), with CFG against the null condition.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -20,14 +22,33 @@ from jaxgen.losses import flow as flow_losses
 from jaxgen.paradigms.denoiser import DenoiserParadigm
 from jaxgen.samplers import cfg as cfg_lib
 from jaxgen.samplers import loop, ode
+from jaxgen.samplers import options as options_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowOptions(options_lib.Guided):
+  """Rectified-flow sampling: an ODE ``solver`` over ``steps`` steps of the time grid
+  from noise (t = 1) to data (t = 0), SD3-shifted by ``shift`` (1 = uniform)."""
+  steps: int = 20
+  solver: str = "heun"
+  shift: float = 1.0
+  ignored = ("eta", "cfg_channels", "clip_denoised")  # diffusion's, in the shared preset
+
+  def check(self, where: str) -> None:
+    super().check(where)
+    options_lib.at_least(where, "steps", self.steps, 1)
+    options_lib.choose(where, "solver", self.solver, ode.SOLVERS)
+    if options_lib.concrete(self.shift) and self.shift <= 0:
+      raise ConfigError(f"{where}.shift={self.shift} must be > 0 (1 = uniform).")
 
 
 @registry.PARADIGMS.register("flow")
 class RectifiedFlow(DenoiserParadigm):
   """config.paradigm fields: time_sampling, time_mean, time_std, loss_weighting,
   label_dropout (p(condition -> null): label or caption dropout), time_scale.
-  config.sample: steps, solver, cfg_scale, shift. config.text: see
-  `jaxgen.conditioning.TextConditioner`."""
+  config.sample: `FlowOptions`. config.text: see `jaxgen.conditioning.TextConditioner`."""
+
+  Options = FlowOptions
 
   @classmethod
   def validate_config(cls, config) -> None:
@@ -38,9 +59,6 @@ class RectifiedFlow(DenoiserParadigm):
     if p.loss_weighting not in flow_losses.WEIGHTINGS:
       raise ConfigError(f"config.paradigm.loss_weighting={p.loss_weighting!r}; use one of "
                         f"{', '.join(flow_losses.WEIGHTINGS)}.")
-    if config.sample.solver not in ode.SOLVERS:
-      raise ConfigError(f"config.sample.solver={config.sample.solver!r}; use one of "
-                        f"{', '.join(ode.SOLVERS)}.")
     if config.model.get("learn_sigma", False):
       raise ConfigError("config.model.learn_sigma=True: a flow predicts a velocity, not "
                         "a variance; set it False (learn_sigma is for "
@@ -67,22 +85,17 @@ class RectifiedFlow(DenoiserParadigm):
     loss, _ = flow_losses.velocity_loss(pred, x0, eps, w)
     return loss, {}
 
-  def sample(self, params, rng, labels, *, steps=None, cfg_scale=None, solver=None,
-             shift=None):
+  def sample(self, params, rng, labels, options=None, **overrides):
     """Images for ``labels``: a label array, or for text runs a condition dict
     (`TextConditioner.for_sampling` of prompts; labels give their classes' short
     captions); CFG against the null condition."""
-    s = self.config.sample
-    steps = s.steps if steps is None else steps
-    cfg_scale = s.cfg_scale if cfg_scale is None else cfg_scale
-    solver = s.solver if solver is None else solver
-    shift = s.shift if shift is None else shift
+    o = self.sample_options(options, **overrides)
     cond = self.sampling_condition(labels)
     model_fn = cfg_lib.guided(lambda x, t, y: self.velocity(params, x, t, y),
-                              self.null_condition(), cfg_scale)
-    step_fn = ode.get_solver(solver)(lambda x, t: model_fn(x, t, cond),
-                                     ode.time_grid(steps, shift))
+                              self.null_condition(), o.cfg_scale)
+    step_fn = ode.get_solver(o.solver)(lambda x, t: model_fn(x, t, cond),
+                                       ode.time_grid(o.steps, o.shift))
     batch = cfg_lib.batch_size(cond)
     noise = jax.random.normal(rng, (batch,) + tuple(self.model_shape), jnp.float32)
-    x0 = loop.run_loop(step_fn, noise, steps)
+    x0 = loop.run_loop(step_fn, noise, o.steps)
     return self.to_images(x0)

@@ -46,16 +46,16 @@ from jaxgen import registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import adversarial, augment
 from jaxgen.paradigms.base import Paradigm
+from jaxgen.samplers import options as options_lib
 from jaxgen.train import optim
 from jaxgen.train.state import TrainState
 
 GAN_MODELS = ("biggan",)
-_NOT_FOR_GANS = ("steps", "cfg_scale", "solver", "shift")
-
-
 @registry.PARADIGMS.register("gan")
 class GANParadigm(Paradigm):
   """config.paradigm: loss, d_steps, g_steps, disc_lr_ratio, r1_gamma, r1_every, diffaug."""
+
+  Options = options_lib.NoOptions
 
   default_params = "ema"
 
@@ -221,13 +221,10 @@ class GANParadigm(Paradigm):
                          opt_state=opt_state), metrics
 
   # -- sampling -------------------------------------------------------------------
-  def sample(self, params, rng, labels, **kwargs):
+  def sample(self, params, rng, labels, options=None, **overrides):
     """One generator pass: images in [-1, 1] for ``labels``; the null label
-    (``num_classes``) draws a random class."""
-    given = [k for k in _NOT_FOR_GANS if kwargs.get(k) is not None]
-    if given:
-      raise ValueError(f"A GAN samples in one generator pass; {', '.join(given)} do not "
-                       "apply.")
+    (``num_classes``) draws a random class. A GAN has no sampling options."""
+    self.sample_options(options, **overrides)
     r_z, r_y = jax.random.split(rng)
     labels = jnp.asarray(labels, jnp.int32)
     random_labels = jax.random.randint(r_y, labels.shape, 0, self.num_labels)

@@ -16,6 +16,7 @@ for ``jaxgen eval --linear-probe``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -25,7 +26,6 @@ from jaxgen import conditioning, registry
 from jaxgen.config import ConfigError
 from jaxgen.paradigms import maskgit as maskgit_lib
 from jaxgen.paradigms.tokens import TokenParadigm
-from jaxgen.samplers import cfg as cfg_lib
 
 
 def masking_ratio(rng, batch: int, mode: float, std: float, low: float, high: float = 1.0):
@@ -47,11 +47,21 @@ def info_nce(a, b, temperature: float):
   return -jnp.mean(logp[jnp.arange(2 * n), pos])
 
 
+@dataclasses.dataclass(frozen=True)
+class MAGEOptions(maskgit_lib.MaskGITOptions):
+  """MaskGIT's decoding options, and ``drop_masked``: True hides the [MASK] tokens from
+  the encoder during generation (False: the official generator, the encoder sees
+  them)."""
+  drop_masked: bool = False
+
+
 @registry.PARADIGMS.register("mage")
 class MAGEParadigm(TokenParadigm):
   """config.paradigm: mask_ratio_mode/std/min, label_smoothing, label_dropout,
   contrastive_weight, contrastive_temperature, mask_schedule (decoding). config.sample:
-  as MaskGIT."""
+  `MAGEOptions`."""
+
+  Options = MAGEOptions
 
   def __init__(self, config, dataset):
     super().__init__(config, dataset)
@@ -104,20 +114,19 @@ class MAGEParadigm(TokenParadigm):
       metrics = dict(metrics, contrastive_loss=con)
     return loss, metrics
 
-  def logits(self, params, tokens, labels):
+  def logits(self, params, tokens, labels, drop_masked: bool = False):
     """Logits for every position. The encoder sees all tokens, [MASK] included (the
-    official generator), or, with ``config.sample.drop_masked``, only the known ones."""
-    drop = tokens == self.mask_id if self.config.sample.get("drop_masked") else None
+    official generator), or, with ``drop_masked``, only the known ones."""
+    drop = tokens == self.mask_id if drop_masked else None
     return self._apply(params, tokens, labels, drop, self.num_tokens)[0]
 
-  def sample_tokens(self, params, rng, labels, **kwargs):
-    cond = self.sampling_condition(labels)
+  def sample_tokens(self, params, rng, labels, options=None, **overrides):
+    o = self.sample_options(options, **overrides)
     return maskgit_lib.iterative_decode(
-        maskgit_lib.guided_logits(lambda t, y: self.logits(params, t, y), cond,
-                                  self.null_condition(), self.config.sample.cfg_schedule),
-        batch=cfg_lib.batch_size(cond), num_tokens=self.num_tokens, mask_id=self.mask_id, rng=rng,
-        config_sample=self.config.sample, schedule=self.config.paradigm.mask_schedule,
-        **kwargs)
+        lambda t, y: self.logits(params, t, y, o.drop_masked),
+        self.sampling_condition(labels), self.null_condition(), o,
+        num_tokens=self.num_tokens, mask_id=self.mask_id, rng=rng,
+        schedule=self.config.paradigm.mask_schedule)
 
   def features(self, params, codes):
     """(B, D) representation of (B, h, w) or (B, N) codes: nothing masked, the null

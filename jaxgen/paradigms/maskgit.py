@@ -12,6 +12,8 @@ by default, CFG (constant or linearly growing scale) through the shared wrapper.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -21,60 +23,68 @@ from jaxgen.paradigms.tokens import TokenParadigm
 from jaxgen.samplers import cfg as cfg_lib
 from jaxgen.samplers import loop
 from jaxgen.samplers import maskgit as decoding
+from jaxgen.samplers import options as options_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskGITOptions(options_lib.Scheduled):
+  """MaskGIT's iterative decoding: ``steps`` parallel steps (the paper's 8); codes drawn
+  at ``temperature`` (0 = argmax) from the ``top_k`` most likely (0 = all); the least
+  confident re-masked with Gumbel noise of ``choice_temperature`` annealed linearly to
+  0; guidance ``cfg_scale`` on logits, ``constant`` or ``linear`` over the steps."""
+  steps: int = 8
+  temperature: float = 1.0
+  choice_temperature: float = 4.5
+  top_k: int = 0
+
+  def check(self, where: str) -> None:
+    super().check(where)
+    options_lib.at_least(where, "steps", self.steps, 1)
+    options_lib.at_least(where, "temperature", self.temperature, 0.0)
+    options_lib.at_least(where, "choice_temperature", self.choice_temperature, 0.0)
+    options_lib.at_least(where, "top_k", self.top_k, 0, " (0 = off)")
 
 
 def check_decoding_config(config) -> None:
   """Config checks shared by the paradigms that decode with MaskGIT's sampler."""
-  p, s = config.paradigm, config.sample
-  if s.steps < 1:
-    raise ConfigError(f"config.sample.steps={s.steps} must be >= 1.")
+  p = config.paradigm
   if p.mask_schedule not in decoding.SCHEDULES:
     raise ConfigError(f"config.paradigm.mask_schedule={p.mask_schedule!r}; use one of "
                       f"{', '.join(decoding.SCHEDULES)}.")
-  if s.cfg_schedule not in decoding.CFG_SCHEDULES:
-    raise ConfigError(f"config.sample.cfg_schedule={s.cfg_schedule!r}; use one of "
-                      f"{', '.join(decoding.CFG_SCHEDULES)}.")
-  if s.temperature < 0 or s.choice_temperature < 0:
-    raise ConfigError("config.sample.temperature and choice_temperature must be >= 0.")
 
 
-def iterative_decode(logits_fn, *, batch: int, num_tokens: int, mask_id: int, rng,
-                     config_sample, schedule: str, steps=None, cfg_scale=None,
-                     temperature=None, choice_temperature=None, top_k=None):
-  """Runs MaskGIT decoding from all-[MASK] tokens; ``logits_fn(tokens, labels_or_null,
-  ...)`` is wrapped with CFG here. Returns (B, N) int32 codes."""
-  s = config_sample
-  steps = s.steps if steps is None else steps
-  cfg_scale = s.cfg_scale if cfg_scale is None else cfg_scale
+def iterative_decode(model_logits, cond, null, o: MaskGITOptions, *, num_tokens: int,
+                     mask_id: int, rng, schedule: str):
+  """MaskGIT decoding from all-[MASK] tokens with ``model_logits(tokens, cond)``,
+  guided against ``null`` on logits as ``o`` says. Returns (B, N) int32 codes."""
   step_fn = decoding.decode_step(
-      logits_fn(steps, cfg_scale), mask_id=mask_id, num_steps=steps, schedule=schedule,
-      temperature=s.temperature if temperature is None else temperature,
-      choice_temperature=(s.choice_temperature if choice_temperature is None
-                          else choice_temperature),
-      top_k=s.top_k if top_k is None else top_k)
-  start = jnp.full((batch, num_tokens), mask_id, jnp.int32)
-  return loop.run_loop(step_fn, decoding.init_state(start, mask_id, rng), steps).tokens
+      guided_logits(model_logits, cond, null, o), mask_id=mask_id, num_steps=o.steps,
+      schedule=schedule, temperature=o.temperature,
+      choice_temperature=o.choice_temperature, top_k=o.top_k)
+  start = jnp.full((cfg_lib.batch_size(cond), num_tokens), mask_id, jnp.int32)
+  return loop.run_loop(step_fn, decoding.init_state(start, mask_id, rng), o.steps).tokens
 
 
-def guided_logits(model_logits, cond, null, cfg_schedule: str):
-  """``(steps, scale) -> logits_fn(tokens, i)`` with classifier-free guidance on logits
-  against the ``null`` condition (scale 1 = the conditional model alone, one pass)."""
+def guided_logits(model_logits, cond, null, o: MaskGITOptions):
+  """``logits_fn(tokens, i)`` with classifier-free guidance on logits against the
+  ``null`` condition at `cfg.guidance_scale` of step ``i`` (scale 1 = the conditional
+  model alone, one pass)."""
 
-  def make(steps, scale):
-    def logits_fn(tokens, i):
-      if scale == 1.0:  # every schedule is then 1 throughout: one conditional pass
-        return model_logits(tokens, cond)
-      w = decoding.guidance_scale(i, steps, scale, cfg_schedule)
-      return cfg_lib.guided(model_logits, null, w)(tokens, cond)
-    return logits_fn
+  def logits_fn(tokens, i):
+    if o.cfg_scale == 1.0:  # every schedule is then 1 throughout: one conditional pass
+      return model_logits(tokens, cond)
+    w = cfg_lib.guidance_scale(i, o.steps, o.cfg_scale, o.cfg_schedule)
+    return cfg_lib.guided(model_logits, null, w)(tokens, cond)
 
-  return make
+  return logits_fn
 
 
 @registry.PARADIGMS.register("maskgit")
 class MaskGIT(TokenParadigm):
   """config.paradigm: mask_schedule, label_smoothing, label_dropout. config.sample:
-  steps, temperature, choice_temperature, top_k, cfg_scale, cfg_schedule."""
+  `MaskGITOptions`."""
+
+  Options = MaskGITOptions
 
   @classmethod
   def validate_config(cls, config) -> None:
@@ -95,12 +105,9 @@ class MaskGIT(TokenParadigm):
                          r_model)
     return self.masked_token_loss(logits, codes, mask)
 
-  def sample_tokens(self, params, rng, labels, **kwargs):
-    cond = self.sampling_condition(labels)
-    model_logits = lambda t, y: self.logits(params, t, y)
+  def sample_tokens(self, params, rng, labels, options=None, **overrides):
     return iterative_decode(
-        guided_logits(model_logits, cond, self.null_condition(),
-                      self.config.sample.cfg_schedule),
-        batch=cfg_lib.batch_size(cond), num_tokens=self.num_tokens, mask_id=self.mask_id, rng=rng,
-        config_sample=self.config.sample, schedule=self.config.paradigm.mask_schedule,
-        **kwargs)
+        lambda t, y: self.logits(params, t, y), self.sampling_condition(labels),
+        self.null_condition(), self.sample_options(options, **overrides),
+        num_tokens=self.num_tokens, mask_id=self.mask_id, rng=rng,
+        schedule=self.config.paradigm.mask_schedule)

@@ -34,6 +34,7 @@ from jaxgen.paradigms.base import Paradigm, building_shapes_only
 from jaxgen.tokenizers import autoencoder as ae_lib
 from jaxgen.tokenizers import base as tok_base
 from jaxgen.tokenizers import nets
+from jaxgen.samplers import options as options_lib
 from jaxgen.train import optim
 from jaxgen.train.state import TrainState
 
@@ -45,6 +46,8 @@ PERCEPTUAL_NETS = ("none", "classifier", "lpips")
 @registry.PARADIGMS.register("tokenizer")
 class TokenizerParadigm(Paradigm):
   """Trains an autoencoder tokenizer; see the module docstring."""
+
+  Options = options_lib.NoOptions
 
   default_params = tok_base.DEFAULT_PARAMS  # frozen use: the trained weights
 

@@ -160,13 +160,13 @@ class TokenParadigm(Paradigm):
     codes = tokens_bn.reshape((-1,) + self.grid_shape)
     return self.tokenizer.decode_fn(self.tokenizer.variables, codes)
 
-  def sample_tokens(self, params, rng, labels, **kwargs) -> jax.Array:
+  def sample_tokens(self, params, rng, labels, options=None, **overrides) -> jax.Array:
     """(B, N) codes for ``labels`` (class labels, or a text run's condition: see
-    `Paradigm.sampling_condition`)."""
+    `Paradigm.sampling_condition`) with ``sample_options(options, **overrides)``."""
     raise NotImplementedError
 
-  def sample(self, params, rng, labels, **kwargs):
-    return self.decode_images(self.sample_tokens(params, rng, labels, **kwargs))
+  def sample(self, params, rng, labels, options=None, **overrides):
+    return self.decode_images(self.sample_tokens(params, rng, labels, options, **overrides))
 
   def masked_token_loss(self, logits, codes, mask) -> tuple:
     loss, acc = token_losses.masked_cross_entropy(

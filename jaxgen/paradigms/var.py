@@ -17,25 +17,39 @@ A tokenizer or code files whose scale schedule, vocabulary or code width differ 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from jaxgen import registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import token as token_losses
-from jaxgen.paradigms import autoregressive
 from jaxgen.paradigms.tokens import TokenParadigm
 from jaxgen.samplers import cfg as cfg_lib
+from jaxgen.samplers import options as options_lib
 from jaxgen.samplers import var as var_sampler
 
-SAMPLE_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule")
+
+
+@dataclasses.dataclass(frozen=True)
+class VAROptions(options_lib.Categorical, options_lib.Scheduled):
+  """Next-scale decoding, one step per scale (the scales fix the count), with VAR's
+  settings: top-k 900, top-p 0.96, and VAR's cfg=1.5 as ``cfg_scale`` 2.5 reached at
+  the last scale (``linear``: the first scale unguided) or ``constant``."""
+  top_k: int = 900
+  top_p: float = 0.96
+  cfg_scale: float = 2.5
+  cfg_schedule: str = "linear"
 
 
 @registry.PARADIGMS.register("var")
 class VAR(TokenParadigm):
   """config.model: ``scales`` (the tokenizer's), ``codebook_size``, ``code_dim``, sizes.
-  config.paradigm: label_smoothing, label_dropout. config.sample: temperature, top_k,
-  top_p, cfg_scale, cfg_schedule (no ``steps``: one step per scale)."""
+  config.paradigm: label_smoothing, label_dropout. config.sample: `VAROptions` (no
+  ``steps``: one step per scale)."""
+
+  Options = VAROptions
 
   tokenizer_kind = "msvq"
   grid_field = "scales"
@@ -60,9 +74,6 @@ class VAR(TokenParadigm):
 
   @classmethod
   def validate_config(cls, config) -> None:
-    s = config.sample
-    autoregressive.check_sampling_config(s, "one step per scale (config.model.scales fixes "
-                                         "the count)")
     if config.model.get("code_dim") is None:
       raise ConfigError("config.model.code_dim is not set: it must equal the tokenizer's "
                         "code width (configs/fmnist_msvq.py: 16).")
@@ -70,9 +81,6 @@ class VAR(TokenParadigm):
     if not scales or any(b <= a for a, b in zip(scales, scales[1:])):
       raise ConfigError(f"config.model.scales={scales} must be increasing (the tokenizer's).")
     super().validate_config(config)
-    if s.cfg_schedule not in var_sampler.CFG_SCHEDULES:
-      raise ConfigError(f"config.sample.cfg_schedule={s.cfg_schedule!r}; use one of "
-                        f"{', '.join(var_sampler.CFG_SCHEDULES)}.")
 
   # -- codes <-> the model's inputs -----------------------------------------------------
   def split_scales(self, codes_bl):
@@ -112,17 +120,17 @@ class VAR(TokenParadigm):
     return loss, {"accuracy": acc, "finest_scale_accuracy": finest}
 
   # -- sampling -----------------------------------------------------------------------
-  def _sampling(self, kwargs):
-    out = autoregressive.sampling_options(kwargs, self.config.sample, SAMPLE_FIELDS,
-                                          len(self.scales), "one step per scale")
+  def _sampling(self, options, overrides):
+    o = self.sample_options(options, **overrides)
     tok = self._tokenizer()
     next_input = lambda k, f_hat, idx: tok.next_input_fn(tok.variables, k, f_hat, idx)
-    return dict(out, null=self.null_condition(), scales=self.scales,
+    return dict(o.sampling(), cfg_scale=o.cfg_scale, cfg_schedule=o.cfg_schedule,
+                null=self.null_condition(), scales=self.scales,
                 feature_shape=tok.latent_shape), next_input
 
-  def sample_pyramid(self, params, rng, labels, **kwargs):
+  def sample_pyramid(self, params, rng, labels, options=None, **overrides):
     """Per-scale codes (list of (B, s, s)) and the final f_hat, with the KV cache."""
-    kw, next_input = self._sampling(kwargs)
+    kw, next_input = self._sampling(options, overrides)
     cond = self.sampling_condition(labels)
     batch = cfg_lib.batch_size(cond) * (1 if kw["cfg_scale"] == 1.0 else 2)
     cache = self.model.init_cache(batch)
@@ -130,26 +138,26 @@ class VAR(TokenParadigm):
                                                  method="decode")
     return var_sampler.decode_cached(decode, cache, next_input, cond, rng, **kw)
 
-  def sample_pyramid_uncached(self, params, rng, labels, **kwargs):
+  def sample_pyramid_uncached(self, params, rng, labels, options=None, **overrides):
     """The same draws as `sample_pyramid` by full recomputation at every scale."""
-    kw, next_input = self._sampling(kwargs)
+    kw, next_input = self._sampling(options, overrides)
     tok = self._tokenizer()
     return var_sampler.decode_uncached(
         lambda x, y: self.logits(params, x, y),
         lambda codes: tok.teacher_forcing_fn(tok.variables, codes), next_input,
         self.sampling_condition(labels), rng, code_dim=int(self.config.model.code_dim), **kw)
 
-  def sample_tokens(self, params, rng, labels, **kwargs):
+  def sample_tokens(self, params, rng, labels, options=None, **overrides):
     """(B, L) flattened pyramid, coarse scales first (as ``jaxgen tokenize`` writes)."""
-    codes, _ = self.sample_pyramid(params, rng, labels, **kwargs)
+    codes, _ = self.sample_pyramid(params, rng, labels, options, **overrides)
     return jnp.concatenate([c.reshape(c.shape[0], -1) for c in codes], axis=1)
 
-  def sample_tokens_uncached(self, params, rng, labels, **kwargs):
-    codes, _ = self.sample_pyramid_uncached(params, rng, labels, **kwargs)
+  def sample_tokens_uncached(self, params, rng, labels, options=None, **overrides):
+    codes, _ = self.sample_pyramid_uncached(params, rng, labels, options, **overrides)
     return jnp.concatenate([c.reshape(c.shape[0], -1) for c in codes], axis=1)
 
-  def sample(self, params, rng, labels, **kwargs):
-    _, f_hat = self.sample_pyramid(params, rng, labels, **kwargs)
+  def sample(self, params, rng, labels, options=None, **overrides):
+    _, f_hat = self.sample_pyramid(params, rng, labels, options, **overrides)
     tok = self._tokenizer()
     return tok.decode_features_fn(tok.variables, f_hat)
 

@@ -49,13 +49,6 @@ def sample_logits(rng, logits_bv, temperature: float = 1.0, top_k: int = 0,
   return jax.random.categorical(rng, logits_bv, axis=-1).astype(jnp.int32)
 
 
-def _combine(logits, cfg_scale: float):
-  if cfg_scale == 1.0:
-    return logits
-  cond, uncond = jnp.split(logits, 2, axis=0)
-  return uncond + cfg_scale * (cond - uncond)
-
-
 def _previous(tokens_bn, i):
   """Code ``i - 1`` (anything at ``i = 0``, where the prefix position ignores it)."""
   return jax.lax.dynamic_index_in_dim(tokens_bn, jnp.maximum(i - 1, 0), axis=1,
@@ -79,7 +72,9 @@ def cached_step(decode_fn: DecodeFn, labels_b, *, null, cfg_scale: float = 1.0,
     if cfg_scale != 1.0:
       prev = jnp.concatenate([prev, prev])
     logits, cache = decode_fn(prev, cond, state.cache)
-    code = sample_logits(r_sample, _combine(logits, cfg_scale), **sampling)
+    if cfg_scale != 1.0:
+      logits = cfg_lib.combine(logits, cfg_scale)
+    code = sample_logits(r_sample, logits, **sampling)
     return DecodeState(_write(state.tokens, i, code), cache, rng)
 
   return step

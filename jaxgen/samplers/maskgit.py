@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from jaxgen.samplers.filters import top_k_logits  # lives in filters.py; re-exported
 
 SCHEDULES = ("cosine", "linear", "sqrt", "square", "exp", "log")
-CFG_SCHEDULES = ("constant", "linear")
 
 
 def mask_ratio(r, schedule: str = "cosine", total=None):
@@ -131,14 +130,3 @@ def decode_step(logits_fn: Callable[[jax.Array, jax.Array], jax.Array], *, mask_
 
   return step
 
-
-def guidance_scale(i, num_steps: int, scale: float, schedule: str = "constant"):
-  """CFG scale at step ``i``: ``constant``, or ``linear`` from 1 up to ``scale`` at the
-  last step (MUSE-style; early steps fix the layout with little guidance)."""
-  if schedule == "constant":
-    return jnp.float32(scale)
-  if schedule == "linear":
-    r = (jnp.asarray(i, jnp.float32) + 1.0) / num_steps
-    return 1.0 + (scale - 1.0) * r
-  raise ValueError(f"Unknown guidance schedule {schedule!r}; use one of "
-                   f"{', '.join(CFG_SCHEDULES)}.")

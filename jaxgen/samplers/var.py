@@ -29,8 +29,6 @@ from jaxgen.nn import layers
 from jaxgen.samplers import cfg as cfg_lib
 from jaxgen.samplers.autoregressive import sample_logits
 
-CFG_SCHEDULES = ("linear", "constant")
-
 # decode_fn(inputs_blc, labels_b, cache, scale_index) -> (logits_blv, cache)
 DecodeFn = Callable[[jax.Array, jax.Array, Any, int], Tuple[jax.Array, Any]]
 # logits_fn(inputs_b(L-first)c, labels_b) -> logits_bLv: the block-causal model
@@ -39,23 +37,13 @@ LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 NextInputFn = Callable[[int, jax.Array, jax.Array], Tuple[jax.Array, jax.Array]]
 
 
-def guidance_scale(scale_index: int, num_scales: int, cfg_scale: float,
-                   schedule: str = "linear") -> float:
-  """CFG weight at scale ``scale_index`` (Python numbers: the scales are unrolled)."""
+def guidance_scale(k: int, num_scales: int, cfg_scale: float, schedule: str = "linear"):
+  """VAR's CFG weight at scale ``k``: the first scale unguided, ``cfg_scale`` at the
+  last (``linear``), or ``cfg_scale`` throughout (``constant``): the shared
+  `cfg.guidance_scale` with the first scale counted as step -1."""
   if schedule == "constant":
-    return float(cfg_scale)
-  if schedule == "linear":
-    ratio = scale_index / max(num_scales - 1, 1)
-    return 1.0 + (cfg_scale - 1.0) * ratio
-  raise ValueError(f"Unknown VAR guidance schedule {schedule!r}; use one of "
-                   f"{', '.join(CFG_SCHEDULES)}.")
-
-
-def _combine(logits, w: float, guided: bool):
-  if not guided:
-    return logits
-  cond, uncond = jnp.split(logits, 2, axis=0)
-  return uncond + w * (cond - uncond)
+    return cfg_lib.guidance_scale(k, num_scales, cfg_scale, schedule)
+  return cfg_lib.guidance_scale(k - 1, max(num_scales - 1, 1), cfg_scale, schedule)
 
 
 def _draw(rng, logits_blv, scale: int, **sampling):
@@ -79,7 +67,7 @@ def _run(scale_logits, next_input_fn: NextInputFn, labels_b, rng, *, scales: Seq
     rng, r_sample = jax.random.split(rng)
     logits = scale_logits(k, inputs, cond, codes)
     w = guidance_scale(k, num, cfg_scale, cfg_schedule)
-    idx = _draw(r_sample, _combine(logits, w, guided), s, temperature=temperature,
+    idx = _draw(r_sample, cfg_lib.combine(logits, w) if guided else logits, s, temperature=temperature,
                 top_k=top_k, top_p=top_p)
     codes.append(idx)
     f_hat, nxt = next_input_fn(k, f_hat, idx)
