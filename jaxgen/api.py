@@ -106,9 +106,8 @@ class Run:
     Returns:
       ``(images, labels)``: uint8 (num, H, W, C) and int32 (num,).
     """
-    if self.config.paradigm.name == "tokenizer":
-      raise ValueError(f"{self.workdir} is a tokenizer run: it reconstructs rather than "
-                       "samples; use encode / decode.")
+    self.paradigm.require("samples", "Run.sample (a tokenizer run: encode / decode)",
+                          self.config, self.workdir)
     if isinstance(prompts, str):
       prompts = [prompts]
     if labels is not None and np.ndim(labels) == 0:
@@ -137,7 +136,7 @@ class Run:
     """The run's `jaxgen.tokenizers.base.Tokenizer`: the run itself for a tokenizer run,
     the frozen one a token model decodes with, else None."""
     if self._tokenizer is None:
-      if self.config.paradigm.name == "tokenizer":
+      if self.paradigm.can("reconstructs", self.config):
         from jaxgen.tokenizers import base  # pylint: disable=g-import-not-at-top
         self._tokenizer = base.Tokenizer.from_run(self.experiment, self.state,
                                                   self.workdir, self.params_name)

@@ -18,6 +18,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -71,57 +72,62 @@ def _check_sample_args(args) -> None:
       raise config_lib.ConfigError(f"--out {args.out}: {out_dir} is not writable.")
 
 
+def _sample_options(args) -> dict:
+  """The sampling options of the command line: ``--sample.NAME=VALUE`` and the short
+  aliases (--steps, --cfg-scale, --solver, --shift); the paradigm converts and checks
+  them (`Paradigm.sample_options`)."""
+  options = dict(getattr(args, "sample_options", None) or {})
+  for name, flag in _SAMPLE_ALIASES.items():
+    value = getattr(args, name, None)
+    if value is None:
+      continue
+    if name in options:
+      raise config_lib.ConfigError(f"{flag} and --sample.{name} both given; pass one.")
+    options[name] = value
+  return options
+
+
+_SAMPLE_ALIASES = {"steps": "--steps", "cfg_scale": "--cfg-scale", "solver": "--solver",
+                   "shift": "--shift"}
+
+
+def _params(state, args, default: str):
+  return state.ema_params if (args.params or default) == "ema" else state.params
+
+
 def cmd_sample(args, overrides):
   from jaxgen import generate  # pylint: disable=g-import-not-at-top
   _check_sample_args(args)
   exp, state, step = generate.load_run(args.workdir, overrides, data=False)  # no data read
+  exp.paradigm.require("samples", "`jaxgen sample`", exp.config, args.workdir)
+  options = exp.paradigm.sample_options(**_sample_options(args))  # checked before compiling
   nc = exp.paradigm.num_classes
   if args.label is not None and not 0 <= args.label <= nc:
     raise config_lib.ConfigError(f"--label {args.label}: this run has classes 0..{nc - 1} "
                                  f"({nc} = unconditional).")
-  if exp.config.paradigm.name == "tokenizer":
-    raise config_lib.ConfigError(
-        f"{args.workdir} is a tokenizer run: it reconstructs rather than samples. Use "
-        f"`jaxgen eval --workdir {args.workdir}` (figures) or `jaxgen tokenize`.")
-  params = state.ema_params if args.params == "ema" else state.params
-  kwargs = {k: v for k, v in (("steps", args.steps), ("cfg_scale", args.cfg_scale),
-                              ("solver", args.solver), ("shift", args.shift)) if v is not None}
-  labels = None
-  if args.label is not None:
-    labels = [args.label] * args.num
+  labels = None if args.label is None else [args.label] * args.num
   prompts = _sample_prompts(args, exp)
-  adm_target = _adm_target(exp) if args.format == "adm" else None  # before sampling
+  adm_target = generate.adm_target(exp.config) if args.format == "adm" else None
   t0 = time.time()
-  images, labels = generate.generate(exp, params, num=args.num, seed=args.seed, labels=labels,
-                                     batch_size=args.batch_size or exp.config.sample.batch_size,
-                                     prompts=prompts, step=step, **kwargs)
+  images, labels = generate.generate(
+      exp, _params(state, args, "ema"), num=args.num, seed=args.seed, labels=labels,
+      batch_size=args.batch_size or exp.config.sample.batch_size, prompts=prompts,
+      step=step, **dataclasses.asdict(options))
   if adm_target is not None:
     images = generate.adm_images(images, *adm_target)
   out = args.out or os.path.join(args.workdir, f"samples_step{step}_seed{args.seed}.npz")
-  ncols = nc if args.num >= nc * nc and prompts is None else None
-  if prompts is not None:  # a column per prompt when they cycle evenly (<= 16 of them)
-    k = len(dict.fromkeys(prompts))
-    ncols = min(args.num, 10) if k == 1 else (k if args.num % k == 0 and k <= 16 else None)
-  png = generate.save_samples(out, images, labels, ncols=ncols, prompts=prompts)
+  png = generate.save_samples(out, images, labels, prompts=prompts,
+                              ncols=generate.grid_columns(args.num, nc, prompts))
   h, w, c = images.shape[1:]
   print(f"Wrote {len(images)} samples ({args.format} layout, {h}x{w}x{c}) from step {step} "
-        f"({args.params} weights) in {time.time() - t0:.1f}s to {out} and a grid to {png}")
-
-
-def _adm_target(exp):
-  """``(native_shape, pp)`` of the images behind a run (a token run's: its
-  tokenizer's), for `generate.adm_images`; described, not read."""
-  from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
-  from jaxgen.paradigms import tokens  # pylint: disable=g-import-not-at-top
-  image_cfg = tokens.image_data_config(exp.config)
-  return datasets.describe(image_cfg).image_shape, image_cfg.get("pp", "")
+        f"({args.params or 'ema'} weights) in {time.time() - t0:.1f}s to {out} and a grid "
+        f"to {png}")
 
 
 def _sample_prompts(args, exp):
   """--prompt (repeated for all --num samples) or --prompts FILE (cycled to --num)."""
   prompt, path = getattr(args, "prompt", None), getattr(args, "prompts", None)
-  text = getattr(exp.paradigm, "conditioner", None)
-  is_text = getattr(text, "kind", "label") == "text"
+  is_text = exp.paradigm.can("prompts", exp.config)
   if prompt is None and path is None:
     if is_text:  # labels (--label or each class in turn) through their short captions
       print(f"{args.workdir} is a text-to-image run and no --prompt/--prompts was given: "
@@ -129,58 +135,10 @@ def _sample_prompts(args, exp):
     return None
   if prompt is not None and path is not None:
     raise config_lib.ConfigError("Pass --prompt or --prompts, not both.")
-  if not is_text:
-    raise config_lib.ConfigError(f"{args.workdir} is not text-conditioned (no "
-                                 "config.text.encoder); --prompt needs a text-to-image run.")
+  exp.paradigm.require("prompts", "--prompt", exp.config, args.workdir)
   from jaxgen import generate  # pylint: disable=g-import-not-at-top
   prompts = [prompt] if prompt is not None else generate.read_prompts(path)
   return [prompts[i % len(prompts)] for i in range(args.num)]
-
-
-def cmd_prompt_following(args, overrides):
-  """Samples from held-out prompts (captions.make_prompts) and scores them."""
-  from jaxgen import generate  # pylint: disable=g-import-not-at-top
-  from jaxgen.data import captions  # pylint: disable=g-import-not-at-top
-  from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
-  exp, state, step = generate.load_run(args.workdir, overrides)
-  if getattr(exp.paradigm, "conditioner", None) is None or exp.paradigm.conditioner.kind != "text":
-    raise config_lib.ConfigError(f"{args.workdir} is not a text-to-image run; "
-                                 "--prompt-following needs one (configs/fmnist_t2i.py).")
-  params = state.ema_params if (args.params or "ema") == "ema" else state.params
-  figs = prompt_following_figures(exp, params, args.prompt_following, seed=args.seed,
-                                  cfg_scale=args.cfg_scale)
-  figs = {"prompt_following": figs, "step": step}
-  _print_figures(figs, args.json_out)
-  del evaluate, captions
-
-
-def prompt_following_figures(exp, params, num: int, seed: int = 0, cfg_scale=None,
-                             out_npz=None):
-  """Class and attribute accuracy of ``num`` samples from ``make_prompts(num, seed)``."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from jaxgen import generate  # pylint: disable=g-import-not-at-top
-  from jaxgen.data import captions, datasets  # pylint: disable=g-import-not-at-top
-  from jaxgen.eval import classifier as clf_lib, evaluate  # pylint: disable=g-import-not-at-top
-  c = exp.config
-  prompts, targets = captions.make_prompts(num, seed, exp.dataset.class_names)
-  kwargs = {} if cfg_scale is None else {"cfg_scale": cfg_scale}
-  images, _ = generate.generate(exp, params, num=num, seed=seed, prompts=prompts,
-                                labels=targets["label"], batch_size=c.sample.batch_size,
-                                **kwargs)
-  image_cfg = ml_collections.ConfigDict(dict(
-      name=getattr(registry_dataset(c.data.name), "image_dataset", c.data.name),
-      data_dir=c.data.get("data_dir", ""), source_dir=c.data.get("source_dir", "")))
-  spec = datasets.get_dataset(image_cfg)
-  native = evaluate.to_native(images, spec.image_shape, c.data.pp)
-  if out_npz:
-    generate.save_samples(out_npz, native, targets["label"], prompts=prompts)
-  clf = clf_lib.load_or_train(spec, c.eval.classifier_dir)
-  return captions.prompt_following(native, targets, clf)
-
-
-def registry_dataset(name):
-  from jaxgen import registry  # pylint: disable=g-import-not-at-top
-  return registry.DATASETS.get(name)
 
 
 def cmd_embed_captions(args, overrides):
@@ -188,7 +146,7 @@ def cmd_embed_captions(args, overrides):
   from jaxgen import conditioning  # pylint: disable=g-import-not-at-top
   from jaxgen.data import caption_embeddings, datasets  # pylint: disable=g-import-not-at-top
   config = _load_config(args, overrides)
-  if not conditioning.uses_text(config):
+  if not config_lib.uses_text(config):
     raise config_lib.ConfigError(f"{args.config} sets no config.text.encoder: nothing to "
                                  "embed the captions with.")
   enc = conditioning.load_text_encoder(config.text)
@@ -213,119 +171,61 @@ def _print_figures(result, json_out=None):
       json.dump(result, f, indent=2)
 
 
-def _tokenizer_and_data(args, overrides):
-  from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
+def _tokenizer(args, overrides, action: str):
+  """``(config, frozen tokenizer)`` of the tokenizer run in --workdir."""
+  from jaxgen import registry  # pylint: disable=g-import-not-at-top
   from jaxgen.tokenizers.base import Tokenizer  # pylint: disable=g-import-not-at-top
   config = _load_config(args, overrides)
-  if config.paradigm.name != "tokenizer":
-    raise config_lib.ConfigError(
-        f"{args.workdir} holds a {config.paradigm.name!r} run; this needs a tokenizer run "
-        "(configs/fmnist_vqgan.py, _vitvq, _msvq, _vae).")
-  tok = Tokenizer.from_workdir(args.workdir, params=args.params)
-  return config, tok, datasets.get_dataset(config.data)
-
-
-def cmd_eval_tokenizer(args, overrides):
-  from jaxgen.eval import reconstruction  # pylint: disable=g-import-not-at-top
-  config, tok, spec = _tokenizer_and_data(args, overrides)
-  split = config.data.eval_split
-  figs = reconstruction.evaluate_tokenizer(tok, spec, split=split, pp=config.data.pp,
-                                           num=args.num, classifier_dir=config.eval.classifier_dir)
-  _print_figures({"reconstructions_" + split: figs}, args.json_out)
+  registry.PARADIGMS.get(config.paradigm.name).require("reconstructs", action, config,
+                                                       args.workdir)
+  return config, Tokenizer.from_workdir(args.workdir, params=args.params)
 
 
 def cmd_tokenize(args, overrides):
+  from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
   from jaxgen.tokenizers import base, precompute  # pylint: disable=g-import-not-at-top
-  config, tok, spec = _tokenizer_and_data(args, overrides)
+  config, tok = _tokenizer(args, overrides, "`jaxgen tokenize`")
+  spec = datasets.get_dataset(config.data)
   if tok.kind == "kl" and base.read_latent_scale(args.workdir) is None:
-    scale = _fit_latent_scale(tok, spec, config, args.scale_examples)
+    scale = base.fit_latent_scale(tok, spec, split=config.data.train_split,
+                                  pp=config.data.pp, num=args.scale_examples)
     base.write_latent_scale(args.workdir, scale, num_examples=args.scale_examples)
-    tok.latent_scale = scale
     print(f"Latent scale factor 1/std = {scale:.4f} (from {args.scale_examples} train "
           f"images), saved in {args.workdir}/{base.SCALE_FILE}")
-  splits = args.splits.split(",")
   t0 = time.time()
   written = precompute.tokenize_dataset(tok, spec, pp=config.data.pp, out_dir=args.out,
-                                        splits=splits, batch_size=args.batch_size)
+                                        splits=args.splits.split(","),
+                                        batch_size=args.batch_size)
   print(f"Wrote {written} in {time.time() - t0:.0f}s to {args.out}; train on it with "
         f"--config.data.name=tokens --config.data.data_dir={args.out}")
 
 
-def _fit_latent_scale(tok, spec, config, num: int):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxgen.data import pipeline  # pylint: disable=g-import-not-at-top
-  from jaxgen.tokenizers import base  # pylint: disable=g-import-not-at-top
-  ds = pipeline.eval_dataset(spec, split=config.data.train_split, pp=config.data.pp,
-                             batch_size=250)
-  tok.latent_scale = 1.0
-  latents, n = [], 0
-  for batch in ds:
-    latents.append(np.asarray(tok.encode(batch["image"])))
-    n += len(batch["image"])
-    if n >= num:
-      break
-  return base.compute_latent_scale(latents)
-
-
-def cmd_linear_probe(args, overrides):
-  """Linear probe on a representation-learning run's frozen features (MAGE)."""
-  from jaxgen import generate  # pylint: disable=g-import-not-at-top
-  from jaxgen.data import pipeline  # pylint: disable=g-import-not-at-top
-  from jaxgen.eval import linear_probe  # pylint: disable=g-import-not-at-top
-  from jaxgen.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  exp, state, step = generate.load_run(args.workdir, overrides)
-  paradigm = exp.paradigm
-  if not hasattr(paradigm, "features"):
-    raise config_lib.ConfigError(
-        f"{args.workdir} holds a {exp.config.paradigm.name!r} run, which has no "
-        "representation to probe; --linear-probe needs a MAGE run (configs/fmnist_mage.py).")
-  params = state.ema_params if (args.params or paradigm.default_params) == "ema" else state.params
-  fn = exp.frozen.jit(lambda p, b: paradigm.features(p, paradigm.codes(b)))
-  c = exp.config
-
-  def feats(split):
-    ds = pipeline.eval_dataset(exp.dataset, split=split, pp=c.data.pp, batch_size=500)
-    n = exp.dataset.splits[split] if args.num is None else min(args.num, exp.dataset.splits[split])
-    batches = (b for i, b in zip(range(-(-n // 500)), ds))
-    with mesh_lib.activate(exp.mesh):
-      x, y = linear_probe.extract(lambda b: fn(params, b), batches, desc=f"features {split}")
-    return x[:n], y[:n]
-
-  t0 = time.time()
-  tr, te = feats(c.data.train_split), feats(c.data.eval_split)
-  figs = linear_probe.linear_probe(*tr, *te, num_classes=paradigm.num_classes)
-  print(f"Linear probe of step {step} ({time.time() - t0:.0f}s):")
-  _print_figures({"linear_probe": figs}, args.json_out)
-
-
 def cmd_eval(args, overrides):
-  from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
-  from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
-  from jaxgen.paradigms import tokens  # pylint: disable=g-import-not-at-top
-  if args.linear_probe:
-    return cmd_linear_probe(args, overrides)
-  if args.prompt_following:
-    return cmd_prompt_following(args, overrides)
-  if args.samples is None:
-    return cmd_eval_tokenizer(args, overrides)
-  config = _load_config(args, overrides)
-  config.data = tokens.image_data_config(config)  # a token run's images: its tokenizer's
-  images, labels = evaluate.load_samples(args.samples)  # a bad file stops here, at once
-  spec = datasets.get_dataset(config.data)
-  images, labels = evaluate.check_samples(images, labels, spec, args.samples)
-  images = evaluate.to_native(images, spec.image_shape, config.data.pp)
-  ev = evaluate.Evaluator(spec, config.eval.classifier_dir)
-  result = {"samples": ev.figures(images, labels)}
-  if args.inception_weights:
-    result["samples"]["fid_inception"] = ev.inception_fid(images, args.inception_weights)
-  if not args.no_reference:
-    ref_split = config.data.eval_split
-    result["real_" + ref_split] = ev.reference(len(images), ref_split)
-    if args.inception_weights:
-      real, _ = datasets.load_arrays(spec, ref_split, limit=len(images))
-      result["real_" + ref_split]["fid_inception"] = ev.inception_fid(
-          real, args.inception_weights)
-  result["classifier_test_accuracy"] = ev.classifier.info.get("test_accuracy")
+  """Dispatches on what is asked: a linear probe, prompt following, a tokenizer's
+  reconstructions (no --samples) or a samples file; `jaxgen.run_eval` computes."""
+  from jaxgen import generate, run_eval  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  if args.linear_probe or args.prompt_following:
+    action = "--linear-probe" if args.linear_probe else "--prompt-following"
+    exp, state, step = generate.load_run(args.workdir, overrides)
+    exp.paradigm.require("features" if args.linear_probe else "prompts", action,
+                         exp.config, args.workdir)
+    params = _params(state, args, exp.paradigm.default_params)
+    if args.linear_probe:
+      figs = run_eval.linear_probe(exp, params, num=args.num)
+      print(f"Linear probe of step {step} ({time.time() - t0:.0f}s):")
+      result = {"linear_probe": figs}
+    else:
+      figs = run_eval.prompt_following(exp, params, args.prompt_following, seed=args.seed,
+                                       **_sample_options(args))
+      result = {"prompt_following": figs, "step": step}
+  elif args.samples is None:
+    config, tok = _tokenizer(args, overrides, "`jaxgen eval` without --samples")
+    result = run_eval.reconstruction_figures(tok, config, num=args.num)
+  else:
+    result = run_eval.sample_figures(_load_config(args, overrides), args.samples,
+                                     inception_weights=args.inception_weights,
+                                     reference=not args.no_reference)
   _print_figures(result, args.json_out)
 
 
@@ -361,56 +261,22 @@ def cmd_data(args, overrides):
 
 def cmd_recaption(args, overrides):
   """Runs a captioner over a dataset's splits; writes <out>/<split>.jsonl + meta.json."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from jaxgen import registry  # pylint: disable=g-import-not-at-top
   from jaxgen.data import captions, datasets  # pylint: disable=g-import-not-at-top
+  from jaxgen.eval import classifier as clf_lib  # pylint: disable=g-import-not-at-top
   if overrides:
     raise config_lib.ConfigError(
         "`jaxgen recaption` takes no --config.* overrides; use --data-dir / --source-dir.")
-  cls = registry.DATASETS.get(args.data)
-  data_cfg = ml_collections.ConfigDict(dict(
-      name=getattr(cls, "image_dataset", args.data), data_dir=args.data_dir,
-      source_dir=args.source_dir))
-  spec = datasets.get_dataset(data_cfg)
-  if args.captioner:
-    try:
-      captioner = captions.load_captioner(args.captioner)
-    except ValueError as e:
-      raise config_lib.ConfigError(str(e)) from None
-    name = args.captioner
-  elif hasattr(cls, "make_captioner"):
-    from jaxgen.eval import classifier as clf_lib  # pylint: disable=g-import-not-at-top
-    captioner = cls.make_captioner(
-        args.seed, lambda: clf_lib.load_or_train(spec, args.classifier_dir))
-    name = getattr(captioner, "name", type(captioner).__name__)
-  else:
-    raise config_lib.ConfigError(f"{args.data} has no built-in captioner; pass "
-                                 "--captioner module:attr (any (images, indices) -> "
-                                 "list of str callable).")
+  spec = datasets.get_dataset(datasets.image_dataset_config(args.data, args.data_dir,
+                                                            args.source_dir))
+  captioner, name = captions.dataset_captioner(
+      args.data, args.captioner, args.seed,
+      lambda: clf_lib.load_or_train(spec, args.classifier_dir))
   t0 = time.time()
-  shown = []
-  for split in args.splits.split(","):
-    source = spec.source(split)
-    n, written = len(source), []
-    with tqdm(total=n, desc=f"recaption {split}", unit="img") as bar:
-      for start in range(0, n, args.batch):
-        indices = np.arange(start, min(n, start + args.batch))
-        examples = source.__getitems__(indices.tolist()) if hasattr(
-            source, "__getitems__") else [source[int(i)] for i in indices]
-        batch = captioner(np.stack([e["image"] for e in examples]), indices)
-        if len(batch) != len(indices):
-          raise ValueError(f"Captioner {name!r} returned {len(batch)} captions for "
-                           f"{len(indices)} images.")
-        written.extend(batch)
-        shown += [(split, int(i), int(e["label"]), c) for i, e, c in
-                  zip(indices, examples, batch)][:max(0, args.show - len(shown))]
-        bar.update(len(indices))
-    path = captions.write_captions(args.out, split, written, captioner=name, seed=args.seed,
-                                   dataset=args.data,
-                                   fingerprint=captions.split_fingerprint(source))
-    print(f"{split}: {n} captions -> {path}")
+  paths, shown = captions.recaption(spec, captioner, name, out=args.out,
+                                    splits=args.splits.split(","), dataset=args.data,
+                                    seed=args.seed, batch=args.batch, show=args.show)
+  for split, path in paths.items():
+    print(f"{split}: {spec.splits[split]} captions -> {path}")
   print(f"Recaptioned in {time.time() - t0:.0f}s with {name} (seed {args.seed}). Examples:")
   for split, i, label, caption in shown:
     print(f"  {split}[{i}] ({captions.short_caption(label, spec.class_names)}): {caption}")
@@ -441,16 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--workdir", required=True)
   s.add_argument("--num", type=int, default=100, help="number of samples")
   s.add_argument("--seed", type=int, default=0, help="same seed, same samples")
-  s.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (1 = off)")
-  s.add_argument("--steps", type=int, default=None, help="sampler steps")
-  s.add_argument("--solver", default=None, help="ODE solver: euler | heun | midpoint")
-  s.add_argument("--shift", type=float, default=None, help="time-grid shift (1 = none)")
+  s.add_argument("--cfg-scale", type=float, default=None,
+                 help="guidance scale (1 = off); = --sample.cfg_scale")
+  s.add_argument("--steps", type=int, default=None, help="sampler steps; = --sample.steps")
+  s.add_argument("--solver", default=None,
+                 help="flow: euler | heun | midpoint; diffusion: ddpm | ddim | dpm++2m; "
+                      "= --sample.solver")
+  s.add_argument("--shift", type=float, default=None,
+                 help="flow: time-grid shift (1 = none); = --sample.shift")
   s.add_argument("--label", type=int, default=None, help="one class for all samples")
   s.add_argument("--prompt", default=None,
                  help="text-to-image runs: one prompt for all --num samples")
   s.add_argument("--prompts", default=None,
                  help="text-to-image runs: a file of prompts, one per line (cycled to --num)")
-  s.add_argument("--params", choices=("ema", "raw"), default="ema")
+  s.add_argument("--params", choices=("ema", "raw"), default=None,
+                 help="weights to sample with (default: ema)")
   s.add_argument("--batch-size", type=int, default=None,
                  help="images per sampling call (default: config.sample.batch_size); "
                       "with --seed it fixes the samples, and the progress bar moves "
@@ -462,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "evaluations, used by DiT/VAR) reads, uint8 RGB at the dataset's "
                       "size (padding cropped, grey repeated). `jaxgen eval` reads both")
   s.set_defaults(fn=cmd_sample)
+  s.epilog = ("Any sampling option of the run's paradigm: --sample.NAME=VALUE (e.g. "
+              "--sample.temperature=0.8 --sample.cfg_schedule=linear); unset ones come "
+              "from config.sample. An option the paradigm does not have is an error "
+              "listing the ones it has.")
 
   e = sub.add_parser(
       "eval", help="samples: Frechet distance and classifier accuracy; tokenizer runs "
@@ -582,7 +457,13 @@ def main(argv=None) -> int:
   _quiet_orbax_errors()
   try:
     rest, overrides = config_lib.split_overrides(argv)
+    rest, sample_options = config_lib.split_overrides(rest, prefix="--sample.")
     args = build_parser().parse_args(rest)
+    if sample_options and args.fn not in (cmd_sample, cmd_eval):
+      raise config_lib.ConfigError(f"--sample.{sample_options[0][0]}: sampling options "
+                                   "are for `jaxgen sample` and `jaxgen eval "
+                                   "--prompt-following`.")
+    args.sample_options = dict(sample_options)
     args.fn(args, overrides)
   except errors.JaxgenError as e:
     print(f"jaxgen: error: {e}", file=sys.stderr)

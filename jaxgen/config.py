@@ -128,15 +128,17 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   return config
 
 
-def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
-  """Separates ``--config.a.b=v`` / ``--config.a.b v`` overrides from other args."""
+def split_overrides(argv: Sequence[str], prefix: str = "--config."
+                    ) -> Tuple[List[str], List[Tuple[str, str]]]:
+  """Separates ``--config.a.b=v`` / ``--config.a.b v`` overrides (or another
+  ``prefix``'s) from other args."""
   rest, overrides = [], []
   argv = list(argv)
   i = 0
   while i < len(argv):
     a = argv[i]
-    if a.startswith("--config."):
-      key = a[len("--config."):]
+    if a.startswith(prefix):
+      key = a[len(prefix):]
       if "=" in key:
         key, value = key.split("=", 1)
       elif i + 1 < len(argv):

@@ -19,6 +19,7 @@ from jaxgen import images as images_lib
 from jaxgen.data import datasets
 from jaxgen.samplers import loop as loop_lib
 from jaxgen.sharding import mesh as mesh_lib
+from jaxgen.tokenizers import base as tok_base
 from jaxgen.train import checkpoint
 from jaxgen.train import state as state_lib
 from jaxgen.train import loop
@@ -225,6 +226,22 @@ def read_prompts(path: str):
   if not prompts:
     raise ValueError(f"{path} holds no prompts (one per line).")
   return prompts
+
+
+def adm_target(config):
+  """``(native_shape, pp)`` of the images behind a run of ``config`` (a token or latent
+  run's: its tokenizer's), for `adm_images`; described, not read."""
+  image_cfg = tok_base.image_data_config(config)
+  return datasets.describe(image_cfg).image_shape, image_cfg.get("pp", "")
+
+
+def grid_columns(num: int, num_classes: int, prompts=None) -> Optional[int]:
+  """Columns of a samples grid: a column per class when every class has a row; a
+  column per prompt when the prompts cycle evenly (<= 16 of them); 10 of one prompt."""
+  if prompts is None:
+    return num_classes if num >= num_classes * num_classes else None
+  k = len(dict.fromkeys(prompts))
+  return min(num, 10) if k == 1 else (k if num % k == 0 and k <= 16 else None)
 
 
 def adm_images(images_uint8: np.ndarray, native_shape, pp: str = "") -> np.ndarray:

@@ -56,6 +56,17 @@ def test_train_sample_eval(tiny_config_file, tmp_path, capsys):
   capsys.readouterr()
   assert cli.main(args + ["--label", "11", "--out", out2]) == 2  # 10 classes + null
   assert "--label 11: this run has classes 0..9" in capsys.readouterr().err
+  # Any option of the paradigm by name (typed from the string): the same samples as
+  # the short flags; an option flow does not have names flow's.
+  named = args[:6] + ["3", "--sample.steps=2", "--sample.cfg_scale", "2.0", "--batch-size", "8"]
+  assert cli.main(named + ["--out", out2]) == 0
+  np.testing.assert_array_equal(np.load(out2)["arr_0"], arr)
+  capsys.readouterr()
+  assert cli.main(named + ["--sample.top_k=3"]) == 2
+  assert ("the 'flow' paradigm has no sampling option 'top_k'; its options are cfg_scale, "
+          "steps, solver, shift") in capsys.readouterr().err
+  assert cli.main(named + ["--steps", "3"]) == 2
+  assert "--steps and --sample.steps both given" in capsys.readouterr().err
   assert cli.main(["eval", "--workdir", wd, "--samples", out1]) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert set(result["samples"]) == {"fd", "num", "accuracy"}

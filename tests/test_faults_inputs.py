@@ -21,6 +21,7 @@ import common  # configs/common.py (on the path through helpers)
 from jaxgen import cli, config as config_lib, errors, frozen, generate
 from jaxgen.data import datasets, pipeline
 from jaxgen.eval import evaluate
+from jaxgen.samplers import options
 from jaxgen.sharding import mesh as mesh_lib
 from jaxgen.train import checkpoint
 
@@ -298,13 +299,15 @@ def _stub_run(monkeypatch, bad_label=-1, bad_value=np.nan):
   samples of class ``bad_label`` (nothing is trained or restored)."""
   devices = np.asarray(jax.devices()[:1]).reshape(1, 1, 1)
 
-  def sample(params, rng, labels, **kwargs):
-    del rng, kwargs
+  def sample(params, rng, labels, options=None):
+    del rng, options
     x = jnp.zeros((labels.shape[0], 8, 8, 1)) + params["w"]
     return jnp.where((labels == bad_label)[:, None, None, None], bad_value, x)
 
   exp = types.SimpleNamespace(
-      paradigm=types.SimpleNamespace(num_classes=10, sample=sample),
+      paradigm=types.SimpleNamespace(num_classes=10, sample=sample,
+                                     require=lambda *args: None, can=lambda *args: False,
+                                     sample_options=lambda **kw: options.NoOptions()),
       config=ml_collections.ConfigDict(dict(paradigm=dict(name="flow"),
                                             sample=dict(batch_size=4))),
       mesh=jax.sharding.Mesh(devices, mesh_lib.MESH_AXES), frozen=frozen.Frozen({}))

@@ -17,7 +17,7 @@ LAYERS = (
     ("train",),
     ("tokenizers",),
     ("paradigms",),
-    ("generate", "info"),
+    ("generate", "info", "run_eval"),
     ("api", "cli", "__init__"),
 )
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

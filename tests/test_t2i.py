@@ -14,7 +14,7 @@ import pytest
 
 from helpers import L, check_sharded_step_equals_one_device, t2i_config
 
-from jaxgen import conditioning
+from jaxgen import conditioning, registry
 from jaxgen.data import caption_embeddings, datasets
 from jaxgen.data.idx import DataError
 
@@ -199,8 +199,7 @@ def test_sample_prompt_cli_writes_prompts(make_t2i, tmp_path):
   pf.write_text("a bag\nan ankle boot\n\n")
   args = cli.build_parser().parse_args(["sample", "--workdir", wd, "--prompts", str(pf),
                                         "--num", "3"])
-  exp = types.SimpleNamespace(paradigm=types.SimpleNamespace(
-      conditioner=conditioning.TextConditioner(config)))
+  exp = types.SimpleNamespace(paradigm=registry.PARADIGMS.get("flow"), config=config)
   assert cli._sample_prompts(args, exp) == ["a bag", "an ankle boot", "a bag"]
   # without prompts a text run samples its labels' short captions ("a t-shirt", ...)
   assert cli.main(["sample", "--workdir", wd, "--num", "2", "--out", out]) == 0

@@ -35,6 +35,7 @@ import numpy as np
 from jaxgen import registry
 from jaxgen.data import datasets, preprocess
 from jaxgen.data.idx import DataError
+from jaxgen.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------
 # Attribute measurement.
@@ -355,6 +356,52 @@ def load_captioner(spec: str, **kwargs) -> Captioner:
 
 META_FILE = "meta.json"
 CAPTIONS_FORMAT = 1
+
+
+def dataset_captioner(dataset: str, spec: str, seed: int, classifier_factory):
+  """``(captioner, name)``: the user's captioner ``spec`` ("module:attr",
+  `load_captioner`), else the registered ``dataset``'s own (``make_captioner(seed,
+  classifier_factory)``)."""
+  if spec:
+    try:
+      return load_captioner(spec), spec
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  cls = registry.DATASETS.get(dataset)
+  if not hasattr(cls, "make_captioner"):
+    raise ConfigError(f"{dataset} has no built-in captioner; pass --captioner "
+                      "module:attr (any (images, indices) -> list of str callable).")
+  captioner = cls.make_captioner(seed, classifier_factory)
+  return captioner, getattr(captioner, "name", type(captioner).__name__)
+
+
+def recaption(spec, captioner, name: str, *, out: str, splits: Sequence[str], dataset: str,
+              seed: int, batch: int = 1000, show: int = 0, progress: bool = True):
+  """Runs ``captioner`` over the ``splits`` of the dataset ``spec`` in batches and
+  writes ``<out>/<split>.jsonl`` + meta.json (`write_captions`). Returns ``(paths,
+  shown)``: each split's file, and the first ``show`` examples as ``(split, index,
+  label, caption)``."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  paths, shown = {}, []
+  for split in splits:
+    source = spec.source(split)
+    n, written = len(source), []
+    with tqdm(total=n, desc=f"recaption {split}", unit="img", disable=not progress) as bar:
+      for start in range(0, n, batch):
+        indices = np.arange(start, min(n, start + batch))
+        examples = source.__getitems__(indices.tolist()) if hasattr(
+            source, "__getitems__") else [source[int(i)] for i in indices]
+        text = captioner(np.stack([e["image"] for e in examples]), indices)
+        if len(text) != len(indices):
+          raise ValueError(f"Captioner {name!r} returned {len(text)} captions for "
+                           f"{len(indices)} images.")
+        written.extend(text)
+        shown += [(split, int(i), int(e["label"]), c) for i, e, c in
+                  zip(indices, examples, text)][:max(0, show - len(shown))]
+        bar.update(len(indices))
+    paths[split] = write_captions(out, split, written, captioner=name, seed=seed,
+                                  dataset=dataset, fingerprint=split_fingerprint(source))
+  return paths, shown
 
 
 def captions_path(captions_dir: str, split: str) -> str:

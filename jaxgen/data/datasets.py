@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -321,6 +322,14 @@ def _cached_sources(builder):
 def get_dataset(data_cfg) -> DatasetSpec:
   """Prepares (once) and opens the dataset named by ``config.data.name``."""
   return registry.DATASETS.get(data_cfg.name)().load(data_cfg)
+
+
+def image_dataset_config(name: str, data_dir: str = "", source_dir: str = ""):
+  """``config.data`` of the images behind dataset ``name``: a captioned dataset's
+  registered ``image_dataset`` (its images without captions), else ``name`` itself."""
+  image = getattr(registry.DATASETS.get(name), "image_dataset", name)
+  return ml_collections.ConfigDict(dict(name=image, data_dir=data_dir,
+                                        source_dir=source_dir))
 
 
 def describe(data_cfg) -> DatasetSpec:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxgen import conditioning
+from jaxgen import config as config_lib
 from jaxgen.data.preprocess import preprocessed_shape
 from jaxgen.samplers import options as options_lib
 from jaxgen.train import optim
@@ -24,6 +25,18 @@ from jaxgen.train.state import TrainState
 
 Batch = Dict[str, jax.Array]
 Metrics = Dict[str, jax.Array]
+
+# What a run can be asked to do; the command line dispatches on these, never on
+# paradigm names. "prompts" follows from the config (a text encoder), the rest are
+# declared by the paradigm class (``capabilities``).
+CAPABILITIES = {
+    "samples": "samples images (flow, diffusion, MaskGIT, MAGE, autoregressive, VAR, "
+               "GAN)",
+    "reconstructs": "reconstructs images (a tokenizer: configs/fmnist_vqgan.py, "
+                    "_vitvq, _msvq, _vae)",
+    "features": "has a representation to probe (MAGE: configs/fmnist_mage.py)",
+    "prompts": "is text-conditioned (config.text.encoder: configs/fmnist_t2i.py)",
+}
 
 
 _SHAPES_ONLY = contextvars.ContextVar("jaxgen_shapes_only", default=False)
@@ -55,6 +68,7 @@ class Paradigm:
   """
 
   supports_text = False  # paradigms whose models take the text condition dict
+  capabilities = frozenset({"samples"})  # keys of CAPABILITIES, "prompts" aside
   # The typed sampling options `sample` takes (`jaxgen.samplers.options`): their
   # defaults, filled from ``config.sample``, overridable by name.
   Options = options_lib.SampleOptions
@@ -80,6 +94,24 @@ class Paradigm:
   @classmethod
   def validate_config(cls, config) -> None:
     """Raises ``jaxgen.config.ConfigError`` for fields this paradigm cannot use."""
+
+  @classmethod
+  def can(cls, capability: str, config) -> bool:
+    """Whether a run of ``config`` has ``capability`` (a key of `CAPABILITIES`)."""
+    if capability == "prompts":
+      return cls.supports_text and config_lib.uses_text(config)
+    return capability in cls.capabilities
+
+  @classmethod
+  def require(cls, capability: str, action: str, config, workdir: str = "") -> None:
+    """Raises `ConfigError` unless a run of ``config`` can do ``action`` (e.g.
+    ``--linear-probe``), naming the run and what ``action`` needs."""
+    if not cls.can(capability, config):
+      run = f"{workdir} holds" if workdir else "This config is"
+      has = [CAPABILITIES[c] for c in sorted(cls.capabilities) if c != capability][:1]
+      it = f" (it {has[0].split(' (')[0]})" if has else ""
+      raise config_lib.ConfigError(f"{run} a {config.paradigm.name!r} run{it}; {action} "
+                                   f"needs a run that {CAPABILITIES[capability]}.")
 
   # -- conditioning (labels or text), shared -----------------------------------------
   def condition(self, batch: Batch, rng: jax.Array = None, train: bool = False):

@@ -61,6 +61,7 @@ class MAGEParadigm(TokenParadigm):
   contrastive_weight, contrastive_temperature, mask_schedule (decoding). config.sample:
   `MAGEOptions`."""
 
+  capabilities = frozenset({"samples", "features"})
   Options = MAGEOptions
 
   def __init__(self, config, dataset):

@@ -47,6 +47,7 @@ PERCEPTUAL_NETS = ("none", "classifier", "lpips")
 class TokenizerParadigm(Paradigm):
   """Trains an autoencoder tokenizer; see the module docstring."""
 
+  capabilities = frozenset({"reconstructs"})
   Options = options_lib.NoOptions
 
   default_params = tok_base.DEFAULT_PARAMS  # frozen use: the trained weights

@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxgen import config as config_lib
 from jaxgen import fileio, registry
-from jaxgen.data import datasets
+from jaxgen.data import datasets, pipeline
 from jaxgen.data.preprocess import preprocessed_shape
 from jaxgen.errors import CheckpointError, ConfigError
 from jaxgen.frozen import FrozenField, FrozenNetwork
@@ -97,10 +97,8 @@ class Tokenizer(FrozenNetwork):
                             "config.json: train one (configs/fmnist_vqgan.py, _vitvq, "
                             "_msvq, _vae) or point config.tokenizer.workdir at it.")
     config = config_lib.from_dict(stored)
-    if config.paradigm.name != "tokenizer":
-      raise ConfigError(f"{workdir} holds a {config.paradigm.name!r} run, not a "
-                        "tokenizer; train one with configs/fmnist_vqgan.py (or _vitvq, "
-                        "_msvq, _vae).")
+    registry.PARADIGMS.get(config.paradigm.name).require(
+        "reconstructs", "a frozen tokenizer", config, workdir)
     spec_path = os.path.join(workdir, datasets.SPEC_FILE)
     spec = (datasets.spec_from_dict(json.loads(fileio.read_text(spec_path)))
             if fileio.isfile(spec_path) else datasets.describe(config.data))
@@ -138,10 +136,7 @@ class Tokenizer(FrozenNetwork):
   def from_run(cls, exp, state, workdir: str, params: Optional[str] = None
                ) -> "Tokenizer":
     """The tokenizer of a run already loaded (`generate.load_run`'s ``exp, state``)."""
-    if exp.config.paradigm.name != "tokenizer":
-      raise ValueError(f"{workdir} holds a {exp.config.paradigm.name!r} run, not a "
-                       "tokenizer; train one with configs/fmnist_vqgan.py (or _vitvq, "
-                       "_msvq, _vae).")
+    exp.paradigm.require("reconstructs", "a frozen tokenizer", exp.config, workdir)
     params = params or DEFAULT_PARAMS
     tree = state.ema_params if params == "ema" else state.params
     scale = read_latent_scale(workdir)
@@ -344,6 +339,22 @@ def compute_latent_scale(latents: Sequence[np.ndarray]) -> float:
   latents a flow or diffusion model sees have unit variance."""
   flat = np.concatenate([np.asarray(z, np.float64).ravel() for z in latents])
   return float(1.0 / max(flat.std(), 1e-8))
+
+
+def fit_latent_scale(tok, spec: datasets.DatasetSpec, *, split: str, pp: str, num: int,
+                     batch_size: int = 250) -> float:
+  """LDM's scale factor of a KL tokenizer (`compute_latent_scale`) from the
+  unscaled latents of ``num`` images of ``split``; leaves ``tok`` using it."""
+  ds = pipeline.eval_dataset(spec, split=split, pp=pp, batch_size=batch_size)
+  tok.latent_scale = 1.0
+  latents, n = [], 0
+  for batch in ds:
+    latents.append(np.asarray(tok.encode(batch["image"])))
+    n += len(batch["image"])
+    if n >= num:
+      break
+  tok.latent_scale = compute_latent_scale(latents)
+  return tok.latent_scale
 
 
 def write_latent_scale(workdir: str, scale: float, num_examples: int) -> str:
