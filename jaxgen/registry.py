@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from jaxgen.errors import ConfigError
@@ -62,45 +63,40 @@ MODELS = Registry("model")
 # model name -> the names ``config.model.variant`` may take (its named sizes), so that
 # a config is checked before anything is built; filled by `register_variants`.
 _MODEL_VARIANTS: Dict[str, Sequence[str]] = {}
+_MODEL_FIELDS: Dict[str, Dict[str, Any]] = {}
 PARADIGMS = Registry("paradigm")
 PREPROCESS_OPS = Registry("preprocessing op")
 DATASETS = Registry("dataset")
 TEXT_ENCODERS = Registry("text encoder")
 
-# Every module that registers something; imported lazily by `import_all`.
-_REGISTERING_MODULES = (
-    "jaxgen.models.dit",
-    "jaxgen.models.unet",
-    "jaxgen.models.gan",
-    "jaxgen.models.token_transformer",
-    "jaxgen.models.mage",
-    "jaxgen.models.ar_transformer",
-    "jaxgen.models.var",
-    "jaxgen.text_encoders",
-    "jaxgen.paradigms.flow",
-    "jaxgen.paradigms.diffusion",
-    "jaxgen.paradigms.maskgit",
-    "jaxgen.paradigms.mage",
-    "jaxgen.paradigms.autoregressive",
-    "jaxgen.paradigms.var",
-    "jaxgen.paradigms.tokenizer",
-    "jaxgen.paradigms.gan",
-    "jaxgen.tokenizers.models",
-    "jaxgen.tokenizers.precompute",
-    "jaxgen.data.preprocess",
-    "jaxgen.data.datasets",
-    "jaxgen.data.folder",
-    "jaxgen.data.captions",
-    "jaxgen.data.caption_embeddings",
-    "jaxgen.conditioning",
-)
+# Where registering modules live: every module of these packages (and the module
+# ``jaxgen.text_encoders``) is imported by `import_all`, so a new model, paradigm,
+# dataset or preprocessing op registers itself by being there, with no list to edit.
+REGISTERING_PACKAGES = ("jaxgen.models", "jaxgen.paradigms", "jaxgen.tokenizers",
+                        "jaxgen.data", "jaxgen.text_encoders")
 _imported = False
 
 
 def register_variants(model_names: Sequence[str], variants: Sequence[str]) -> None:
-  """Declares the named sizes (``config.model.variant``) of the models ``model_names``."""
+  """Declares the named sizes of the models ``model_names``: their field
+  ``config.model.variant`` (default None: sizes given field by field)."""
   for name in model_names:
     _MODEL_VARIANTS[name] = tuple(variants)
+    _MODEL_FIELDS.setdefault(name, {}).setdefault("variant", None)
+
+
+def register_model_fields(model_names: Sequence[str], fields: Dict[str, Any]) -> None:
+  """Declares the ``config.model`` fields (with defaults) the models ``model_names``
+  read beyond their sizes; `jaxgen.config.fill_defaults` adds those a config lacks."""
+  for name in model_names:
+    _MODEL_FIELDS.setdefault(name, {}).update(fields)
+
+
+def model_fields(model_name: str) -> Dict[str, Any]:
+  """The declared ``config.model`` fields of model ``model_name`` (see
+  `register_model_fields`)."""
+  import_all()
+  return dict(_MODEL_FIELDS.get(model_name, {}))
 
 
 def model_variants(model_name: str) -> Optional[Sequence[str]]:
@@ -114,5 +110,7 @@ def import_all() -> None:
   if _imported:
     return
   _imported = True
-  for module in _REGISTERING_MODULES:
-    importlib.import_module(module)
+  for name in REGISTERING_PACKAGES:
+    package = importlib.import_module(name)
+    for info in pkgutil.walk_packages(getattr(package, "__path__", ()), name + "."):
+      importlib.import_module(info.name)

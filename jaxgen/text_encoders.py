@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import json
 import math
@@ -345,6 +346,40 @@ def minilm_encoder(*, max_length: Optional[int] = None, model_dir: Optional[str]
   return TextEncoder(name="minilm", module=module, params=params, tokenizer=tokenizer,
                      max_length=max_length, width=config.hidden_size,
                      normalize_pooled=True, batch_size=batch_size)
+
+
+class HashTokenizer:
+  """Whitespace words hashed into ``vocab_size - 3`` ids, between [CLS]=1 and [SEP]=2
+  (pad 0): a stand-in tokenizer for tests and smoke runs (no files)."""
+
+  def __init__(self, vocab_size: int = 512):
+    self.vocab_size = vocab_size
+    self.pad_id, self.num_special = 0, 2
+
+  def encode(self, text: str, max_length: int):
+    words = text.lower().replace(".", " ").replace(",", " ").split()
+    ids = [3 + int(hashlib.md5(w.encode()).hexdigest(), 16) % (self.vocab_size - 3)
+           for w in words]
+    cut = len(ids) + 2 > max_length
+    return [1] + ids[:max_length - 2] + [2], cut
+
+
+@registry.TEXT_ENCODERS.register("tiny_random")
+def tiny_random_encoder(*, max_length: int = 16, width: int = 32, seed: int = 0,
+                        dtype="float32", batch_size: int = 32, **unused):
+  """A 1-layer BERT with random weights and a hashing tokenizer: the same interface as
+  MiniLM at toy size, for tests (no weights to load)."""
+  del unused, dtype
+  tok = HashTokenizer()
+  config = minilm.BertConfig(vocab_size=tok.vocab_size, hidden_size=width,
+                             num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=2 * width, max_position_embeddings=64)
+  module = minilm.BertEncoder(config)
+  ids = jnp.zeros((1, max_length), jnp.int32)
+  params = jax.jit(module.init)(jax.random.PRNGKey(seed), ids, jnp.ones((1, max_length), bool))
+  return TextEncoder(
+      name="tiny_random", module=module, params=params["params"], tokenizer=tok,
+      max_length=max_length, width=width, normalize_pooled=True, batch_size=batch_size)
 
 
 registry.TEXT_ENCODERS.register("minilm")(minilm_encoder)

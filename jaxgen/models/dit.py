@@ -271,7 +271,7 @@ def build_dit(cfg: ml_collections.ConfigDict, *, image_shape, num_classes: int,
               dtype=jnp.float32) -> DiT:
   """Builds a DiT from ``config.model`` (``variant`` fills depth/width/heads/patch;
   explicit fields override it) for inputs of ``image_shape`` = (H, W, C)."""
-  kw = dit_variant(cfg.variant) if cfg.get("variant") else {}
+  kw = dit_variant(cfg.variant) if cfg.variant else {}
   for key in ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio",
               "learn_sigma", "scan_blocks", "remat", "attn_impl", "text_conditioning"):
     if cfg.get(key) is not None:
@@ -280,3 +280,9 @@ def build_dit(cfg: ml_collections.ConfigDict, *, image_shape, num_classes: int,
   if h != w:
     raise ValueError(f"DiT expects square inputs, got {h}x{w}.")
   return DiT(input_size=h, in_channels=c, num_classes=num_classes, dtype=dtype, **kw)
+
+
+registry.register_model_fields(["dit"], dict(
+    learn_sigma=False,          # 2C outputs: the mean and the variance (DiT's diffusion)
+    text_conditioning="none",   # none | cross_attention | joint (text-to-image)
+))

@@ -185,7 +185,7 @@ def build_biggan(cfg: ml_collections.ConfigDict, *, image_shape, num_classes: in
                  dtype=jnp.float32) -> BigGAN:
   """BigGAN-lite pair from ``config.model`` (``variant`` names a size; the fields
   latent_dim, embed_dim, g_channels, d_channels override it) for ``image_shape``."""
-  kw = dict(SIZES[cfg.variant]) if cfg.get("variant") else {}
+  kw = dict(SIZES[cfg.variant]) if cfg.variant else {}
   for key in ("latent_dim", "embed_dim", "g_channels", "d_channels"):
     if cfg.get(key) is not None:
       kw[key] = tuple(cfg[key]) if isinstance(cfg[key], (list, tuple)) else cfg[key]

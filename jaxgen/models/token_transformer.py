@@ -97,7 +97,7 @@ def sized_kwargs(cfg: ml_collections.ConfigDict, sizes: dict, size_fields, extra
   name) fills ``size_fields``; any non-None field of ``size_fields + extra_fields``
   overrides. Shared by MaskGIT, MAGE and the autoregressive transformer."""
   kw = {}
-  if cfg.get("variant"):
+  if cfg.variant:
     if cfg.variant not in sizes:
       raise ValueError(f"Unknown {what} size {cfg.variant!r}; use one of "
                        f"{', '.join(sizes)} or set {'/'.join(size_fields)}.")

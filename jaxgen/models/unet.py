@@ -169,7 +169,7 @@ def build_unet(cfg: ml_collections.ConfigDict, *, image_shape, num_classes: int,
                dtype=jnp.float32) -> UNet:
   """Builds a U-Net from ``config.model`` (``variant`` picks a named size; explicit
   fields override it) for inputs of ``image_shape`` = (H, W, C)."""
-  kw = dict(SIZES[cfg.variant]) if cfg.get("variant") else {}
+  kw = dict(SIZES[cfg.variant]) if cfg.variant else {}
   for key in ("channels", "channel_mult", "num_res_blocks", "attn_resolutions",
               "num_heads", "head_channels", "scale_shift_norm", "dropout", "attn_impl"):
     if cfg.get(key) is not None:

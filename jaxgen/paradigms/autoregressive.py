@@ -39,6 +39,10 @@ class Autoregressive(TokenParadigm):
   (no ``steps``: decoding takes one step per token)."""
 
   Options = AROptions
+  FIELDS = dict(
+      label_smoothing=0.0,
+      label_dropout=0.1,         # p(label -> null class): trains the unconditional model
+  )
 
   def logits(self, params, codes, labels, train: bool = False, rng=None):
     """Teacher-forced (B, N, V) logits; entry i predicts code i from codes < i."""

@@ -69,6 +69,10 @@ class Paradigm:
 
   supports_text = False  # paradigms whose models take the text condition dict
   capabilities = frozenset({"samples"})  # keys of CAPABILITIES, "prompts" aside
+  # ``config.paradigm``'s fields (beside ``name``) with their defaults, declared once:
+  # ``configs/common.py`` builds presets from them, `config.fill_defaults` completes
+  # configs with them.
+  FIELDS: Dict[str, Any] = {}
   # The typed sampling options `sample` takes (`jaxgen.samplers.options`): their
   # defaults, filled from ``config.sample``, overridable by name.
   Options = options_lib.SampleOptions
@@ -119,7 +123,7 @@ class Paradigm:
     replaced by the null condition with probability ``config.paradigm.label_dropout``
     per example in training (label / caption dropout, for CFG)."""
     cond = self.conditioner.from_batch(batch)
-    p = self.config.paradigm.get("label_dropout", 0.0)
+    p = self.config.paradigm.label_dropout if "label_dropout" in self.FIELDS else 0.0
     if train and p > 0:
       cond = self.conditioner.drop(cond, rng, p)
     return self.conditioner.model_input(cond)

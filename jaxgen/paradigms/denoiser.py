@@ -133,4 +133,4 @@ class DenoiserParadigm(Paradigm):
 
 
 def _configured_tokenizer(config) -> str:
-  return config.tokenizer.get("workdir", "") if "tokenizer" in config else ""
+  return config.tokenizer.workdir if "tokenizer" in config else ""

@@ -64,6 +64,13 @@ class GaussianDiffusionParadigm(DenoiserParadigm):
   output with the learned variance (DiT). config.sample: `DiffusionOptions`."""
 
   Options = DiffusionOptions
+  FIELDS = dict(                # DiT's settings
+      schedule="linear",        # linear (Ho et al. 1e-4..0.02) | cosine (Nichol & Dhariwal)
+      num_timesteps=1000,       # training steps of the forward process
+      prediction="eps",         # eps | x0 | v: what the network's mean output predicts
+      vlb_weight=1.0,           # learn_sigma: loss = mse + vlb_weight * vb (DiT: 1)
+      label_dropout=0.1,        # p(label -> null class) for classifier-free guidance
+  )
 
   def __init__(self, config, dataset):
     super().__init__(config, dataset)
@@ -75,15 +82,13 @@ class GaussianDiffusionParadigm(DenoiserParadigm):
   @classmethod
   def validate_config(cls, config) -> None:
     p = config.paradigm
-    for field, value, known in (("paradigm.schedule", p.get("schedule"), diffusion_losses.SCHEDULES),
-                                ("paradigm.prediction", p.get("prediction"),
+    for field, value, known in (("paradigm.schedule", p.schedule, diffusion_losses.SCHEDULES),
+                                ("paradigm.prediction", p.prediction,
                                  diffusion_losses.PREDICTIONS)):
       if value not in known:
         raise ConfigError(f"config.{field}={value!r}; use one of {', '.join(known)}.")
     _check_steps(cls.Options.from_config(config.sample, p.name), p.num_timesteps,
                  "config.sample")
-    if config.model.get("learn_sigma", False) and "learn_sigma" not in config.model:
-      raise ConfigError("learn_sigma needs a model with that option (DiT).")
     if config.model.get("learn_sigma", False) and p.prediction != "eps":
       raise ConfigError("config.model.learn_sigma=True is DiT/ADM's setting with "
                         f"epsilon prediction; config.paradigm.prediction={p.prediction!r} "

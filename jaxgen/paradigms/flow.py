@@ -49,6 +49,14 @@ class RectifiedFlow(DenoiserParadigm):
   config.sample: `FlowOptions`. config.text: see `jaxgen.conditioning.TextConditioner`."""
 
   Options = FlowOptions
+  FIELDS = dict(
+      time_sampling="logit_normal",  # uniform | logit_normal | mode (SD3)
+      time_mean=0.0,
+      time_std=1.0,
+      loss_weighting="none",    # none | logit_normal
+      label_dropout=0.1,        # p(label -> null class) for classifier-free guidance
+      time_scale=1000.0,        # t in [0, 1] is fed to the network as t * time_scale
+  )
 
   @classmethod
   def validate_config(cls, config) -> None:

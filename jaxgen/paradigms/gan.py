@@ -56,6 +56,15 @@ class GANParadigm(Paradigm):
   """config.paradigm: loss, d_steps, g_steps, disc_lr_ratio, r1_gamma, r1_every, diffaug."""
 
   Options = options_lib.NoOptions
+  FIELDS = dict(
+      loss="hinge",              # hinge | non_saturating
+      d_steps=1,                 # discriminator updates per step (then g_steps G updates)
+      g_steps=1,
+      disc_lr_ratio=1.0,         # discriminator lr = optim.lr * this
+      r1_gamma=0.1,              # R1 weight (gamma / 2 * E||grad D(real)||^2); 0 = off
+      r1_every=16,               # lazy R1: every k steps, scaled by k (StyleGAN2)
+      diffaug="",                # DiffAugment ops, comma list of color, translation, cutout
+  )
 
   default_params = "ema"
 

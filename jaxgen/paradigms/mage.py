@@ -63,6 +63,14 @@ class MAGEParadigm(TokenParadigm):
 
   capabilities = frozenset({"samples", "features"})
   Options = MAGEOptions
+  FIELDS = dict(
+      maskgit_lib.MaskGIT.FIELDS,
+      mask_ratio_mode=0.55,    # masking ratio ~ N(0.55, 0.25) truncated to [min, 1]
+      mask_ratio_std=0.25,
+      mask_ratio_min=0.5,      # also the fraction always dropped from the encoder
+      contrastive_weight=0.0,  # > 0: InfoNCE between two masked views (MAGE-C style)
+      contrastive_temperature=0.2,
+  )
 
   def __init__(self, config, dataset):
     super().__init__(config, dataset)

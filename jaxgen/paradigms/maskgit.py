@@ -85,6 +85,11 @@ class MaskGIT(TokenParadigm):
   `MaskGITOptions`."""
 
   Options = MaskGITOptions
+  FIELDS = dict(
+      mask_schedule="cosine",    # cosine | linear | sqrt | square | exp | log (decoding too)
+      label_smoothing=0.1,
+      label_dropout=0.1,         # p(label -> null class): trains the unconditional model
+  )
 
   @classmethod
   def validate_config(cls, config) -> None:

@@ -49,6 +49,21 @@ class TokenizerParadigm(Paradigm):
 
   capabilities = frozenset({"reconstructs"})
   Options = options_lib.NoOptions
+  FIELDS = dict(
+      rec_loss="l1",             # l1 | l2 pixel reconstruction
+      bottleneck_weight=1.0,     # weight of the VQ (codebook + beta * commitment) or KL loss
+      perceptual="none",         # none | classifier (dataset feature CNN) | lpips (file)
+      perceptual_weight=0.0,
+      perceptual_weights="",     # .npz of LPIPS weights when perceptual="lpips"
+      perceptual_seed=1,         # classifier seed; eval's classifier is seed 0 (independent)
+      disc_weight=0.0,           # 0 = no discriminator
+      disc_start=0,              # step at which the GAN terms switch on
+      disc_loss="hinge",         # hinge | non_saturating
+      adaptive_weight=True,      # VQGAN's gradient-norm ratio at the decoder's last layer
+      disc_channels=64,
+      disc_layers=3,
+      disc_lr_ratio=1.0,         # discriminator lr = optim.lr * this
+  )
 
   default_params = tok_base.DEFAULT_PARAMS  # frozen use: the trained weights
 

@@ -50,6 +50,10 @@ class VAR(TokenParadigm):
   ``steps``: one step per scale)."""
 
   Options = VAROptions
+  FIELDS = dict(
+      label_smoothing=0.0,
+      label_dropout=0.1,         # VAR's cond_drop_rate: trains the unconditional model
+  )
 
   tokenizer_kind = "msvq"
   grid_field = "scales"

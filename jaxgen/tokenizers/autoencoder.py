@@ -97,17 +97,14 @@ def vq_from_config(cfg, bottleneck: str) -> Optional[nn.Module]:
   """The quantizer for ``config.model`` fields (codebook_size, code_dim, ...)."""
   if bottleneck == "vq":
     return quantizers.VectorQuantizer(
-        codebook_size=cfg.codebook_size, code_dim=cfg.code_dim, beta=cfg.get("beta", 0.25),
-        l2_normalize=cfg.get("l2_normalize", False), factorized=cfg.get("factorized", False),
-        use_ema=cfg.get("ema_codebook", False), ema_decay=cfg.get("ema_decay", 0.99),
-        restart_dead=cfg.get("restart_dead", False),
-        dead_threshold=cfg.get("dead_threshold", 1e-3))
+        codebook_size=cfg.codebook_size, code_dim=cfg.code_dim, beta=cfg.beta,
+        l2_normalize=cfg.l2_normalize, factorized=cfg.factorized, use_ema=cfg.ema_codebook,
+        ema_decay=cfg.ema_decay, restart_dead=cfg.restart_dead,
+        dead_threshold=cfg.dead_threshold)
   if bottleneck == "msvq":
     return quantizers.MultiScaleResidualQuantizer(
         codebook_size=cfg.codebook_size, code_dim=cfg.code_dim,
-        scales=tuple(cfg.scales), beta=cfg.get("beta", 0.25),
-        num_phi=cfg.get("num_phi", 4), phi_ratio=cfg.get("phi_ratio", 0.5),
-        l2_normalize=cfg.get("l2_normalize", False),
-        restart_dead=cfg.get("restart_dead", False),
-        dead_threshold=cfg.get("dead_threshold", 1e-3))
+        scales=tuple(cfg.scales), beta=cfg.beta, num_phi=cfg.num_phi,
+        phi_ratio=cfg.phi_ratio, l2_normalize=cfg.l2_normalize,
+        restart_dead=cfg.restart_dead, dead_threshold=cfg.dead_threshold)
   return None

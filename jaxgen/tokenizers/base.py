@@ -253,7 +253,7 @@ def tokenizer_workdir(config, required: bool = True) -> str:
   """The configured tokenizer run, else the one that wrote the pre-computed codes
   (``required``: as in `tokens_meta`; without a ``tokens.json`` only the configured
   run is known)."""
-  configured = config.tokenizer.get("workdir", "") if "tokenizer" in config else ""
+  configured = config.tokenizer.workdir if "tokenizer" in config else ""
   meta = tokens_meta(config, required)
   written_by = (meta or {}).get("tokenizer_workdir") or ""
   if configured and written_by and fileio.absolute(configured) != fileio.absolute(written_by):
@@ -309,7 +309,7 @@ def load_frozen_tokenizer(config, workdir: str, kinds: Sequence[str], who: str
   checkpoint), checked to be one of ``kinds`` ("vq", "msvq", "kl"); ``who`` names the
   model that needs it in the error."""
   t = config.tokenizer
-  tok = Tokenizer.from_workdir(workdir, params=t.get("params") or None, step=t.get("step"))
+  tok = Tokenizer.from_workdir(workdir, params=t.params or None, step=t.step)
   check_kind(tok.kind, workdir, kinds, who)
   return tok
 

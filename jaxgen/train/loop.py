@@ -264,7 +264,7 @@ def _check_finite(unchecked, ckpt, cfg) -> None:
   where = (f"the newest checkpoint, step {latest} in {ckpt.directory}, is finite and "
            "training resumes from it" if latest is not None else
            "no checkpoint was saved yet")
-  clip = ("" if cfg.optim.get("grad_clip", 0) > 0 else
+  clip = ("" if cfg.optim.grad_clip > 0 else
           " or enable clipping with --config.optim.grad_clip=1.0 --reset-optimizer;")
   raise errors.DivergedError(
       f"Training diverged: the loss, parameters or EMA became non-finite at step "

@@ -85,7 +85,7 @@ def update_networks(tx: optax.GradientTransformation, grads: Dict[str, Any], opt
 def ema_decay(cfg, step):
   """EMA decay at ``step``; with ``cfg.ema_warmup`` the decay ramps up as
   ``min(decay, (1 + step) / (10 + step))`` so early averages do not lag."""
-  if cfg.get("ema_warmup", False):
+  if cfg.ema_warmup:
     step = jnp.asarray(step, jnp.float32)
     return jnp.minimum(cfg.ema_decay, (1.0 + step) / (10.0 + step))
   return jnp.asarray(cfg.ema_decay, jnp.float32)
