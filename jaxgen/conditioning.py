@@ -17,9 +17,9 @@ caption, "a shirt", so class-label tools such as ``jaxgen eval`` work on it too)
 ``model_input`` is what the network gets: the label array for class models (their
 signature is unchanged), the dict for text models.
 
-Every paradigm holds one (`jaxgen.paradigms.base.Paradigm.conditioner`) and reaches it
-through ``Paradigm.condition`` (training batches, with dropout), ``sampling_condition``
-and ``null_condition``; CFG combines the model under ``cond`` and under the null
+Every paradigm holds one (`jaxgen.paradigms.base.Paradigm.conditioner`, built with the
+paradigm's condition dropout) and asks it for ``train_input`` (training batches, with
+dropout), ``sampling_input`` and ``null_input``; CFG combines the model under ``cond`` and under the null
 condition (`jaxgen.samplers.cfg`). A class label is the special case whose "prompt" is
 an index.
 
@@ -65,13 +65,44 @@ def batched(cond: Condition, batch: int) -> Condition:
                       cond)
 
 
-class ClassConditioner:
+class _ModelInputs:
+  """What a paradigm asks a conditioner for: the model's condition input of a training
+  batch (with condition dropout), of what ``sample`` takes, and the null one."""
+
+  dropout = 0.0  # p(condition -> null) in training (label / caption dropout, for CFG)
+  text_length = 0  # text tokens per condition (0: class labels)
+
+  def train_input(self, batch, rng=None, train: bool = True):
+    """The model's condition input for a data batch, replaced by the null condition
+    with probability ``dropout`` per example when ``train``."""
+    cond = self.from_batch(batch)
+    if train and self.dropout > 0:
+      cond = self.drop(cond, rng, self.dropout)
+    return self.model_input(cond)
+
+  def sampling_input(self, labels):
+    """The model's condition input from what ``sample`` takes: class labels, or (text
+    runs) a condition dict, a list of prompts, or class labels (their short captions)."""
+    return self.model_input(self.for_sampling(labels))
+
+  def null_input(self):
+    """The unconditional input (unbatched): the null label or the null text."""
+    return self.model_input(self.null())
+
+  def preview_input(self, num: int):
+    """Inputs of the loop's preview grid: each class in turn (text runs: each class's
+    short caption)."""
+    return self.model_input(self.preview(num))
+
+
+class ClassConditioner(_ModelInputs):
   """Class labels: the condition of every class-conditional config."""
 
   kind = "label"
 
-  def __init__(self, num_classes: int):
+  def __init__(self, num_classes: int, dropout: float = 0.0):
     self.num_classes = int(num_classes)
+    self.dropout = float(dropout)
 
   def null(self) -> Condition:
     return {"label": jnp.int32(self.num_classes)}
@@ -125,7 +156,7 @@ def load_text_encoder(text_cfg):
   return _cached_encoder(text_cfg.encoder, tuple(sorted(text_encoder_kwargs(text_cfg).items())))
 
 
-class TextConditioner:
+class TextConditioner(_ModelInputs):
   """Text conditions from a frozen encoder (see the module docstring).
 
   ``config.text`` fields: encoder (registered name), max_length (L), width (D, the
@@ -137,9 +168,10 @@ class TextConditioner:
 
   kind = "text"
 
-  def __init__(self, config, dataset=None):
+  def __init__(self, config, dataset=None, dropout: float = 0.0):
+    self.dropout = float(dropout)
     self.text_cfg = config.text
-    self.length = int(config.text.max_length)
+    self.length = self.text_length = int(config.text.max_length)
     self.width = int(config.text.width)
     self.encode_in_step = bool(config.text.encode_in_step)
     self.embeddings_dir = config.data.get("embeddings_dir", "")
@@ -268,15 +300,16 @@ class TextConditioner:
     return self.for_sampling(np.arange(num, dtype=np.int32) % nc)
 
   # -- the data source -----------------------------------------------------------------
-  def wrap_source(self, dataset) -> None:
-    """Makes ``dataset``'s examples carry the text arrays this conditioner reads (see
-    `jaxgen.data.caption_embeddings.attach`)."""
+  def with_text(self, dataset):
+    """``dataset`` (a new spec) whose examples carry the text arrays this conditioner
+    reads (see `jaxgen.data.caption_embeddings.attach`)."""
     from jaxgen.data import caption_embeddings  # pylint: disable=g-import-not-at-top
-    caption_embeddings.attach(dataset, self)
+    return caption_embeddings.attach(dataset, self)
 
 
-def make_conditioner(config, dataset):
-  """The conditioner ``config`` asks for: text when ``config.text.encoder`` is set."""
+def make_conditioner(config, dataset, dropout: float = 0.0):
+  """The conditioner ``config`` asks for (text when ``config.text.encoder`` is set),
+  dropping conditions to null with probability ``dropout`` in training."""
   if uses_text(config):
-    return TextConditioner(config, dataset)
-  return ClassConditioner(dataset.num_classes)
+    return TextConditioner(config, dataset, dropout)
+  return ClassConditioner(dataset.num_classes, dropout)

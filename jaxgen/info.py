@@ -30,7 +30,7 @@ def _abstract_paradigm(config):
   with base.shapes_only():
     config_lib.validate(config)
     spec = datasets.describe(config.data)
-    return registry.PARADIGMS.get(config.paradigm.name)(config, spec)
+    return registry.PARADIGMS.get(config.paradigm.name).build(config, spec)
 
 
 def _notes(config, paradigm) -> List[str]:

@@ -224,7 +224,7 @@ def test_scan_decoding_equals_python_loop(built):
   cache, start = p.init_cache(params, labels, 2.0)
   decode_fn = lambda t, y, c: p.model.apply({"params": params}, t, y, c,
                                             method="decode_step")
-  step = ar_decoding.cached_step(decode_fn, labels, null=p.null_label, cfg_scale=2.0,
+  step = ar_decoding.cached_step(decode_fn, labels, null=p.num_classes, cfg_scale=2.0,
                                  temperature=1.0, top_k=4)
   init = ar_decoding.DecodeState(jnp.zeros((2, 64), jnp.int32), cache, jax.random.PRNGKey(3))
   assert start == 0

@@ -125,7 +125,7 @@ def test_latent_run_names_a_missing_tokenizer_and_refuses_vq_codes(
   (codes / precompute.META).write_text(json.dumps(dict(meta, kind="vq", vocab_size=32,
                                                        code_shape=[8, 8])))
   bad = latent_config(fake_fmnist_dir, data_dir, str(codes))
-  with pytest.raises(errors.ConfigError, match="holds 'vq' codes; RectifiedFlow needs a "
+  with pytest.raises(errors.ConfigError, match="holds 'vq' codes; the 'flow' paradigm needs a "
                      r"KL-VAE tokenizer \(configs/fmnist_vae.py\)"):
     config_lib.validate(bad)
 

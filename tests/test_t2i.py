@@ -56,8 +56,8 @@ def test_embedding_cache_round_trip(make_t2i, caption_dirs):
   spec = datasets.get_dataset(config.data)
   raw = spec.source("train")
   cond = conditioning.TextConditioner(config, spec)
-  cond.wrap_source(spec)
-  src = spec.source("train")
+  src = cond.with_text(spec).source("train")
+  assert spec.source("train") is raw or len(spec.source("train")) == len(raw)  # untouched
   for i in (0, 7, 100):
     ex, ref = src[i], raw[i]
     for which in ("short", "detailed"):
@@ -88,7 +88,7 @@ def test_mismatched_cache_is_refused(make_t2i, caption_dirs, tmp_path):
   config = make_t2i(ratio=0.0)
   config.data.captions_dir = ""
   spec = datasets.get_dataset(config.data)
-  conditioning.TextConditioner(config, spec).wrap_source(spec)
+  spec = conditioning.TextConditioner(config, spec).with_text(spec)
   with pytest.raises(DataError, match="encode other captions"):
     spec.source("train")
 

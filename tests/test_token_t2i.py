@@ -75,11 +75,11 @@ def _jitted_logits(p):
 @pytest.mark.parametrize("paradigm", PARADIGMS)
 def test_prompt_changes_logits_and_padding_does_not(built, paradigm):
   p, params = built(paradigm)
-  assert p.conditioner.kind == "text" and p.text_length == L
-  cond = p.sampling_condition(PROMPTS)
+  assert p.conditioner.kind == "text" and p.conditioner.text_length == L
+  cond = p.conditioner.sampling_input(PROMPTS)
   x = _inputs(p, 2)
   out = _logits(p, params, x, cond)
-  other = p.sampling_condition(PROMPTS[::-1])
+  other = p.conditioner.sampling_input(PROMPTS[::-1])
   assert float(jnp.abs(out - _logits(p, params, x, other)).max()) > 1e-3
   pad = ~cond["text_mask"][..., None]
   assert bool(pad.any())  # the prompts are shorter than L: some tokens are padding
@@ -96,13 +96,13 @@ def test_prompt_changes_logits_and_padding_does_not(built, paradigm):
 @pytest.mark.parametrize("paradigm", ["maskgit", "mage"])
 def test_masked_decoding_guides_against_the_null_text(built, paradigm):
   p, params = built(paradigm)
-  cond = p.sampling_condition(PROMPTS)
+  cond = p.conditioner.sampling_input(PROMPTS)
   tokens = _inputs(p, 2)
   model = lambda t, y: _logits(p, params, t, y)
   guided = lambda scale: maskgit_lib.guided_logits(
-      model, cond, p.null_condition(), p.sample_options(cfg_scale=scale,
+      model, cond, p.conditioner.null_input(), p.sample_options(cfg_scale=scale,
                                                         cfg_schedule="constant"))
-  cond_l, null_l = model(tokens, cond), model(tokens, p.sampling_condition(["", ""]))
+  cond_l, null_l = model(tokens, cond), model(tokens, p.conditioner.sampling_input(["", ""]))
   np.testing.assert_allclose(guided(3.0)(tokens, 0), null_l + 3.0 * (cond_l - null_l),
                              atol=1e-4)
   np.testing.assert_allclose(guided(1.0)(tokens, 0), cond_l, atol=1e-6)
@@ -115,7 +115,7 @@ def test_cached_text_decoding_equals_full_recomputation(built, paradigm):
   """The KV cache holds the text prefix (AR: padding masked in every later step) or the
   cross-attention reads it at every scale (VAR); guidance pairs it with the null text."""
   p, params = built(paradigm)
-  cond = p.sampling_condition(PROMPTS)
+  cond = p.conditioner.sampling_input(PROMPTS)
   key = jax.random.PRNGKey(2)
   kw = dict(cfg_scale=2.5, top_k=8)  # the class tests cover the unguided settings
   cached = jax.jit(lambda r: p.sample_tokens(params, r, cond, **kw))(key)
@@ -129,7 +129,7 @@ def test_class_labels_of_a_text_run_are_their_short_captions(built):
   names = p.dataset.class_names
   from jaxgen.data import captions
   want = p.conditioner.encode([captions.short_caption(3, names), ""])
-  got = p.sampling_condition(jnp.asarray([3, p.num_classes]))  # the null label -> ""
+  got = p.conditioner.sampling_input(jnp.asarray([3, p.num_classes]))  # the null label -> ""
   for k in want:
     np.testing.assert_allclose(np.asarray(got[k], np.float32),
                                np.asarray(want[k], np.float32), atol=2e-3)

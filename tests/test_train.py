@@ -13,6 +13,7 @@ import pytest
 from helpers import run_steps
 from jaxgen.sharding import mesh as mesh_lib
 from jaxgen.train import checkpoint, loop, preemption
+from jaxgen.train import step as step_lib
 
 
 def test_sharded_step_on_2x4_mesh_equals_one_device(make_config):
@@ -142,7 +143,7 @@ def test_grad_accumulation_equals_full_batch(make_config, one_device):
   grads = [grad_jit(state.params, h, jax.random.fold_in(rng, i))[1]
            for i, h in enumerate(halves)]
   ref = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
-  _, _, acc = jax.jit(lambda p, b, r: exp2.paradigm._accumulate(grad_fn, p, b, r, 2))(
+  _, _, acc = jax.jit(lambda p, b, r: step_lib.accumulate_gradients(grad_fn, p, b, r, 2))(
       state.params, batch, rng)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), ref, acc)
 

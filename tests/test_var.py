@@ -237,9 +237,11 @@ def test_mismatched_tokenizer_or_codes_are_refused(msvq_run, vq_run):
   bad.model.code_dim = 16
   with pytest.raises(ConfigError, match=rf"{wd} has 8-channel codes.*code_dim=16"):
     loop.build(bad, jax.devices()[:1])
-  with pytest.raises(ConfigError, match=r"holds 'vq' codes; VAR needs a multi-scale"):
+  with pytest.raises(ConfigError, match=r"holds 'vq' codes; the 'var' paradigm needs a "
+                     "multi-scale"):
     config_lib.validate(tiny_token_config("var", vq_run[1]))
-  with pytest.raises(ConfigError, match=r"holds 'msvq' codes; Autoregressive needs a "
+  with pytest.raises(ConfigError, match=r"holds 'msvq' codes; the 'autoregressive' "
+                     "paradigm needs a "
                      "single-scale"):
     config_lib.validate(tiny_token_config("autoregressive", codes))
   c = tiny_token_config("var", codes)

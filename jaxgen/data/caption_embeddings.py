@@ -23,6 +23,7 @@ length or set of captions is refused with a message naming both.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -228,10 +229,11 @@ class TextSource(datasets.ExtendedSource):
     return ex
 
 
-def attach(spec, conditioner) -> None:
-  """Wraps ``spec.source`` so that each split's examples carry the arrays
-  ``conditioner`` (a `jaxgen.conditioning.TextConditioner`) reads. Checks the cache
-  against the run's encoder and captions when a split is first opened."""
+def attach(spec, conditioner):
+  """``spec`` with its ``source`` wrapped (a new spec) so that each split's examples
+  carry the arrays ``conditioner`` (a `jaxgen.conditioning.TextConditioner`) reads.
+  Checks the cache against the run's encoder and captions when a split is first
+  opened."""
   base_source = spec.source
   data_dir = conditioner.embeddings_dir
   text_cfg = conditioner.text_cfg
@@ -259,7 +261,7 @@ def attach(spec, conditioner) -> None:
             detailed_index=np.load(os.path.join(data_dir, f"{split}_detailed_index.npy")))
     return opened[split]
 
-  spec.source = source
+  return dataclasses.replace(spec, source=source)
 
 
 @preprocess.register_op("drop")

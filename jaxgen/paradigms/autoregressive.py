@@ -34,7 +34,7 @@ class AROptions(options_lib.Categorical, options_lib.Guided):
 
 
 @registry.PARADIGMS.register("autoregressive")
-class Autoregressive(TokenParadigm):
+class AutoregressiveParadigm(TokenParadigm):
   """config.paradigm: label_smoothing, label_dropout. config.sample: `AROptions`
   (no ``steps``: decoding takes one step per token)."""
 
@@ -52,7 +52,7 @@ class Autoregressive(TokenParadigm):
   def loss(self, params, batch, rng, train: bool = True):
     codes = self.codes(batch)
     r_drop, r_model = jax.random.split(rng)
-    cond = self.condition(batch, r_drop, train)
+    cond = self.conditioner.train_input(batch, r_drop, train)
     logits = self.logits(params, codes, cond, train, r_model)
     loss, acc = token_losses.masked_cross_entropy(
         logits, codes, jnp.ones(codes.shape, jnp.bool_), self.config.paradigm.label_smoothing)
@@ -62,7 +62,7 @@ class Autoregressive(TokenParadigm):
   def init_cache(self, params, cond, cfg_scale: float):
     """KV caches for the decoding batch (2B with guidance) with the prefix before its
     last token already in them; returns ``(cache, positions in it)``."""
-    both = cfg_lib.with_null(cond, self.null_condition(), cfg_scale)
+    both = cfg_lib.with_null(cond, self.conditioner.null_input(), cfg_scale)
     b2 = cfg_lib.batch_size(both)
     cache = self.model.init_cache(b2)
     start = self.model.prefix_len - 1
@@ -74,18 +74,18 @@ class Autoregressive(TokenParadigm):
   def sample_tokens(self, params, rng, labels, options=None, **overrides):
     """(B, N) codes, one per step with the KV cache."""
     o = self.sample_options(options, **overrides)
-    cond = self.sampling_condition(labels)
+    cond = self.conditioner.sampling_input(labels)
     cache, start = self.init_cache(params, cond, o.cfg_scale)
     decode_fn = lambda t, y, c: self.model.apply({"params": params}, t, y, c,
                                                  method="decode_step")
     return decoding.decode_cached(decode_fn, cache, cond, rng, num_tokens=self.num_tokens,
-                                  start=start, null=self.null_condition(),
+                                  start=start, null=self.conditioner.null_input(),
                                   cfg_scale=o.cfg_scale, **o.sampling())
 
   def sample_tokens_uncached(self, params, rng, labels, options=None, **overrides):
     """The same draws as ``sample_tokens`` by full recomputation at every step."""
     o = self.sample_options(options, **overrides)
     return decoding.decode_uncached(lambda t, y: self.logits(params, t, y),
-                                    self.sampling_condition(labels), rng,
-                                    num_tokens=self.num_tokens, null=self.null_condition(),
+                                    self.conditioner.sampling_input(labels), rng,
+                                    num_tokens=self.num_tokens, null=self.conditioner.null_input(),
                                     cfg_scale=o.cfg_scale, **o.sampling())

@@ -21,6 +21,7 @@ from jaxgen import config as config_lib
 from jaxgen.data.preprocess import preprocessed_shape
 from jaxgen.samplers import options as options_lib
 from jaxgen.train import optim
+from jaxgen.train import step as step_lib
 from jaxgen.train.state import TrainState
 
 Batch = Dict[str, jax.Array]
@@ -62,9 +63,10 @@ def building_shapes_only() -> bool:
 class Paradigm:
   """Base class. Subclasses register with ``@registry.PARADIGMS.register(name)``.
 
-  Conditioning is shared (`jaxgen.conditioning`): ``self.conditioner`` is class labels,
-  or text when ``config.text.encoder`` is set and the paradigm ``supports_text``;
-  ``condition`` / ``sampling_condition`` / ``null_condition`` give the model its input.
+  Conditioning is composed (`jaxgen.conditioning`): ``self.conditioner`` is class
+  labels, or text when ``config.text.encoder`` is set and the paradigm
+  ``supports_text``; its ``train_input`` / ``sampling_input`` / ``null_input`` give the
+  model its condition input.
   """
 
   supports_text = False  # paradigms whose models take the text condition dict
@@ -77,23 +79,37 @@ class Paradigm:
   # defaults, filled from ``config.sample``, overridable by name.
   Options = options_lib.SampleOptions
 
-  def __init__(self, config, dataset):
+  def __init__(self, config, dataset, **frozen):
+    """``frozen``: the trained networks `load_frozen` read (a ``tokenizer``); the
+    constructor loads nothing and leaves ``dataset`` as it is (a text run's
+    ``self.dataset`` is a new spec whose examples carry the text arrays)."""
+    del frozen  # the paradigms with frozen networks take them by name
     self.config = config
-    self.dataset = dataset
     self.image_shape = preprocessed_shape(config.data.pp, dataset.image_shape)
     self.num_classes = dataset.num_classes
-    self.null_label = self.num_classes
     self.compute_dtype = jnp.dtype(config.train.compute_dtype)
     self.name = config.paradigm.name
     self.config_options = self.Options.from_config(config.sample, self.name)
-    self.conditioner = conditioning.make_conditioner(config, dataset)
+    dropout = config.paradigm.label_dropout if "label_dropout" in self.FIELDS else 0.0
+    # conditioning (class labels or text), composed: `self.conditioner.train_input`,
+    # ``.sampling_input``, ``.null_input`` give the model its condition input
+    self.conditioner = conditioning.make_conditioner(config, dataset, dropout)
     if self.conditioner.kind == "text" and hasattr(dataset, "source"):
-      self.conditioner.wrap_source(dataset)
+      dataset = self.conditioner.with_text(dataset)
+    self.dataset = dataset
 
-  @property
-  def text_length(self) -> int:
-    """Text tokens per condition (0 for class-conditional runs)."""
-    return self.conditioner.length if self.conditioner.kind == "text" else 0
+  @classmethod
+  def build(cls, config, dataset) -> "Paradigm":
+    """The paradigm of ``config`` over ``dataset``: its frozen networks read
+    (`load_frozen`), then constructed with them."""
+    return cls(config, dataset, **cls.load_frozen(config))
+
+  @classmethod
+  def load_frozen(cls, config) -> Dict[str, Any]:
+    """The trained networks this paradigm's constructor takes (e.g. ``tokenizer``),
+    read from their runs; none by default."""
+    del config
+    return {}
 
   @classmethod
   def validate_config(cls, config) -> None:
@@ -116,26 +132,6 @@ class Paradigm:
       it = f" (it {has[0].split(' (')[0]})" if has else ""
       raise config_lib.ConfigError(f"{run} a {config.paradigm.name!r} run{it}; {action} "
                                    f"needs a run that {CAPABILITIES[capability]}.")
-
-  # -- conditioning (labels or text), shared -----------------------------------------
-  def condition(self, batch: Batch, rng: jax.Array = None, train: bool = False):
-    """The model's condition input for a data batch (label array or text dict),
-    replaced by the null condition with probability ``config.paradigm.label_dropout``
-    per example in training (label / caption dropout, for CFG)."""
-    cond = self.conditioner.from_batch(batch)
-    p = self.config.paradigm.label_dropout if "label_dropout" in self.FIELDS else 0.0
-    if train and p > 0:
-      cond = self.conditioner.drop(cond, rng, p)
-    return self.conditioner.model_input(cond)
-
-  def sampling_condition(self, labels):
-    """The model's condition input from what ``sample`` takes: class labels, or (text
-    runs) a condition dict, a list of prompts, or class labels (their short captions)."""
-    return self.conditioner.model_input(self.conditioner.for_sampling(labels))
-
-  def null_condition(self):
-    """The unconditional input (unbatched): the null label or the null text."""
-    return self.conditioner.model_input(self.conditioner.null())
 
   # -- what a paradigm implements ---------------------------------------------------
   def init_params(self, rng: jax.Array) -> Any:
@@ -200,56 +196,18 @@ class Paradigm:
   def preview(self, state: TrainState, rng: jax.Array, num: int) -> jax.Array:
     """Images for the loop's PNG grid: ``num`` EMA samples, each class in turn (text
     runs: each class's short caption)."""
-    return self.sample(state.ema_params, rng,
-                       self.conditioner.model_input(self.conditioner.preview(num)))
+    return self.sample(state.ema_params, rng, self.conditioner.preview_input(num))
 
   def preview_columns(self, num: int):
     """Columns of the preview grid (a column per class when ``num`` allows)."""
     nc = max(self.num_classes, 1)
     return nc if num % nc == 0 else None
 
-  # -- shared default -------------------------------------------------------------
   def train_step(self, state: TrainState, batch: Batch, *,
                  tx: optax.GradientTransformation, schedule: optax.Schedule
                  ) -> Tuple[TrainState, Metrics]:
-    """One optimizer update; averages gradients over ``config.optim.grad_accum``
-    micro-batches; updates the EMA."""
-    rng = jax.random.fold_in(state.rng, state.step)
-    accum = self.config.optim.grad_accum
-    grad_fn = jax.value_and_grad(self.loss, has_aux=True)
-    with jax.named_scope("loss_and_grad"):
-      if accum == 1:
-        (loss, metrics), grads = grad_fn(state.params, batch, rng)
-      else:
-        loss, metrics, grads = self._accumulate(grad_fn, state.params, batch, rng, accum)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                   lr=schedule(state.step))
-    return self.apply_gradients(state, grads, tx), metrics
-
-  def apply_gradients(self, state: TrainState, grads: Any,
-                      tx: optax.GradientTransformation, **replace) -> TrainState:
-    """The optimizer update, the EMA update and step + 1 (plus any ``replace``d
-    fields, e.g. a new ``model_state``)."""
-    with jax.named_scope("update"):
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      ema = optim.ema_update(state.ema_params, params,
-                             optim.ema_decay(self.config.optim, state.step))
-    return state.replace(step=state.step + 1, params=params, ema_params=ema,
-                         opt_state=opt_state, **replace)
-
-  @staticmethod
-  def _accumulate(grad_fn, params, batch, rng, accum):
-    micro = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
-
-    def body(carry, inputs):
-      i, mb = inputs
-      (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
-      acc = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
-      return acc, None
-
-    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng)))
-    zeros = (zeros[0][0], zeros[0][1], zeros[1])
-    total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-    return jax.tree.map(lambda x: x / accum, total)
+    """One optimizer update of `loss` (`jaxgen.train.step.standard_step`: gradient
+    accumulation over ``config.optim.grad_accum`` micro-batches, EMA); two-network
+    paradigms override it."""
+    return step_lib.standard_step(self.loss, self.config.optim, state, batch, tx=tx,
+                                  schedule=schedule)

@@ -30,37 +30,47 @@ from jaxgen.tokenizers import base as tok_base
 
 
 class DenoiserParadigm(Paradigm):
-  """Base of `RectifiedFlow` and `GaussianDiffusionParadigm`."""
+  """Base of `FlowParadigm` and `DiffusionParadigm`."""
 
   supports_text = True
   output_channels_factor = 1  # the network's output channels per input channel
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
+  @classmethod
+  def load_frozen(cls, config):
+    """The KL tokenizer of a latent run (its latents, or encoding in the step); in
+    `shapes_only` mode its shapes only (``jaxgen info``)."""
+    on_latents = config.data.name == "tokens"
+    workdir = tok_base.tokenizer_workdir(config, required=False) if (
+        on_latents or _configured_tokenizer(config)) else ""
+    if not workdir:
+      if on_latents and not building_shapes_only():
+        raise ConfigError(f"config.data.data_dir={config.data.get('data_dir')} holds "
+                          "latents but no tokenizer is known to decode them: set "
+                          "config.tokenizer.workdir to the KL-VAE run that wrote them.")
+      return {}
+    if building_shapes_only():
+      return {"tokenizer": tok_base.Tokenizer.from_workdir(workdir, abstract=True)}
+    return {"tokenizer": tok_base.load_frozen_tokenizer(
+        config, workdir, ("kl",), f"the {config.paradigm.name!r} paradigm")}
+
+  def __init__(self, config, dataset, tokenizer=None, **frozen):
+    super().__init__(config, dataset, **frozen)
     self.data_shape = self.image_shape   # one preprocessed example of the data
     self.model_shape = self.image_shape  # what the network denoises
     self.tokenizer = None
     self.on_latents = config.data.name == "tokens"
     self.encode_in_step = False
-    workdir = tok_base.tokenizer_workdir(config, required=False) if (
-        self.on_latents or _configured_tokenizer(config)) else ""
-    if workdir:
-      self._setup_latents(config, workdir)
-    elif self.on_latents and not building_shapes_only():
-      raise ConfigError(f"config.data.data_dir={config.data.get('data_dir')} holds latents "
-                        "but no tokenizer is known to decode them: set "
-                        "config.tokenizer.workdir to the KL-VAE run that wrote them.")
+    if tokenizer is not None:
+      self._setup_latents(config, tokenizer)
     self.model = registry.MODELS.get(config.model.name)(
         config.model, image_shape=self.model_shape, num_classes=self.num_classes,
         dtype=self.compute_dtype)
 
-  def _setup_latents(self, config, workdir: str) -> None:
+  def _setup_latents(self, config, tok) -> None:
     self.encode_in_step = not self.on_latents
-    if building_shapes_only():  # `jaxgen info`: shapes from the tokenizer's config only
-      tok = tok_base.Tokenizer.from_workdir(workdir, abstract=True)
-    else:
-      tok = tok_base.load_frozen_tokenizer(config, workdir, ("kl",), type(self).__name__)
+    if not building_shapes_only():  # `jaxgen info` has the tokenizer's shapes only
       self.tokenizer = tok
+    workdir = tok.workdir
     latent = tuple(tok.latent_shape)
     if self.on_latents and tuple(self.data_shape) and tuple(self.data_shape) != latent:
       raise ConfigError(f"config.data.data_dir={config.data.data_dir} holds "
@@ -105,7 +115,7 @@ class DenoiserParadigm(Paradigm):
     meta = tok_base.tokens_meta(config, required=False)
     if meta is not None:
       tok_base.check_kind(meta["kind"], f"config.data.data_dir={config.data.data_dir}",
-                          ("kl",), cls.__name__)
+                          ("kl",), f"the {config.paradigm.name!r} paradigm")
     clip = getattr(cls.Options.from_config(config.sample, config.paradigm.name),
                    "clip_denoised", False)
     if (meta is not None or _configured_tokenizer(config)) and clip:

@@ -58,7 +58,7 @@ class DiffusionOptions(options_lib.Guided):
 
 
 @registry.PARADIGMS.register("diffusion")
-class GaussianDiffusionParadigm(DenoiserParadigm):
+class DiffusionParadigm(DenoiserParadigm):
   """config.paradigm fields: schedule (linear | cosine), num_timesteps, prediction
   (eps | x0 | v), vlb_weight, label_dropout. config.model.learn_sigma: a 2C-channel
   output with the learned variance (DiT). config.sample: `DiffusionOptions`."""
@@ -72,8 +72,8 @@ class GaussianDiffusionParadigm(DenoiserParadigm):
       label_dropout=0.1,        # p(label -> null class) for classifier-free guidance
   )
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
+  def __init__(self, config, dataset, **frozen):
+    super().__init__(config, dataset, **frozen)
     p = config.paradigm
     self.learn_sigma = bool(config.model.get("learn_sigma", False))
     self.prediction = p.prediction
@@ -103,7 +103,7 @@ class GaussianDiffusionParadigm(DenoiserParadigm):
     t = jax.random.randint(r_t, (b,), 0, d.num_steps)
     eps = jax.random.normal(r_eps, x0.shape, x0.dtype)
     x_t = d.q_sample(x0, t, eps)
-    cond = self.condition(batch, r_drop, train)
+    cond = self.conditioner.train_input(batch, r_drop, train)
     out = self.network(params, x_t, diffusion_losses.timestep_inputs(d, t), cond,
                        train=train, rng=r_model)
     loss_b, terms = diffusion_losses.training_loss(
@@ -122,9 +122,9 @@ class GaussianDiffusionParadigm(DenoiserParadigm):
     o = self.sample_options(options, **overrides)
     c = self.model_shape[-1]
     channels = o.cfg_channels or (c if self.learn_sigma else None)
-    cond = self.sampling_condition(labels)
+    cond = self.conditioner.sampling_input(labels)
     guided = cfg_lib.guided(lambda x, t, y: self.network(params, x, t, y),
-                            self.null_condition(), o.cfg_scale, channels=channels)
+                            self.conditioner.null_input(), o.cfg_scale, channels=channels)
     r_noise, r_steps = jax.random.split(rng)
     noise = jax.random.normal(r_noise, (cfg_lib.batch_size(cond),) + tuple(self.model_shape),
                               jnp.float32)

@@ -43,7 +43,7 @@ class FlowOptions(options_lib.Guided):
 
 
 @registry.PARADIGMS.register("flow")
-class RectifiedFlow(DenoiserParadigm):
+class FlowParadigm(DenoiserParadigm):
   """config.paradigm fields: time_sampling, time_mean, time_std, loss_weighting,
   label_dropout (p(condition -> null): label or caption dropout), time_scale.
   config.sample: `FlowOptions`. config.text: see `jaxgen.conditioning.TextConditioner`."""
@@ -86,7 +86,7 @@ class RectifiedFlow(DenoiserParadigm):
     r_t, r_eps, r_drop, r_model = jax.random.split(rng, 4)
     t = flow_losses.sample_time(r_t, b, p.time_sampling, p.time_mean, p.time_std)
     eps = jax.random.normal(r_eps, x0.shape, x0.dtype)
-    cond = self.condition(batch, r_drop, train)
+    cond = self.conditioner.train_input(batch, r_drop, train)
     x_t = flow_losses.interpolate(x0, eps, t)
     pred = self.velocity(params, x_t, t, cond, train=train, rng=r_model)
     w = flow_losses.weight(t, p.loss_weighting, p.time_mean, p.time_std)
@@ -98,9 +98,9 @@ class RectifiedFlow(DenoiserParadigm):
     (`TextConditioner.for_sampling` of prompts; labels give their classes' short
     captions); CFG against the null condition."""
     o = self.sample_options(options, **overrides)
-    cond = self.sampling_condition(labels)
+    cond = self.conditioner.sampling_input(labels)
     model_fn = cfg_lib.guided(lambda x, t, y: self.velocity(params, x, t, y),
-                              self.null_condition(), o.cfg_scale)
+                              self.conditioner.null_input(), o.cfg_scale)
     step_fn = ode.get_solver(o.solver)(lambda x, t: model_fn(x, t, cond),
                                        ode.time_grid(o.steps, o.shift))
     batch = cfg_lib.batch_size(cond)

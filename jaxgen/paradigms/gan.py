@@ -68,8 +68,8 @@ class GANParadigm(Paradigm):
 
   default_params = "ema"
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
+  def __init__(self, config, dataset, **frozen):
+    super().__init__(config, dataset, **frozen)
     try:
       self.model = registry.MODELS.get(config.model.name)(
           config.model, image_shape=self.image_shape, num_classes=self.num_classes,

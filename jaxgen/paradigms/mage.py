@@ -64,7 +64,7 @@ class MAGEParadigm(TokenParadigm):
   capabilities = frozenset({"samples", "features"})
   Options = MAGEOptions
   FIELDS = dict(
-      maskgit_lib.MaskGIT.FIELDS,
+      maskgit_lib.MaskGITParadigm.FIELDS,
       mask_ratio_mode=0.55,    # masking ratio ~ N(0.55, 0.25) truncated to [min, 1]
       mask_ratio_std=0.25,
       mask_ratio_min=0.5,      # also the fraction always dropped from the encoder
@@ -72,8 +72,8 @@ class MAGEParadigm(TokenParadigm):
       contrastive_temperature=0.2,
   )
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
+  def __init__(self, config, dataset, **frozen):
+    super().__init__(config, dataset, **frozen)
     self.num_dropped = int(math.ceil(self.num_tokens * config.paradigm.mask_ratio_min))
 
   @classmethod
@@ -114,7 +114,7 @@ class MAGEParadigm(TokenParadigm):
     p = self.config.paradigm
     codes = self.codes(batch)
     r_drop, r_a, r_b = jax.random.split(rng, 3)
-    cond = self.condition(batch, r_drop, train)
+    cond = self.conditioner.train_input(batch, r_drop, train)
     loss, metrics, feat_a = self._view(params, codes, cond, r_a, train)
     if p.contrastive_weight > 0:
       loss_b, _, feat_b = self._view(params, codes, cond, r_b, train)
@@ -133,7 +133,7 @@ class MAGEParadigm(TokenParadigm):
     o = self.sample_options(options, **overrides)
     return maskgit_lib.iterative_decode(
         lambda t, y: self.logits(params, t, y, o.drop_masked),
-        self.sampling_condition(labels), self.null_condition(), o,
+        self.conditioner.sampling_input(labels), self.conditioner.null_input(), o,
         num_tokens=self.num_tokens, mask_id=self.mask_id, rng=rng,
         schedule=self.config.paradigm.mask_schedule)
 
@@ -141,5 +141,5 @@ class MAGEParadigm(TokenParadigm):
     """(B, D) representation of (B, h, w) or (B, N) codes: nothing masked, the null
     condition (null class or null text)."""
     codes = codes.reshape(codes.shape[0], -1).astype(jnp.int32)
-    null = conditioning.batched(self.null_condition(), codes.shape[0])
+    null = conditioning.batched(self.conditioner.null_input(), codes.shape[0])
     return self._apply(params, codes, null, method="features")

@@ -80,7 +80,7 @@ def guided_logits(model_logits, cond, null, o: MaskGITOptions):
 
 
 @registry.PARADIGMS.register("maskgit")
-class MaskGIT(TokenParadigm):
+class MaskGITParadigm(TokenParadigm):
   """config.paradigm: mask_schedule, label_smoothing, label_dropout. config.sample:
   `MaskGITOptions`."""
 
@@ -105,14 +105,14 @@ class MaskGIT(TokenParadigm):
     b, n = codes.shape
     r_mask, r_drop, r_model = jax.random.split(rng, 3)
     mask = decoding.training_mask(r_mask, b, n, self.config.paradigm.mask_schedule)
-    cond = self.condition(batch, r_drop, train)
+    cond = self.conditioner.train_input(batch, r_drop, train)
     logits = self.logits(params, jnp.where(mask, self.mask_id, codes), cond, train,
                          r_model)
     return self.masked_token_loss(logits, codes, mask)
 
   def sample_tokens(self, params, rng, labels, options=None, **overrides):
     return iterative_decode(
-        lambda t, y: self.logits(params, t, y), self.sampling_condition(labels),
-        self.null_condition(), self.sample_options(options, **overrides),
+        lambda t, y: self.logits(params, t, y), self.conditioner.sampling_input(labels),
+        self.conditioner.null_input(), self.sample_options(options, **overrides),
         num_tokens=self.num_tokens, mask_id=self.mask_id, rng=rng,
         schedule=self.config.paradigm.mask_schedule)

@@ -36,6 +36,7 @@ from jaxgen.tokenizers import base as tok_base
 from jaxgen.tokenizers import nets
 from jaxgen.samplers import options as options_lib
 from jaxgen.train import optim
+from jaxgen.train import step as step_lib
 from jaxgen.train.state import TrainState
 
 REC_LOSSES = ("l1", "l2")
@@ -67,8 +68,8 @@ class TokenizerParadigm(Paradigm):
 
   default_params = tok_base.DEFAULT_PARAMS  # frozen use: the trained weights
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
+  def __init__(self, config, dataset, **frozen):
+    super().__init__(config, dataset, **frozen)
     p = config.paradigm
     self.ae, _ = tok_base.build_autoencoder(config, dataset)
     self.use_gan = p.disc_weight > 0
@@ -238,7 +239,8 @@ class TokenizerParadigm(Paradigm):
     grads = {"autoencoder": g_grads, "discriminator": d_grads}
     metrics = dict(metrics, loss=g_total, grad_norm=optax.global_norm(g_grads),
                    lr=schedule(state.step))
-    return self.apply_gradients(state, grads, tx, model_state=model_state), metrics
+    return step_lib.apply_gradients(self.config.optim, state, grads, tx,
+                                    model_state=model_state), metrics
 
   # -- "sampling" = reconstruction --------------------------------------------------
   def reconstruct(self, params, images, model_state=None):

@@ -73,40 +73,43 @@ class TokenParadigm(Paradigm):
   def tokens_per_grid(grid) -> int:
     return math.prod(grid)
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
+  @classmethod
+  def load_frozen(cls, config):
+    """The frozen tokenizer that encodes the images in the step or decodes samples
+    (none in `shapes_only` mode: ``jaxgen info`` reads the grid and vocabulary of
+    ``config.model``)."""
+    workdir = tokenizer_workdir(config, required=False)  # the data reports missing codes
+    if not workdir:
+      if config.data.name != "tokens":
+        raise ConfigError(f"The {config.paradigm.name!r} paradigm trains on a tokenizer's "
+                          "codes: set config.tokenizer.workdir=TOKENIZER_RUN, or train on "
+                          "codes from `jaxgen tokenize` with config.data.name=tokens.")
+      return {}
+    if building_shapes_only():
+      return {}
+    return {"tokenizer": tok_base.load_frozen_tokenizer(
+        config, workdir, (cls.tokenizer_kind,), f"the {config.paradigm.name!r} paradigm")}
+
+  def __init__(self, config, dataset, tokenizer=None, **frozen):
+    super().__init__(config, dataset, **frozen)
     m = config.model
     self.grid_shape = self.expected_grid(config)
     self.num_tokens = self.tokens_per_grid(self.grid_shape)
     self.codebook_size = int(m.codebook_size)
     self.mask_id = self.codebook_size
-    self.tokenizer = None
-    workdir = tokenizer_workdir(config, required=False)  # the data reports missing codes
-    if workdir and building_shapes_only():
-      pass  # `jaxgen info`: the grid and vocabulary of config.model, no weights loaded
-    elif workdir:
-      tok = tok_base.load_frozen_tokenizer(config, workdir, (self.tokenizer_kind,),
-                                           type(self).__name__)
-      check_codes(f"The tokenizer {workdir}", tok.grid_shape, tok.vocab_size,
-                  self.grid_shape, config, self.grid_field)
-      self.tokenizer = tok
-      self.image_shape = tok.image_shape
-    elif config.data.name != "tokens":
-      raise ConfigError(f"{type(self).__name__} trains on a tokenizer's codes: set "
-                        "config.tokenizer.workdir=TOKENIZER_RUN, or train on codes from "
-                        "`jaxgen tokenize` with config.data.name=tokens.")
+    self.tokenizer = tokenizer
+    if tokenizer is not None:
+      check_codes(f"The tokenizer {tokenizer.workdir}", tokenizer.grid_shape,
+                  tokenizer.vocab_size, self.grid_shape, config, self.grid_field)
+      self.image_shape = tokenizer.image_shape
     self.on_codes = config.data.name == "tokens"
     self.model = registry.MODELS.get(m.name)(
         m, num_tokens=self.num_tokens, codebook_size=self.codebook_size,
         num_classes=self.num_classes, dtype=self.compute_dtype,
-        **({"text_length": self.text_length} if self.text_length else {}))
+        **({"text_length": self.conditioner.text_length} if self.conditioner.text_length else {}))
 
   def init_params(self, rng):
     return self.model.init(rng, *self._dummy_inputs())["params"]
-
-  @classmethod
-  def check_tokenizer_kind(cls, kind: str, where: str) -> None:
-    tok_base.check_kind(kind, where, (cls.tokenizer_kind,), cls.__name__)
 
   @classmethod
   def validate_config(cls, config) -> None:
@@ -118,7 +121,8 @@ class TokenParadigm(Paradigm):
         raise ConfigError(f"config.model.{f} is not set: it must equal the tokenizer's.")
     meta = tokens_meta(config, required=False)  # no codes yet: the dataset says so
     if meta is not None:
-      cls.check_tokenizer_kind(meta["kind"], config.data.data_dir)
+      tok_base.check_kind(meta["kind"], f"config.data.data_dir={config.data.data_dir}",
+                          (cls.tokenizer_kind,), f"the {config.paradigm.name!r} paradigm")
       check_codes(f"config.data.data_dir={config.data.data_dir}", meta["grid_shape"],
                   meta["vocab_size"], cls.expected_grid(config), config, cls.grid_field)
     tokenizer_workdir(config, required=False)  # same tokenizer for codes and decoding
@@ -162,7 +166,7 @@ class TokenParadigm(Paradigm):
 
   def sample_tokens(self, params, rng, labels, options=None, **overrides) -> jax.Array:
     """(B, N) codes for ``labels`` (class labels, or a text run's condition: see
-    `Paradigm.sampling_condition`) with ``sample_options(options, **overrides)``."""
+    `conditioner.sampling_input`) with ``sample_options(options, **overrides)``."""
     raise NotImplementedError
 
   def sample(self, params, rng, labels, options=None, **overrides):

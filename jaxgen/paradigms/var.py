@@ -44,7 +44,7 @@ class VAROptions(options_lib.Categorical, options_lib.Scheduled):
 
 
 @registry.PARADIGMS.register("var")
-class VAR(TokenParadigm):
+class VARParadigm(TokenParadigm):
   """config.model: ``scales`` (the tokenizer's), ``codebook_size``, ``code_dim``, sizes.
   config.paradigm: label_smoothing, label_dropout. config.sample: `VAROptions` (no
   ``steps``: one step per scale)."""
@@ -66,8 +66,8 @@ class VAR(TokenParadigm):
   def tokens_per_grid(grid) -> int:
     return sum(h * w for h, w in grid)
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
+  def __init__(self, config, dataset, **frozen):
+    super().__init__(config, dataset, **frozen)
     self.scales = tuple(int(s) for s in config.model.scales)
     if self.tokenizer is not None:
       have = self.tokenizer.latent_shape[-1]
@@ -115,7 +115,7 @@ class VAR(TokenParadigm):
   def loss(self, params, batch, rng, train: bool = True):
     codes = self.codes(batch)
     r_drop, r_model = jax.random.split(rng)
-    cond = self.condition(batch, r_drop, train)
+    cond = self.conditioner.train_input(batch, r_drop, train)
     logits = self.logits(params, self.teacher_forcing(codes), cond, train, r_model)
     loss, acc = token_losses.masked_cross_entropy(
         logits, codes, jnp.ones(codes.shape, jnp.bool_), self.config.paradigm.label_smoothing)
@@ -129,13 +129,13 @@ class VAR(TokenParadigm):
     tok = self._tokenizer()
     next_input = lambda k, f_hat, idx: tok.next_input_fn(tok.variables, k, f_hat, idx)
     return dict(o.sampling(), cfg_scale=o.cfg_scale, cfg_schedule=o.cfg_schedule,
-                null=self.null_condition(), scales=self.scales,
+                null=self.conditioner.null_input(), scales=self.scales,
                 feature_shape=tok.latent_shape), next_input
 
   def sample_pyramid(self, params, rng, labels, options=None, **overrides):
     """Per-scale codes (list of (B, s, s)) and the final f_hat, with the KV cache."""
     kw, next_input = self._sampling(options, overrides)
-    cond = self.sampling_condition(labels)
+    cond = self.conditioner.sampling_input(labels)
     batch = cfg_lib.batch_size(cond) * (1 if kw["cfg_scale"] == 1.0 else 2)
     cache = self.model.init_cache(batch)
     decode = lambda x, y, c, k: self.model.apply({"params": params}, x, y, c, k,
@@ -149,7 +149,7 @@ class VAR(TokenParadigm):
     return var_sampler.decode_uncached(
         lambda x, y: self.logits(params, x, y),
         lambda codes: tok.teacher_forcing_fn(tok.variables, codes), next_input,
-        self.sampling_condition(labels), rng, code_dim=int(self.config.model.code_dim), **kw)
+        self.conditioner.sampling_input(labels), rng, code_dim=int(self.config.model.code_dim), **kw)
 
   def sample_tokens(self, params, rng, labels, options=None, **overrides):
     """(B, L) flattened pyramid, coarse scales first (as ``jaxgen tokenize`` writes)."""

@@ -62,7 +62,8 @@ def build(config, devices=None, load_data: bool = True,
   if dataset is None:
     dataset = (datasets.get_dataset(config.data) if load_data
                else datasets.describe(config.data))
-  paradigm = registry.PARADIGMS.get(config.paradigm.name)(config, dataset)
+  paradigm = registry.PARADIGMS.get(config.paradigm.name).build(config, dataset)
+  dataset = paradigm.dataset  # a text run's: its examples carry the text arrays
   tx, schedule = paradigm.make_optimizer()
   rng = jax.random.PRNGKey(config.train.seed)
   init_state, abstract, shardings = state_lib.sharded_state(
