@@ -186,10 +186,9 @@ def cmd_tokenize(args, overrides):
   from jaxgen.tokenizers import base, precompute  # pylint: disable=g-import-not-at-top
   config, tok = _tokenizer(args, overrides, "`jaxgen tokenize`")
   spec = datasets.get_dataset(config.data)
-  if tok.kind == "kl" and base.read_latent_scale(args.workdir) is None:
-    scale = base.fit_latent_scale(tok, spec, split=config.data.train_split,
-                                  pp=config.data.pp, num=args.scale_examples)
-    base.write_latent_scale(args.workdir, scale, num_examples=args.scale_examples)
+  scale = base.ensure_latent_scale(tok, spec, split=config.data.train_split,
+                                   pp=config.data.pp, num=args.scale_examples)
+  if scale is not None:
     print(f"Latent scale factor 1/std = {scale:.4f} (from {args.scale_examples} train "
           f"images), saved in {args.workdir}/{base.SCALE_FILE}")
   t0 = time.time()

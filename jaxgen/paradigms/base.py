@@ -89,7 +89,6 @@ class Paradigm:
     self.num_classes = dataset.num_classes
     self.compute_dtype = jnp.dtype(config.train.compute_dtype)
     self.name = config.paradigm.name
-    self.config_options = self.Options.from_config(config.sample, self.name)
     dropout = config.paradigm.label_dropout if "label_dropout" in self.FIELDS else 0.0
     # conditioning (class labels or text), composed: `self.conditioner.train_input`,
     # ``.sampling_input``, ``.null_input`` give the model its condition input
@@ -152,8 +151,9 @@ class Paradigm:
     """``options`` (default: ``config.sample``'s) with ``overrides`` by name (None =
     keep); an option this paradigm does not have, or a bad value, is a `ConfigError`
     naming it."""
-    return (self.config_options if options is None else options).replace(self.name,
-                                                                          **overrides)
+    if options is None:
+      options = self.Options.from_config(self.config.sample, self.name)
+    return options.replace(self.name, **overrides)
 
   def example_batch(self, batch_size: int) -> Batch:
     """Abstract batch (ShapeDtypeStructs) as the data pipeline delivers it."""

@@ -357,6 +357,18 @@ def fit_latent_scale(tok, spec: datasets.DatasetSpec, *, split: str, pp: str, nu
   return tok.latent_scale
 
 
+def ensure_latent_scale(tok, spec: datasets.DatasetSpec, *, split: str, pp: str, num: int
+                        ) -> Optional[float]:
+  """A KL tokenizer's latent scale: fitted on ``num`` images of ``split``
+  (`fit_latent_scale`) and written beside its run when the run has none yet (then
+  returned), else left as the run's (None)."""
+  if tok.kind != "kl" or read_latent_scale(tok.workdir) is not None:
+    return None
+  scale = fit_latent_scale(tok, spec, split=split, pp=pp, num=num)
+  write_latent_scale(tok.workdir, scale, num_examples=num)
+  return scale
+
+
 def write_latent_scale(workdir: str, scale: float, num_examples: int) -> str:
   path = os.path.join(workdir, SCALE_FILE)
   fileio.write_text(path, json.dumps({"scale": scale, "num_examples": num_examples}))
