@@ -137,10 +137,10 @@ class ClassConditioner(_ModelInputs):
 
 def text_encoder_kwargs(text_cfg) -> Dict[str, Any]:
   """Keyword arguments of `get_text_encoder` from ``config.text``."""
-  kw = {"max_length": int(text_cfg.max_length), "dtype": text_cfg.get("dtype", "float32")}
-  if text_cfg.get("checkpoint"):
+  kw = {"max_length": int(text_cfg.max_length), "dtype": text_cfg.dtype}
+  if text_cfg.checkpoint:
     kw["checkpoint"] = text_cfg.checkpoint
-  if text_cfg.get("model_dir"):
+  if text_cfg.model_dir:
     kw["model_dir"] = text_cfg.model_dir
   return kw
 

@@ -418,7 +418,7 @@ def _check_pp(config) -> None:
   read: train, sample and info all stop alike)."""
   from jaxgen.data import preprocess  # pylint: disable=g-import-not-at-top
   try:
-    preprocess.parse(config.data.get("pp", ""))
+    preprocess.parse(config.data.pp)
   except (ValueError, TypeError) as e:  # ValueError includes registry.UnknownNameError
     raise ConfigError(f"config.data.pp={config.data.pp!r}: {e}") from None
 

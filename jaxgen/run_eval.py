@@ -65,7 +65,7 @@ def prompt_following(exp, params, num: int, seed: int = 0, out_npz: Optional[str
                                 labels=targets["label"], batch_size=c.sample.batch_size,
                                 **sample_options)
   spec = datasets.get_dataset(datasets.image_dataset_config(
-      c.data.name, c.data.get("data_dir", ""), c.data.get("source_dir", "")))
+      c.data.name, c.data.data_dir, c.data.source_dir))
   native = evaluate.to_native(images, spec.image_shape, c.data.pp)
   if out_npz:
     generate.save_samples(out_npz, native, targets["label"], prompts=prompts)

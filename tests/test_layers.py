@@ -115,3 +115,19 @@ def _find_cycle(graph):
       if found:
         return found
   return None
+
+
+def test_every_registering_module_is_found_without_a_list():
+  """A module that registers a model, paradigm, dataset, text encoder, preprocessing
+  op or model fields is imported by `registry.import_all` because it lives in a
+  registering package (nothing lists modules by hand)."""
+  import re
+  from jaxgen import registry
+  pattern = re.compile(r"(\b[A-Z_]+\.register\(|@register_op\(|register_op\(\"|"
+                       r"register_variants\(|register_model_fields\()")
+  registering = {m for m, path in _modules().items()
+                 if m != "jaxgen.registry" and pattern.search(open(path).read())}
+  assert registering  # the pattern finds them
+  outside = {m for m in registering
+             if not any(m == p or m.startswith(p + ".") for p in registry.REGISTERING_PACKAGES)}
+  assert not outside, f"registering modules outside REGISTERING_PACKAGES: {sorted(outside)}"
