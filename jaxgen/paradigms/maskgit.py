@@ -48,9 +48,10 @@ class MaskGITOptions(options_lib.Scheduled):
 def check_decoding_config(config) -> None:
   """Config checks shared by the paradigms that decode with MaskGIT's sampler."""
   p = config.paradigm
-  if p.mask_schedule not in decoding.SCHEDULES:
-    raise ConfigError(f"config.paradigm.mask_schedule={p.mask_schedule!r}; use one of "
-                      f"{', '.join(decoding.SCHEDULES)}.")
+  try:
+    decoding.check_schedule(p.mask_schedule)
+  except ValueError as e:
+    raise ConfigError(f"config.paradigm.mask_schedule: {e}") from None
 
 
 def iterative_decode(model_logits, cond, null, o: MaskGITOptions, *, num_tokens: int,
@@ -86,7 +87,7 @@ class MaskGITParadigm(TokenParadigm):
 
   Options = MaskGITOptions
   FIELDS = dict(
-      mask_schedule="cosine",    # cosine | linear | sqrt | square | exp | log (decoding too)
+      mask_schedule="cosine",    # cosine | uniform | powX | log | exp, as the official (decoding too)
       label_smoothing=0.1,
       label_dropout=0.1,         # p(label -> null class): trains the unconditional model
   )
