@@ -6,6 +6,7 @@ Examples:
   jaxgen sample --workdir runs/qs --num 1000 --seed 0 --out runs/qs/samples.npz
   jaxgen eval --workdir runs/qs --samples runs/qs/samples.npz
   jaxgen info --config configs/imagenet256_dit_xl2.py
+  jaxgen convert --from dit --ckpt DiT-XL-2-256x256.pt --tokenizer runs/vae --out runs/dit
   jaxgen train --config configs/fmnist_vqgan.py --workdir runs/vqgan      # a tokenizer
   jaxgen eval --workdir runs/vqgan                                       # PSNR, SSIM, rFD
   jaxgen tokenize --workdir runs/vqgan --out data/fmnist_vqgan_codes     # codes, once
@@ -284,6 +285,28 @@ def cmd_recaption(args, overrides):
         "config.data.detailed_ratio.")
 
 
+def cmd_convert(args, overrides):
+  """Writes a published checkpoint as a jaxgen run (`jaxgen.importer`)."""
+  from jaxgen import importer  # pylint: disable=g-import-not-at-top
+  if overrides:
+    raise config_lib.ConfigError("`jaxgen convert` takes no --config.* overrides; change "
+                                 "the written run with them when you sample or train it.")
+  if not os.path.isfile(args.ckpt):
+    raise FileNotFoundError(f"--ckpt {args.ckpt}: no such file.")
+  t0 = time.time()
+  try:
+    out = importer.convert_dit(args.ckpt, args.out, tokenizer=args.tokenizer,
+                               source_dataset=args.source_dataset, num_heads=args.num_heads)
+  except ValueError as e:
+    if isinstance(e, config_lib.ConfigError):
+      raise
+    raise config_lib.ConfigError(f"--ckpt {args.ckpt}: {e}") from None
+  decodes = (f"decoding through {args.tokenizer}" if args.tokenizer else
+             "no tokenizer given: pass --tokenizer KL_VAE_RUN to sample images")
+  print(f"Converted {args.ckpt} ({args.source}) in {time.time() - t0:.0f}s to {out} "
+        f"({decodes}). Sample it with `jaxgen sample --workdir {out}`.")
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="jaxgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -410,6 +433,21 @@ def build_parser() -> argparse.ArgumentParser:
   r.add_argument("--classifier-dir", default="",
                  help="cache of jaxgen's dataset classifiers (built-in captioner)")
   r.set_defaults(fn=cmd_recaption)
+
+  v = sub.add_parser("convert", help="write a published checkpoint as a jaxgen run "
+                                     "(sample / eval / load it like a trained one)")
+  v.add_argument("--from", dest="source", required=True, choices=("dit",),
+                 help="dit: facebookresearch/DiT (DiT-XL-2-256x256.pt, -512x512.pt, or "
+                      "a state dict of any size; the paper's DDPM recipe)")
+  v.add_argument("--ckpt", required=True, help="the checkpoint file (read without torch)")
+  v.add_argument("--out", required=True, help="the new workdir")
+  v.add_argument("--tokenizer", default="",
+                 help="the KL-VAE tokenizer run that decodes the model's latents")
+  v.add_argument("--source-dataset", default="imagenet2012",
+                 help="the dataset the model was trained on (its classes)")
+  v.add_argument("--num-heads", type=int, default=None,
+                 help="attention heads (the official sizes S/B/L/XL need none)")
+  v.set_defaults(fn=cmd_convert, config=None, workdir=None)
 
   d = sub.add_parser("data", help="prepare a config's dataset (or a folder of images) "
                                   "and print its splits")

@@ -17,7 +17,7 @@ LAYERS = (
     ("train",),
     ("tokenizers",),
     ("paradigms",),
-    ("generate", "info", "run_eval"),
+    ("generate", "info", "run_eval", "importer"),
     ("api", "cli", "__init__"),
 )
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

@@ -7,7 +7,6 @@ and the named ImageNet sizes match the official parameter counts."""
 import hashlib
 import importlib.util
 import json
-import math
 import os
 
 import chex

@@ -12,7 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import jax.numpy as jnp
 import numpy as np
@@ -24,9 +24,11 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 Path = Tuple[str, ...]
-# Linen parameter path -> (checkpoint key, transpose?). PyTorch ``nn.Linear`` stores
-# (out, in); a Linen kernel is (in, out), so linear weights are transposed.
-KeyMap = Mapping[Path, Tuple[str, bool]]
+# Linen parameter path -> (checkpoint key, transpose). PyTorch ``nn.Linear`` stores
+# (out, in); a Linen kernel is (in, out), so linear weights are transposed (True:
+# all axes reversed); a tuple is an axis permutation (a conv's (out, in, kh, kw) ->
+# Linen's (kh, kw, in, out) is (2, 3, 1, 0)).
+KeyMap = Mapping[Path, Tuple[str, Union[bool, Tuple[int, ...]]]]
 
 
 def resolve_safetensors(path: str, *, what: str, how_to_get: str) -> List[str]:
@@ -139,8 +141,19 @@ class CheckpointReader:
     return self._handles[self._where[key]].get_tensor(key)
 
 
-def _layout_shape(shape: Tuple[int, ...], transpose: bool) -> Tuple[int, ...]:
-  return tuple(reversed(shape)) if transpose else tuple(shape)
+def _layout_shape(shape: Tuple[int, ...], transpose) -> Tuple[int, ...]:
+  """The checkpoint's shape of a parameter of Linen shape ``shape``."""
+  if transpose is True:
+    return tuple(reversed(shape))
+  if transpose:
+    return tuple(shape[int(i)] for i in np.argsort(transpose))
+  return tuple(shape)
+
+
+def _to_linen(arr: np.ndarray, transpose) -> np.ndarray:
+  if transpose is True:
+    return arr.T
+  return np.transpose(arr, transpose) if transpose else arr
 
 
 def convert_tensors(reader: CheckpointReader, key_map: KeyMap,
@@ -194,7 +207,7 @@ def convert_tensors(reader: CheckpointReader, key_map: KeyMap,
   flat = {}
   for path, (key, transpose) in key_map.items():
     arr = reader.get(key)
-    flat[path] = jnp.asarray(arr.T if transpose else arr, dtype=dtype)
+    flat[path] = jnp.asarray(_to_linen(arr, transpose), dtype=dtype)
   return traverse_util.unflatten_dict(flat)
 
 

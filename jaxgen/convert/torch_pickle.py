@@ -175,3 +175,24 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
   return state
 
 
+
+
+class StateDictReader:
+  """The `safetensors_io.CheckpointReader` interface (source, keys, shape, get) over a
+  state dict in memory, e.g. one `read_state_dict` read."""
+
+  def __init__(self, state: Dict[str, np.ndarray], source: str):
+    self.state = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    self.source = source
+
+  def keys(self):
+    return sorted(self.state)
+
+  def __contains__(self, key: str) -> bool:
+    return key in self.state
+
+  def shape(self, key: str) -> Tuple[int, ...]:
+    return tuple(self.state[key].shape)
+
+  def get(self, key: str) -> np.ndarray:
+    return self.state[key]
