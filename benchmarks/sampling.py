@@ -5,9 +5,10 @@
   python benchmarks/sampling.py --workdir runs/maskgit  # token paradigms: cost of decoding
                                                         # in forward passes (MaskGIT, MAGE)
   python benchmarks/sampling.py --workdir runs/ar --compare runs/maskgit --steps 8
-      # raster AR: tokens/s of KV-cache decoding against full recomputation at every step
-      # (same draws), then each --compare run on the same batch in the same process, and
-      # one summary table of every row (AR cached / uncached vs MaskGIT)
+      # raster AR: tokens/s of KV-cache decoding against recomputing the prefix (and,
+      # beside it, the whole padded sequence) at every step (same draws), then each
+      # --compare run on the same batch in the same process, and one summary table of
+      # every row (AR cached / prefix / full vs MaskGIT)
   python benchmarks/sampling.py --workdir runs/var --compare runs/maskgit,runs/ar --steps 8
       # VAR: the same, one step per scale (KV cache vs the whole pyramid at every scale)
 
@@ -166,10 +167,12 @@ def _token_rows(exp, params, key, labels, args):
 
 
 def ar_table(exp, params, key, labels, args):
-  """Raster AR and VAR: KV-cache decoding against full recomputation at every step, same
-  batch and same draws (the two give identical codes; tests/test_autoregressive.py,
-  tests/test_var.py). AR takes one step per token, VAR one per scale; ``speed-up`` =
-  uncached time / cached time."""
+  """Raster AR and VAR: KV-cache decoding against recomputation at every step, same
+  batch and same draws (they give identical codes; tests/test_autoregressive.py,
+  tests/test_var.py). AR takes one step per token, VAR one per scale. Baselines:
+  ``prefix`` (raster AR: each step runs only the prefix and the codes so far, the
+  honest one) and ``full`` (the whole padded sequence at every step); ``speed-up`` =
+  baseline time / cached time."""
   p = exp.paradigm
   n = p.num_tokens
   steps = len(p.scales) if hasattr(p, "scales") else n
@@ -177,17 +180,19 @@ def ar_table(exp, params, key, labels, args):
   print(f"{'decoding':>9} {'cfg':>4} {'compile s':>10} {'images/s':>10} {'tokens/s':>10} "
         f"{'speed-up':>9}")
   rows = []
+  modes = {"cached": p.sample_tokens, "full": p.sample_tokens_uncached}
+  if hasattr(p, "sample_tokens_prefix"):
+    modes["prefix"] = p.sample_tokens_prefix
   for cfg in sorted({1.0, args.cfg_scale}):
     secs = {}
-    for mode in ("cached", "uncached"):
-      sample = p.sample_tokens if mode == "cached" else p.sample_tokens_uncached
+    for mode, sample in modes.items():
       fn = exp.frozen.jit(lambda pr, k, y, c=cfg, f=sample: f(pr, k, y, cfg_scale=c))
       t0 = time.perf_counter()
       compiled = fn.lower(params, key, labels).compile()
       compile_s = time.perf_counter() - t0
       secs[mode] = sec = bench_utils.time_fn(compiled, params, key, labels, warmup=1,
                                              iters=2, min_time=1.0)
-      speedup = secs["uncached"] / secs["cached"] if mode == "uncached" else 1.0
+      speedup = secs[mode] / secs["cached"]
       print(f"{mode:>9} {cfg:>4.1f} {compile_s:>10.2f} {args.batch / sec:>10.1f} "
             f"{args.batch * n / sec:>10.0f} {speedup:>9.1f}")
       rows.append((exp.config.paradigm.name, f"{mode} ({steps} steps)", cfg, args.batch / sec,

@@ -82,6 +82,25 @@ class AutoregressiveParadigm(TokenParadigm):
                                   start=start, null=self.conditioner.null_input(),
                                   cfg_scale=o.cfg_scale, **o.sampling())
 
+  def sample_tokens_prefix(self, params, rng, labels, options=None, **overrides):
+    """The same draws as ``sample_tokens`` by recomputing the prefix and the codes so
+    far at every step (no cache; each step as long as its prefix): the honest
+    baseline of the KV cache."""
+    o = self.sample_options(options, **overrides)
+    k = self.model.prefix_len
+
+    def prefix_logits(codes_bi, cond):
+      b, i = codes_bi.shape
+      inputs = jnp.concatenate([jnp.zeros((b, k), jnp.int32), codes_bi], axis=1)
+      logits, _ = self.model.apply({"params": params}, inputs, cond,
+                                   self.model.init_cache(b, k + i), method="decode")
+      return logits[:, -1]
+
+    return decoding.decode_prefix(prefix_logits, self.conditioner.sampling_input(labels),
+                                  rng, num_tokens=self.num_tokens,
+                                  null=self.conditioner.null_input(), cfg_scale=o.cfg_scale,
+                                  **o.sampling())
+
   def sample_tokens_uncached(self, params, rng, labels, options=None, **overrides):
     """The same draws as ``sample_tokens`` by full recomputation at every step."""
     o = self.sample_options(options, **overrides)

@@ -122,3 +122,27 @@ def decode_uncached(logits_fn: LogitsFn, labels_b, rng, *, num_tokens: int, **st
   tokens = jnp.zeros((cfg_lib.batch_size(labels_b), num_tokens), jnp.int32)
   return loop.run_loop(step, DecodeState(tokens, (), rng), num_tokens).tokens
 
+
+
+def decode_prefix(prefix_logits_fn, labels_b, rng, *, num_tokens: int, null,
+                  cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0):
+  """The honest baseline of `decode_cached`: step ``i`` runs the model on the prefix and
+  the ``i`` codes drawn so far only (no cache, and no padding to the full length as
+  `decode_uncached` has), so it costs one forward pass over that many positions. The
+  same draws as the cached step (the same rng use; guidance on one doubled batch). A
+  Python loop unrolled at trace time: every step has its own length.
+  ``prefix_logits_fn(codes_bi, cond) -> (B, V)`` gives the next code's logits after
+  the (B, i) codes ``codes_bi`` (2B rows with guidance)."""
+  cond = cfg_lib.with_null(labels_b, null, cfg_scale)
+  sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+  codes = jnp.zeros((cfg_lib.batch_size(labels_b), 0), jnp.int32)
+  for _ in range(num_tokens):
+    rng, r_sample = jax.random.split(rng)
+    x = codes if cfg_scale == 1.0 else jnp.concatenate([codes, codes])
+    logits = prefix_logits_fn(x, cond)
+    if cfg_scale != 1.0:
+      logits = cfg_lib.combine(logits, cfg_scale)
+    codes = jnp.concatenate([codes, sample_logits(r_sample, logits, **sampling)[:, None]],
+                            axis=1)
+  return codes
