@@ -128,11 +128,7 @@ def test_train_writes_logs_samples_and_tensorboard(make_config, tmp_path, one_de
 def test_grad_accumulation_equals_full_batch(make_config, one_device):
   c1 = make_config("dit")
   c1.optim.grad_clip = 0.0
-  c2 = make_config("dit")
-  c2.optim.grad_clip = 0.0
-  c2.optim.grad_accum = 2
   exp = loop.build(c1, one_device)
-  exp2 = loop.build(c2, one_device)
   state = exp.init_state()
   batch = mesh_lib.global_batch(next(loop.make_data_iterator(exp)), exp.mesh)
   rng = jax.random.PRNGKey(0)
