@@ -28,7 +28,11 @@ from jaxgen.samplers import cfg
 def concrete(value) -> bool:
   """False for traced values (an option passed as a jit argument is checked by the
   caller that made it)."""
-  return not isinstance(value, jax.core.Tracer)
+  try:
+    bool(value == value)  # needs a concrete value
+    return True
+  except jax.errors.ConcretizationTypeError:
+    return False
 
 
 @dataclasses.dataclass(frozen=True)
