@@ -26,7 +26,8 @@ def diffusion_paradigm(**overrides) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """Every shared section at its defaults, a small U-Net and rectified flow."""
   c = ml_collections.ConfigDict()
-  c.data = section("data")
+  c.data = section("data", name="fashion_mnist",  # registered dataset (jaxgen.data.datasets)
+                   pp="pad(32)|scale(-1, 1)")
   c.model = ml_collections.ConfigDict(dict(name="unet", variant="small"))
   c.paradigm = paradigm_section("flow")
   c.optim = section("optim")

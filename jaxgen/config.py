@@ -212,12 +212,13 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
 # and `fill_defaults` adds whatever a config lacks, so the library reads these fields
 # directly. (The data layer also reads partial ``config.data`` dicts, e.g. of a
 # captioned dataset's images, so it keeps ``.get`` with the defaults below.)
+# A section's defaults are the neutral choices (no preprocessing, no text encoder);
+# ``config.data.name`` has none: every config names its dataset.
 SECTIONS = dict(
     data=dict(
-        name="fashion_mnist",     # registered dataset (jaxgen.data.datasets)
         data_dir="",              # prepared TFDS data; "" = $JAXGEN_DATA_DIR or ~/.cache/jaxgen/tfds
         source_dir="",            # raw files (IDX for Fashion-MNIST); "" = Debian package path
-        pp="pad(32)|scale(-1, 1)",  # preprocessing ops, composed left to right
+        pp="",                    # preprocessing ops, composed left to right; "" = none
         train_split="train",
         eval_split="test",
         # image folders (name="folder", jaxgen.data.folder); every config has them, so
@@ -270,7 +271,8 @@ SECTIONS = dict(
         step=None,                # checkpoint step; None = the newest intact one
     ),
     text=dict(                    # a text-to-image run (jaxgen.conditioning.TextConditioner)
-        encoder="minilm",         # registered text encoder: minilm | t5_v1_1_* | flan_t5_*
+        encoder="",               # registered text encoder: minilm | t5_v1_1_* | flan_t5_*;
+                                  # "" = none (class-conditional)
         max_length=32,            # tokens per caption, special tokens included
         width=384,                # the encoder's hidden size D (384 MiniLM, 4096 T5-XXL)
         encode_in_step=False,     # True: encode token ids in the step (small encoders);

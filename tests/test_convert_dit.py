@@ -58,6 +58,12 @@ def test_wrong_missing_or_extra_tensors_are_named(tmp_path):
     dit_convert.load_dit(CKPT)  # width 32: the heads must be given
   with pytest.raises(ValueError, match="not an official DiT checkpoint"):
     dit_convert.load_dit(_write(tmp_path, {"w": np.zeros(3, np.float32)}))
+  # A training checkpoint's ``args`` (an argparse.Namespace) is refused, not executed.
+  import argparse, pickle, zipfile  # pylint: disable=g-import-not-at-top,multiple-imports
+  with zipfile.ZipFile(tmp_path / "train.pt", "w") as z:
+    z.writestr("train/data.pkl", pickle.dumps({"args": argparse.Namespace(lr=1e-4)}))
+  with pytest.raises(ValueError, match="refusing to load global argparse.Namespace"):
+    dit_convert.load_dit(str(tmp_path / "train.pt"))
 
 
 def test_official_sizes_need_no_head_count():

@@ -161,7 +161,10 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
       pkls = sorted((n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"),
                     key=len)
       if pkls:
-        state = _read_torch_zip(zf, pkls[0])
+        try:
+          state = _read_torch_zip(zf, pkls[0])
+        except (pickle.UnpicklingError, EOFError, KeyError) as e:
+          raise ValueError(f"{path} could not be read as a torch checkpoint: {e}") from e
       else:
         with np.load(path) as f:
           state = {k: f[k] for k in f.files}

@@ -2,7 +2,7 @@
 
 A paradigm's ``Options`` is a frozen dataclass (a subclass of `SampleOptions`) whose
 fields are its options with their defaults, declared once: ``configs/common.py``
-builds ``config.sample`` from them (`section`), the config's values fill them
+builds ``config.sample`` from them (`config.sample_section`), the config's values fill them
 (`SampleOptions.from_config`), and a caller overrides them by name (``jaxgen sample
 --sample.NAME=VALUE``, ``jaxgen.load(...).sample(NAME=VALUE)``, ``paradigm.sample(...,
 NAME=VALUE)``). An option the paradigm does not have is an error naming the paradigm
