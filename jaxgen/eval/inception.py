@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import errors
 from jaxgen.convert.torch_pickle import read_state_dict
 from jaxgen.eval import frechet
 
@@ -347,14 +348,20 @@ def load_fid_inception(path: str) -> Dict[str, Any]:
 
   Raises:
     FileNotFoundError: ``path`` does not exist.
-    ValueError: the file is not the FID Inception state dict (names or shapes).
+    ConfigError (a ValueError): the file is not the FID Inception state dict (not a
+      readable checkpoint, or other names or shapes), in one line.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"FID Inception weights {path} not found. Download "
         f"pt_inception-2015-12-05-6726825d.pth from the pytorch-fid GitHub release "
         f"{FID_WEIGHTS_URL} and pass its local path.")
-  return state_dict_to_variables(read_state_dict(path), source=path)
+  try:
+    return state_dict_to_variables(read_state_dict(path), source=path)
+  except errors.ConfigError:
+    raise
+  except ValueError as e:
+    raise errors.ConfigError(f"--inception-weights {path}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- features
