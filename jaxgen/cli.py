@@ -5,6 +5,8 @@ Examples:
   jaxgen train --workdir runs/qs --config.train.num_steps=3000   # continue longer
   jaxgen sample --workdir runs/qs --num 1000 --seed 0 --out runs/qs/samples.npz
   jaxgen eval --workdir runs/qs --samples runs/qs/samples.npz
+  jaxgen eval --suite adm --ref VIRTUAL_imagenet256_labeled.npz --samples s.npz \
+      --inception-weights pt_inception-2015-12-05-6726825d.pth   # FID, sFID, IS, P/R
   jaxgen info --config configs/imagenet256_dit_xl2.py
   jaxgen convert --from dit --ckpt DiT-XL-2-256x256.pt --tokenizer runs/vae --out runs/dit
   jaxgen train --config configs/fmnist_vqgan.py --workdir runs/vqgan      # a tokenizer
@@ -161,10 +163,37 @@ def cmd_embed_captions(args, overrides):
         f"--config.data.embeddings_dir={args.out}")
 
 
+def _check_adm_args(args, overrides):
+  """`jaxgen eval --suite adm` compares two batch files; no run is involved."""
+  missing = [f for f, v in (("--ref", args.ref), ("--samples", args.samples),
+                            ("--inception-weights", args.inception_weights)) if not v]
+  if missing:
+    raise config_lib.ConfigError(
+        f"`jaxgen eval --suite adm` needs {', '.join(missing)}: the reference batch (e.g. "
+        "VIRTUAL_imagenet256_labeled.npz), the samples (`jaxgen sample --format adm`) and "
+        "pytorch-fid's pt_inception-2015-12-05-6726825d.pth.")
+  other = [f for f, v in (("--workdir", args.workdir), ("--config", args.config),
+                          ("--linear-probe", args.linear_probe),
+                          ("--prompt-following", args.prompt_following)) if v]
+  if other or overrides or args.sample_options:
+    raise config_lib.ConfigError(
+        f"`jaxgen eval --suite adm` reads only batch files; drop "
+        f"{', '.join(other) or 'the --config.* / --sample.* overrides'}.")
+  if args.batch_per_device < 1:
+    raise config_lib.ConfigError(f"--batch-per-device must be >= 1, got "
+                                 f"{args.batch_per_device}.")
+
+
+def _figure(k, v) -> str:
+  if k == "num":
+    return f"n={int(v)}"
+  return f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+
+
 def _print_figures(result, json_out=None):
   for name, figs in result.items():
     if isinstance(figs, dict):
-      line = "  ".join(f"{k}={v:.4f}" if k != "num" else f"n={int(v)}" for k, v in figs.items())
+      line = "  ".join(_figure(k, v) for k, v in figs.items())
       print(f"{name:>12}: {line}")
   print(json.dumps(result))
   if json_out:
@@ -205,6 +234,21 @@ def cmd_eval(args, overrides):
   reconstructions (no --samples) or a samples file; `jaxgen.run_eval` computes."""
   from jaxgen import generate, run_eval  # pylint: disable=g-import-not-at-top
   t0 = time.time()
+  if args.suite == "adm":
+    _check_adm_args(args, overrides)
+    result = run_eval.adm_figures(args.ref, args.samples, args.inception_weights,
+                                  batch_per_device=args.batch_per_device,
+                                  preprocess=args.preprocess, distances=args.distances)
+    print(f"ADM evaluator figures in {time.time() - t0:.0f}s:")
+    json_out = args.json_out or os.path.splitext(args.samples)[0] + ".adm.json"
+    _print_figures(result, json_out)
+    print(f"Wrote {json_out}")
+    return
+  adm_only = [f for f, v in (("--ref", args.ref), ("--preprocess", args.preprocess != "tf"),
+                             ("--distances", args.distances != "float16")) if v]
+  if adm_only:
+    raise config_lib.ConfigError(f"{', '.join(adm_only)}: only for `jaxgen eval --suite "
+                                 "adm` (the ADM evaluator's figures of two batch files).")
   if args.linear_probe or args.prompt_following:
     action = "--linear-probe" if args.linear_probe else "--prompt-following"
     exp, state, step = generate.load_run(args.workdir, overrides)
@@ -364,11 +408,29 @@ def build_parser() -> argparse.ArgumentParser:
       "eval", help="samples: Frechet distance and classifier accuracy; tokenizer runs "
                    "(no --samples): reconstruction PSNR, SSIM, rFD, codebook usage; "
                    "--linear-probe: a MAGE run's representation")
+  e.add_argument("--suite", choices=("run", "adm"), default="run",
+                 help="run (default): the figures of a run (--workdir) or of its samples; "
+                      "adm: FID, sFID, Inception Score, precision and recall of --samples "
+                      "against --ref as openai/guided-diffusion's evaluator computes them "
+                      "(the figures DiT, VAR, MaskGIT papers report), with the FID "
+                      "Inception from --inception-weights; writes a JSON")
+  e.add_argument("--ref", default=None,
+                 help="--suite adm: the reference batch (.npz, arr_0 = uint8 NHWC images, "
+                      "optionally mu/sigma/mu_s/sigma_s), e.g. VIRTUAL_imagenet256_labeled.npz")
+  e.add_argument("--batch-per-device", type=int, default=16,
+                 help="--suite adm: images per device per Inception step")
+  e.add_argument("--preprocess", choices=("tf", "pytorch-fid"), default="tf",
+                 help="--suite adm: tf (the evaluator's graph: legacy TF bilinear resize "
+                      "to 299, (x - 128) / 128) or pytorch-fid (half-pixel resize, "
+                      "2x/255 - 1)")
+  e.add_argument("--distances", choices=("float16", "float32"), default="float16",
+                 help="--suite adm: precision/recall distances in float16 as the "
+                      "evaluator's graph (default) or float32")
   e.add_argument("--workdir", help="run whose config names the dataset")
   e.add_argument("--config", help="or a config file naming the dataset")
   e.add_argument("--samples", default=None,
                  help=".npz written by `jaxgen sample`; omit to evaluate the tokenizer "
-                      "in --workdir on the eval split")
+                      "in --workdir on the eval split. --suite adm: the sample batch")
   e.add_argument("--num", type=int, default=None,
                  help="tokenizer eval: number of eval-split images; linear probe: "
                       "examples per split (default: all)")
@@ -378,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--inception-weights", default=None,
                  help="also compute the standard Inception FID against as many real train "
                       "images, with pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
-                      "(or an .npz of its state dict) from this local path")
+                      "(or an .npz of its state dict) from this local path; --suite adm: "
+                      "the network of every figure")
   e.add_argument("--linear-probe", action="store_true",
                  help="MAGE runs: fit a linear classifier on the frozen encoder features "
                       "of the train split (nothing masked) and report test accuracy")

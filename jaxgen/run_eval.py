@@ -1,8 +1,9 @@
 """Evaluating runs: the figures ``jaxgen eval`` prints, as functions.
 
-`sample_figures` scores a samples file (Frechet distance and accuracy in the
-dataset's classifier, optionally the standard Inception FID, and the same figures of
-as many real images); `reconstruction_figures` a tokenizer run's reconstructions;
+`adm_figures` scores a sample batch against a reference batch as the ADM evaluator
+does (FID, sFID, Inception Score, precision, recall); `sample_figures` a samples file
+(Frechet distance and accuracy in the dataset's classifier, optionally the standard
+Inception FID, and the same figures of as many real images); `reconstruction_figures` a tokenizer run's reconstructions;
 `prompt_following` a text-to-image run's samples of held-out prompts (class and
 attribute accuracy); `linear_probe` a representation-learning run's frozen features.
 Each checks that the run can do what is asked (`Paradigm.require`).
@@ -14,6 +15,7 @@ from typing import Any, Dict, Optional
 
 from jaxgen import generate
 from jaxgen.data import captions, datasets, pipeline
+from jaxgen.eval import adm
 from jaxgen.eval import classifier as clf_lib
 from jaxgen.eval import evaluate, linear_probe as probe_lib, reconstruction
 from jaxgen.sharding import mesh as mesh_lib
@@ -42,6 +44,17 @@ def sample_figures(config, samples_path: str, *, inception_weights: Optional[str
       result["real_" + split]["fid_inception"] = ev.inception_fid(real, inception_weights)
   result["classifier_test_accuracy"] = ev.classifier.info.get("test_accuracy")
   return result
+
+
+def adm_figures(ref_path: str, samples_path: str, inception_weights: str, *,
+                batch_per_device: int = 16, preprocess: str = "tf",
+                distances: str = "float16") -> Dict[str, Any]:
+  """``{"adm": figures}`` of ``samples_path`` against ``ref_path`` (ADM batch files:
+  `jaxgen.eval.adm`), features sharded over this process's devices."""
+  figs = adm.evaluate(ref_path, samples_path, inception_weights,
+                      batch_per_device=batch_per_device, preprocess=preprocess,
+                      distances=distances)
+  return {"adm": figs}
 
 
 def reconstruction_figures(tok, config, num: Optional[int] = None) -> Dict[str, Any]:

@@ -20,10 +20,13 @@ def _scipy_fd(mu1, s1, mu2, s2):
   return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
-def test_frechet_distance_matches_scipy_sqrtm():
+@pytest.mark.parametrize("sizes", [(500, 400), (5, 400), (400, 5), (5, 4)],
+                         ids=["both_pd", "first_singular", "second_singular", "both_singular"])
+def test_frechet_distance_matches_scipy_sqrtm(sizes):
+  # each path of trace_sqrt_product: Cholesky of S1, of S2, or neither (N < D)
   rng = np.random.default_rng(0)
-  a = rng.standard_normal((500, 6)) @ rng.standard_normal((6, 6))
-  b = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6)) + 0.5
+  a = rng.standard_normal((sizes[0], 6)) @ rng.standard_normal((6, 6))
+  b = rng.standard_normal((sizes[1], 6)) @ rng.standard_normal((6, 6)) + 0.5
   ours = frechet.frechet_distance_features(a, b)
   ref = _scipy_fd(*frechet.stats(a), *frechet.stats(b))
   np.testing.assert_allclose(ours, ref, rtol=1e-6)

@@ -18,18 +18,32 @@ def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
   return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-  """``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2})``.
+def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+  """``tr((S1 S2)^{1/2})`` of two covariances: the sum of the square roots of the
+  eigenvalues of ``S1 S2``. They equal those of the symmetric ``L^T S2 L`` (``S1 = L
+  L^T``, Cholesky; or the same with S1 and S2 swapped) or, when both are singular, of
+  ``S1^{1/2} S2 S1^{1/2}``: no complex parts appear, and only one eigenvalue problem is
+  solved when a covariance is positive definite (2048-d: ~1 s instead of ~10 s)."""
+  for a, b in ((s1, s2), (s2, s1)):  # eig(S1 S2) = eig(S2 S1)
+    try:
+      low = np.linalg.cholesky(a)
+    except np.linalg.LinAlgError:  # singular (fewer examples than dimensions)
+      continue
+    m = low.T @ b @ low
+    break
+  else:
+    r1 = _sqrtm_psd(s1)
+    m = r1 @ s2 @ r1
+  w = np.linalg.eigvalsh((m + m.T) / 2)
+  return float(np.sqrt(np.clip(w, 0, None)).sum())
 
-  ``tr((S1 S2)^{1/2})`` is computed as ``tr((S1^{1/2} S2 S1^{1/2})^{1/2})``, which has
-  the same eigenvalues and stays symmetric, so no complex parts appear.
-  """
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+  """``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2})`` (see `trace_sqrt_product`)."""
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-  r1 = _sqrtm_psd(s1)
-  cross = _sqrtm_psd(r1 @ s2 @ r1)
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(cross))
+  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2))
 
 
 def frechet_distance_features(f1: np.ndarray, f2: np.ndarray) -> float:
