@@ -4,7 +4,7 @@ a tiny size, noised weights) is read without torch and converted; jaxgen's KL
 autoencoder then gives diffusers' posterior moments and decodes to 1e-4 (fp32; measured
 4e-7 and 2e-6). The older diffusers attention names and the LDM layout give the same
 weights. A wrong shape, a missing or an extra tensor is an error naming the key and
-both shapes."""
+both shapes. The converted run loads as a frozen KL tokenizer."""
 
 import json
 import os
@@ -167,3 +167,65 @@ def test_wrong_missing_or_extra_tensors_are_named(tmp_path):
     json.dump(dict(config, shift_factor=0.1159, latent_channels=16), f)
   with pytest.raises(ValueError, match=r"shift_factor=0\.1159"):
     sd_vae.load_sd_vae(str(tmp_path / "ckpt"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """The tiny VAE converted by `jaxgen convert --from sd-vae` (once per module)."""
+  from jaxgen import cli  # pylint: disable=import-outside-toplevel
+  wd = str(tmp_path_factory.mktemp("sd_vae") / "vae")
+  assert cli.main(["convert", "--from", "sd-vae", "--ckpt", TINY, "--out", wd]) == 0
+  return wd
+
+
+def test_converted_run_is_a_frozen_kl_tokenizer(run_dir):
+  """The run loads as a frozen KL tokenizer (ImageNet 256x256 by default) whose scaled
+  latents (scale 0.18215) and decodes are diffusers'."""
+  from jaxgen.tokenizers import base  # pylint: disable=import-outside-toplevel
+  tok = base.Tokenizer.from_workdir(run_dir)
+  assert (tok.kind, tok.latent_scale, tok.image_shape, tok.latent_shape) == (
+      "kl", SCALE, (256, 256, 3), (64, 64, 4))
+  ref = _reference()
+  np.testing.assert_allclose(tok.encode(_nhwc(ref["x"])), SCALE * _nhwc(ref["mean"]),
+                             atol=1e-4, rtol=0)
+  np.testing.assert_allclose(tok.decode(SCALE * _nhwc(ref["z"])),
+                             np.clip(_nhwc(ref["decoded"]), -1, 1), atol=1e-4, rtol=0)
+
+
+def test_converted_run_holds_the_weights_and_the_kl_f8_recipe(run_dir, capsys):
+  """Its config is LDM's kl-f8 recipe with the checkpoint's sizes (float32, no LPIPS);
+  step 0's parameters and EMA are the weights; `jaxgen info --workdir` reads it."""
+  from jaxgen import cli  # pylint: disable=import-outside-toplevel
+  from jaxgen.generate import load_run  # pylint: disable=import-outside-toplevel
+  c = json.load(open(os.path.join(run_dir, "config.json"), encoding="utf-8"))
+  assert (c["paradigm"]["name"], c["model"]["name"], c["model"]["bottleneck"],
+          c["model"]["channel_mult"], c["data"]["name"], c["paradigm"]["bottleneck_weight"],
+          c["paradigm"]["perceptual"], c["train"]["compute_dtype"]) == (
+              "tokenizer", "kl_vae", "kl", [1, 3, 3], "imagenet2012", 1e-6, "none", "float32")
+  _, state, step = load_run(run_dir, data=False)
+  _, params = sd_vae.load_sd_vae(TINY)
+  assert step == 0
+  for name in ("params", "ema_params"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(state, name)["autoencoder"], params)
+  capsys.readouterr()
+  assert cli.main(["info", "--workdir", run_dir]) == 0
+  assert "parameters  0.03M" in capsys.readouterr().out
+
+
+def test_convert_errors_are_one_line(tmp_path, capsys):
+  from jaxgen import cli  # pylint: disable=import-outside-toplevel
+  exists = tmp_path / "exists"
+  (exists / "checkpoints").mkdir(parents=True)
+  bad = str(tmp_path / "bad.bin")
+  with open(bad, "wb") as f:
+    f.write(b"not a checkpoint")
+  for argv, says in (
+      (["--ckpt", TINY, "--out", str(exists)], "already holds checkpoints"),
+      (["--ckpt", bad, "--out", str(tmp_path / "x")], "could not be read"),
+      (["--ckpt", str(tmp_path / "none"), "--out", str(tmp_path / "x")], "no such file"),
+      (["--ckpt", TINY, "--out", str(tmp_path / "x"), "--num-heads", "2"], "for --from dit"),
+      (["--ckpt", TINY, "--out", str(tmp_path / "x"), "--source-dataset", "fashion_mnist"],
+       "encodes 3-channel images, fashion_mnist has 1")):
+    assert cli.main(["convert", "--from", "sd-vae"] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxgen: error: ") and err.count("\n") == 1 and says in err, err
