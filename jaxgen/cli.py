@@ -9,6 +9,7 @@ Examples:
       --inception-weights pt_inception-2015-12-05-6726825d.pth   # FID, sFID, IS, P/R
   jaxgen info --config configs/imagenet256_dit_xl2.py
   jaxgen convert --from dit --ckpt DiT-XL-2-256x256.pt --tokenizer runs/vae --out runs/dit
+  jaxgen convert --from sd-vae --ckpt sd-vae-ft-mse/ --out runs/sd_vae
   jaxgen train --config configs/fmnist_vqgan.py --workdir runs/vqgan      # a tokenizer
   jaxgen eval --workdir runs/vqgan                                       # PSNR, SSIM, rFD
   jaxgen tokenize --workdir runs/vqgan --out data/fmnist_vqgan_codes     # codes, once
@@ -335,20 +336,35 @@ def cmd_convert(args, overrides):
   if overrides:
     raise config_lib.ConfigError("`jaxgen convert` takes no --config.* overrides; change "
                                  "the written run with them when you sample or train it.")
-  if not os.path.isfile(args.ckpt):
+  only = {"dit": ("tokenizer", "num_heads"), "sd-vae": ("latent_scale",)}
+  for source, names in only.items():
+    for name in names:
+      if source != args.source and getattr(args, name) not in (None, ""):
+        raise config_lib.ConfigError(f"--{name.replace('_', '-')} is for --from {source}.")
+  exists = os.path.exists if args.source == "sd-vae" else os.path.isfile
+  if not exists(args.ckpt):
     raise FileNotFoundError(f"--ckpt {args.ckpt}: no such file.")
   t0 = time.time()
   try:
-    out = importer.convert_dit(args.ckpt, args.out, tokenizer=args.tokenizer,
-                               source_dataset=args.source_dataset, num_heads=args.num_heads)
+    if args.source == "dit":
+      out = importer.convert_dit(args.ckpt, args.out, tokenizer=args.tokenizer,
+                                 source_dataset=args.source_dataset, num_heads=args.num_heads)
+    else:
+      out = importer.convert_sd_vae(args.ckpt, args.out, source_dataset=args.source_dataset,
+                                    latent_scale=args.latent_scale)
   except ValueError as e:
     if isinstance(e, config_lib.ConfigError):
       raise
     raise config_lib.ConfigError(f"--ckpt {args.ckpt}: {e}") from None
+  took = f"Converted {args.ckpt} ({args.source}) in {time.time() - t0:.0f}s to {out}"
+  if args.source == "sd-vae":
+    print(f"{took}, a KL tokenizer run. Reconstruct with `jaxgen eval --workdir {out}`, "
+          f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or decode a "
+          f"latent model's samples with config.tokenizer.workdir={out}.")
+    return
   decodes = (f"decoding through {args.tokenizer}" if args.tokenizer else
              "no tokenizer given: pass --tokenizer KL_VAE_RUN to sample images")
-  print(f"Converted {args.ckpt} ({args.source}) in {time.time() - t0:.0f}s to {out} "
-        f"({decodes}). Sample it with `jaxgen sample --workdir {out}`.")
+  print(f"{took} ({decodes}). Sample it with `jaxgen sample --workdir {out}`.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -463,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
   m.set_defaults(fn=cmd_embed_captions, workdir=None)
 
   i = sub.add_parser("info", help="parameter count and forward GFLOPs, nothing allocated")
-  i.add_argument("--config", required=True)
+  i.add_argument("--config", help="a config (file or packaged name)")
+  i.add_argument("--workdir", help="a run: its stored config.json (when no --config)")
   i.add_argument("--batch", type=int, default=1)
   i.set_defaults(fn=cmd_info)
 
@@ -499,17 +516,24 @@ def build_parser() -> argparse.ArgumentParser:
 
   v = sub.add_parser("convert", help="write a published checkpoint as a jaxgen run "
                                      "(sample / eval / load it like a trained one)")
-  v.add_argument("--from", dest="source", required=True, choices=("dit",),
+  v.add_argument("--from", dest="source", required=True, choices=("dit", "sd-vae"),
                  help="dit: facebookresearch/DiT (DiT-XL-2-256x256.pt, -512x512.pt, or "
-                      "a state dict of any size; the paper's DDPM recipe)")
-  v.add_argument("--ckpt", required=True, help="the checkpoint file (read without torch)")
+                      "a state dict of any size; the paper's DDPM recipe); sd-vae: the "
+                      "Stable Diffusion VAE (stabilityai/sd-vae-ft-mse or -ft-ema "
+                      "directory, or an LDM kl-f8 file) as a KL tokenizer run")
+  v.add_argument("--ckpt", required=True,
+                 help="the checkpoint file (read without torch); sd-vae: or its directory")
   v.add_argument("--out", required=True, help="the new workdir")
   v.add_argument("--tokenizer", default="",
-                 help="the KL-VAE tokenizer run that decodes the model's latents")
+                 help="dit: the KL-VAE tokenizer run that decodes the model's latents")
   v.add_argument("--source-dataset", default="imagenet2012",
-                 help="the dataset the model was trained on (its classes)")
+                 help="the dataset the model was trained on (dit: its classes; sd-vae: "
+                      "RGB images)")
   v.add_argument("--num-heads", type=int, default=None,
-                 help="attention heads (the official sizes S/B/L/XL need none)")
+                 help="dit: attention heads (the official sizes S/B/L/XL need none)")
+  v.add_argument("--latent-scale", type=float, default=None,
+                 help="sd-vae: the latents' scale factor (default: config.json's "
+                      "scaling_factor, else 0.18215)")
   v.set_defaults(fn=cmd_convert, config=None, workdir=None)
 
   d = sub.add_parser("data", help="prepare a config's dataset (or a folder of images) "

@@ -9,6 +9,17 @@ checkpoint) and its dataset's description, so ``jaxgen sample``, ``jaxgen eval``
 run decodes them through the tokenizer run ``tokenizer`` names (recorded in
 ``frozen_networks.json``); without one the workdir is written, ``jaxgen info`` works,
 and sampling says which tokenizer it needs.
+
+`convert_sd_vae` writes the Stable Diffusion VAE (`jaxgen.convert.sd_vae`: diffusers'
+sd-vae-ft-mse / -ft-ema, or the LDM kl-f8 layout) as a KL tokenizer run: step 0's
+autoencoder parameters and EMA are its weights, the config is LDM's kl-f8 recipe
+(``imagenet256_tokenizer:variant=kl``) with the checkpoint's sizes, in float32, on
+``source_dataset`` (RGB; ImageNet 256x256 by default), and ``latent_scale.json`` holds
+its published latent scale (0.18215), so ``jaxgen tokenize``, ``jaxgen eval`` and a
+latent paradigm's ``config.tokenizer.workdir`` use it as a trained KL tokenizer. Not
+published, and only trained in a fine-tuning run: the discriminator (freshly
+initialised) and the LPIPS weights (``config.paradigm.perceptual`` is "none"; give
+``perceptual=lpips`` and ``perceptual_weights`` to fine-tune with them).
 """
 
 from __future__ import annotations
@@ -17,18 +28,24 @@ import json
 import os
 from typing import Optional, Sequence
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from jaxgen import config as config_lib
 from jaxgen import fileio
 from jaxgen import frozen as frozen_lib
 from jaxgen.convert import dit as dit_convert
+from jaxgen.convert import sd_vae
 from jaxgen.data import datasets
 from jaxgen.paradigms import base as paradigm_base
+from jaxgen.tokenizers import base as tokenizer_base
 from jaxgen.train import checkpoint, loop
+from jaxgen.train import state as state_lib
 
 DIT_RECIPE = "imagenet256_dit_xl2:objective=ddpm"
+SD_VAE_RECIPE = "imagenet256_tokenizer:variant=kl"
 
 
 def dit_config(fields, *, tokenizer: str = "", source_dataset: str = "imagenet2012"
@@ -81,3 +98,77 @@ def convert_dit(ckpt: str, out: str, *, tokenizer: str = "",
   fileio.write_text(os.path.join(out, datasets.SPEC_FILE),
                     json.dumps(datasets.spec_to_dict(spec)))
   return out
+
+
+def sd_vae_config(fields, *, source_dataset: str = "imagenet2012"
+                  ) -> ml_collections.ConfigDict:
+  """The config of a converted SD VAE: LDM's kl-f8 recipe with the checkpoint's sizes,
+  in float32, without LPIPS (its weights are not published with the VAE), on
+  ``source_dataset`` (the recipe's 256x256 crops of ImageNet; another dataset's images
+  as they are)."""
+  config = config_lib.load_config_file(SD_VAE_RECIPE)
+  config.model = sd_vae.model_config(fields)
+  if source_dataset != config.data.name:
+    config.data = ml_collections.ConfigDict(dict(name=source_dataset,
+                                                 pp="scale(-1, 1)|flip_lr"))
+  config.paradigm.perceptual = "none"
+  config.train.compute_dtype = "float32"
+  return config_lib.fill_defaults(config)
+
+
+def convert_sd_vae(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
+                   latent_scale: Optional[float] = None,
+                   devices: Optional[Sequence[jax.Device]] = None) -> str:
+  """Writes the KL tokenizer run of the Stable Diffusion VAE ``ckpt`` (a diffusers
+  directory or a weights file) to ``out``; returns it. ``latent_scale``: the latents'
+  scale factor (default: the checkpoint's config.json ``scaling_factor``, else
+  0.18215)."""
+  if os.path.exists(os.path.join(out, "checkpoints")):
+    raise config_lib.ConfigError(f"{out} already holds checkpoints; convert into a new "
+                                 "workdir.")
+  if latent_scale is not None and not latent_scale > 0:
+    raise config_lib.ConfigError(f"--latent-scale {latent_scale}: the latents' scale "
+                                 "factor must be positive (SD's is 0.18215).")
+  fields, params = sd_vae.load_sd_vae(ckpt, latent_scale)
+  config = sd_vae_config(fields, source_dataset=source_dataset)
+  spec = datasets.describe(config.data)
+  channels = spec.image_shape[-1]
+  if channels != fields["in_channels"]:
+    raise config_lib.ConfigError(
+        f"{ckpt} encodes {fields['in_channels']}-channel images, {source_dataset} has "
+        f"{channels}; pass an RGB dataset (--source-dataset).")
+  devices = list(devices or jax.devices())[:1]
+  exp = loop.build(config, devices, load_data=False, dataset=spec)
+  state = _tokenizer_state(exp, params)
+  ckpt_writer = checkpoint.Checkpointer(out, async_save=False)
+  ckpt_writer.save(0, state, config=config, force=True)
+  ckpt_writer.close()
+  checkpoint.write_config(out, config)
+  frozen_lib.write_record(out, exp.frozen.networks)
+  fileio.write_text(os.path.join(out, datasets.SPEC_FILE),
+                    json.dumps(datasets.spec_to_dict(spec)))
+  tokenizer_base.write_latent_scale(out, fields["latent_scale"], num_examples=0,
+                                    source=f"published with {ckpt}")
+  return out
+
+
+def _tokenizer_state(exp, ae_params):
+  """Step 0 of the tokenizer run ``exp`` with the autoencoder parameters ``ae_params``
+  (also its EMA) and a freshly initialised discriminator. Built without the run's
+  ``init_state``, whose program initialises the autoencoder on full-size images (16 s
+  of compilation on 2 CPU cores for the 34k-parameter test VAE at 256x256); the
+  discriminator's parameters do not depend on the image size, so it is initialised on
+  32x32 images. Checked against the run's state."""
+  p = exp.paradigm
+  x = jnp.zeros((1, 32, 32, p.image_shape[-1]), jnp.float32)
+
+  def make(ae, rng):
+    return state_lib.create_state(
+        lambda r: {"autoencoder": ae,
+                   "discriminator": nn.meta.unbox(p.disc.init(r, x)["params"])}, exp.tx, rng)
+
+  state = jax.jit(make)(ae_params, jax.random.PRNGKey(exp.config.train.seed))
+  shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
+  if shapes(state) != shapes(exp.abstract_state):
+    raise ValueError("The converted parameters do not fit the run's state (a jaxgen bug).")
+  return jax.device_put(state, exp.state_shardings)

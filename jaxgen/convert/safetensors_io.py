@@ -24,11 +24,15 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 Path = Tuple[str, ...]
+# A 1x1 convolution's (out, in, 1, 1) kernel read as a Linen Dense kernel (in, out).
+CONV_1X1 = "conv_1x1"
 # Linen parameter path -> (checkpoint key, transpose). PyTorch ``nn.Linear`` stores
 # (out, in); a Linen kernel is (in, out), so linear weights are transposed (True:
 # all axes reversed); a tuple is an axis permutation (a conv's (out, in, kh, kw) ->
-# Linen's (kh, kw, in, out) is (2, 3, 1, 0)).
-KeyMap = Mapping[Path, Tuple[str, Union[bool, Tuple[int, ...]]]]
+# Linen's (kh, kw, in, out) is (2, 3, 1, 0)); `CONV_1X1` reads a 1x1 conv as a Dense
+# kernel. A tuple of keys is concatenated along the parameter's last axis (separate
+# q, k, v projections as one fused qkv), each checked against its equal share.
+KeyMap = Mapping[Path, Tuple[Union[str, Tuple[str, ...]], Union[bool, str, Tuple[int, ...]]]]
 
 
 def resolve_safetensors(path: str, *, what: str, how_to_get: str) -> List[str]:
@@ -143,6 +147,10 @@ class CheckpointReader:
 
 def _layout_shape(shape: Tuple[int, ...], transpose) -> Tuple[int, ...]:
   """The checkpoint's shape of a parameter of Linen shape ``shape``."""
+  if isinstance(transpose, str):
+    if transpose != CONV_1X1:
+      raise AssertionError(f"unknown layout {transpose!r}")
+    return tuple(reversed(shape)) + (1, 1)
   if transpose is True:
     return tuple(reversed(shape))
   if transpose:
@@ -151,9 +159,62 @@ def _layout_shape(shape: Tuple[int, ...], transpose) -> Tuple[int, ...]:
 
 
 def _to_linen(arr: np.ndarray, transpose) -> np.ndarray:
+  if isinstance(transpose, str):  # CONV_1X1
+    return arr.reshape(arr.shape[:2]).T
   if transpose is True:
     return arr.T
   return np.transpose(arr, transpose) if transpose else arr
+
+
+def _parts(key, shape: Tuple[int, ...]) -> List[Tuple[str, Tuple[int, ...]]]:
+  """(checkpoint key, Linen shape) of each tensor a parameter of ``shape`` is made of:
+  one, or the equal shares of the last axis of a tuple of keys."""
+  if isinstance(key, str):
+    return [(key, shape)]
+  if shape[-1] % len(key):
+    raise AssertionError(f"{len(key)} keys cannot share the last axis of {shape}")
+  return [(k, shape[:-1] + (shape[-1] // len(key),)) for k in key]
+
+
+def checkpoint_shapes(key_map: KeyMap, expected: Mapping[Path, Tuple[int, ...]]
+                      ) -> Dict[str, Tuple[int, ...]]:
+  """Checkpoint key -> the shape ``key_map`` expects of it (for parameters of
+  ``expected`` shapes)."""
+  return {key: _layout_shape(shape, transpose) for path, (keys, transpose) in key_map.items()
+          for key, shape in _parts(keys, tuple(expected[path]))}
+
+
+def check_tensors(reader: CheckpointReader, key_map: KeyMap,
+                  expected: Mapping[Path, Tuple[int, ...]], *, model: str,
+                  owned_prefixes: Iterable[str] = (), ignore: Iterable[str] = (),
+                  hint: Optional[Callable[[CheckpointReader], str]] = None) -> None:
+  """Checks every tensor of ``key_map`` against ``expected`` without reading any
+  (the arguments as `convert_tensors`'s).
+
+  Raises:
+    ValueError: tensors are missing, unexpected, or of the wrong shape.
+  """
+  if set(key_map) != set(expected):
+    raise AssertionError(f"key map and module disagree: "
+                         f"{sorted(set(key_map) ^ set(expected))[:5]}")
+  wanted = checkpoint_shapes(key_map, expected)
+  missing = [key for key in wanted if key not in reader]
+  if missing:
+    raise ValueError(
+        f"{reader.source} is not a {model} checkpoint: {len(missing)} of its "
+        f"{len(wanted)} tensors are missing, e.g. {', '.join(missing[:3])}.")
+  used = set(wanted) | set(ignore)
+  prefixes = tuple(owned_prefixes)
+  extra = [k for k in reader.keys() if prefixes and k.startswith(prefixes) and k not in used]
+  bad = [f"{key} has shape {reader.shape(key)}, {model} expects {want}"
+         for key, want in wanted.items() if reader.shape(key) != want]
+  if bad or extra:
+    lines = bad[:4] + ([f"... and {len(bad) - 4} more"] if len(bad) > 4 else [])
+    if extra:
+      lines.append(f"{len(extra)} tensor(s) {model} has no place for, e.g. "
+                   f"{', '.join(extra[:3])}")
+    tip = f" {hint(reader)}" if hint else ""
+    raise ValueError(f"{reader.source} does not fit {model}:\n  " + "\n  ".join(lines) + tip)
 
 
 def convert_tensors(reader: CheckpointReader, key_map: KeyMap,
@@ -165,7 +226,7 @@ def convert_tensors(reader: CheckpointReader, key_map: KeyMap,
 
   Args:
     reader: the checkpoint.
-    key_map: Linen path -> (checkpoint key, transpose).
+    key_map: Linen path -> (checkpoint key or keys, transpose).
     expected: Linen path -> shape, e.g. from ``jax.eval_shape`` of the module's init.
     model: the model's name for messages ("t5_v1_1_small").
     owned_prefixes: checkpoint keys under these prefixes belong to this model; one
@@ -180,34 +241,14 @@ def convert_tensors(reader: CheckpointReader, key_map: KeyMap,
   Raises:
     ValueError: tensors are missing, unexpected, or of the wrong shape.
   """
-  if set(key_map) != set(expected):
-    raise AssertionError(f"key map and module disagree: "
-                         f"{sorted(set(key_map) ^ set(expected))[:5]}")
-  missing = [key for key, _ in key_map.values() if key not in reader]
-  if missing:
-    raise ValueError(
-        f"{reader.source} is not a {model} checkpoint: {len(missing)} of its "
-        f"{len(key_map)} tensors are missing, e.g. {', '.join(missing[:3])}.")
-  used = {key for key, _ in key_map.values()} | set(ignore)
-  prefixes = tuple(owned_prefixes)
-  extra = [k for k in reader.keys() if prefixes and k.startswith(prefixes) and k not in used]
-  bad = []
-  for path, (key, transpose) in key_map.items():
-    want = _layout_shape(tuple(expected[path]), transpose)
-    got = reader.shape(key)
-    if got != want:
-      bad.append(f"{key} has shape {got}, {model} expects {want}")
-  if bad or extra:
-    lines = bad[:4] + ([f"... and {len(bad) - 4} more"] if len(bad) > 4 else [])
-    if extra:
-      lines.append(f"{len(extra)} tensor(s) {model} has no place for, e.g. "
-                   f"{', '.join(extra[:3])}")
-    tip = f" {hint(reader)}" if hint else ""
-    raise ValueError(f"{reader.source} does not fit {model}:\n  " + "\n  ".join(lines) + tip)
+  check_tensors(reader, key_map, expected, model=model, owned_prefixes=owned_prefixes,
+                ignore=ignore, hint=hint)
   flat = {}
-  for path, (key, transpose) in key_map.items():
-    arr = reader.get(key)
-    flat[path] = jnp.asarray(_to_linen(arr, transpose), dtype=dtype)
+  for path, (keys, transpose) in key_map.items():
+    arrs = [_to_linen(reader.get(key), transpose)
+            for key, _ in _parts(keys, tuple(expected[path]))]
+    arr = arrs[0] if len(arrs) == 1 else np.concatenate(arrs, axis=-1)
+    flat[path] = jnp.asarray(arr, dtype=dtype)
   return traverse_util.unflatten_dict(flat)
 
 

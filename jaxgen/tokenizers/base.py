@@ -369,7 +369,13 @@ def ensure_latent_scale(tok, spec: datasets.DatasetSpec, *, split: str, pp: str,
   return scale
 
 
-def write_latent_scale(workdir: str, scale: float, num_examples: int) -> str:
+def write_latent_scale(workdir: str, scale: float, num_examples: int,
+                       source: Optional[str] = None) -> str:
+  """Writes ``<workdir>/latent_scale.json``: ``scale`` fitted on ``num_examples``
+  images, or (``source``, 0 examples) taken from where ``source`` says."""
   path = os.path.join(workdir, SCALE_FILE)
-  fileio.write_text(path, json.dumps({"scale": scale, "num_examples": num_examples}))
+  record = {"scale": scale, "num_examples": num_examples}
+  if source is not None:
+    record["source"] = source
+  fileio.write_text(path, json.dumps(record))
   return path
