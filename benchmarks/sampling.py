@@ -10,7 +10,8 @@
       # --compare run on the same batch in the same process, and one summary table of
       # every row (AR cached / prefix / full vs MaskGIT)
   python benchmarks/sampling.py --workdir runs/var --compare runs/maskgit,runs/ar --steps 8
-      # VAR: the same, one step per scale (KV cache vs the whole pyramid at every scale)
+      # VAR: the same, one step per scale (KV cache vs recomputing the scales decoded
+      # so far, and vs the whole padded pyramid, at every scale)
 
 The sampler is one ``lax.scan`` over steps, so compile time should stay flat as the
 number of steps grows while images/s falls as 1/steps (times model calls per step).
@@ -170,9 +171,9 @@ def ar_table(exp, params, key, labels, args):
   """Raster AR and VAR: KV-cache decoding against recomputation at every step, same
   batch and same draws (they give identical codes; tests/test_autoregressive.py,
   tests/test_var.py). AR takes one step per token, VAR one per scale. Baselines:
-  ``prefix`` (raster AR: each step runs only the prefix and the codes so far, the
-  honest one) and ``full`` (the whole padded sequence at every step); ``speed-up`` =
-  baseline time / cached time."""
+  ``prefix`` (each step runs only what is decoded so far: raster AR the class prefix and
+  the codes, VAR the coarser scales and the new one; the honest one) and ``full`` (the
+  whole padded sequence at every step); ``speed-up`` = baseline time / cached time."""
   p = exp.paradigm
   n = p.num_tokens
   steps = len(p.scales) if hasattr(p, "scales") else n

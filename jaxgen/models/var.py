@@ -172,12 +172,30 @@ class VARTransformer(nn.Module):
   def __call__(self, inputs, labels_b, train: bool = False):
     """Logits (B, L, codebook_size) of every scale's tokens from the teacher-forcing
     inputs (see `flatten_inputs`), block-causally."""
+    return self._forward(self.flatten_inputs(inputs), labels_b, len(self.scales), train)
+
+  def prefix_logits(self, inputs_blc, labels_b, num_scales: int):
+    """Logits of the first ``num_scales`` scales from their inputs alone: ``inputs_blc``
+    (B, offset(num_scales) - s_1^2, code_dim) are the teacher-forcing inputs of scales
+    2..num_scales. The block-causal model on that prefix gives the same logits as the
+    full pyramid (a scale sees only coarser ones): the honest uncached baseline of
+    `decode`, which recomputes only what has been decoded."""
+    if not 1 <= num_scales <= len(self.scales):
+      raise ValueError(f"num_scales={num_scales} for {len(self.scales)} scales.")
+    want = (scale_offsets(self.scales)[num_scales] - self.first_len, self.code_dim)
+    if tuple(inputs_blc.shape[1:]) != want:
+      raise ValueError(f"VAR prefix of {num_scales} scales takes (B, {want[0]}, {want[1]}) "
+                       f"inputs, got {tuple(inputs_blc.shape)}.")
+    return self._forward(inputs_blc, labels_b, num_scales, False)
+
+  def _forward(self, inputs_blc, labels_b, num_scales: int, train: bool):
+    length = scale_offsets(self.scales)[num_scales]
     cond, start, context = self._start(labels_b)
-    words = self.word_embed(self.flatten_inputs(inputs).astype(self.dtype))
+    words = self.word_embed(inputs_blc.astype(self.dtype))
     x = jnp.concatenate([start.astype(self.dtype), words], axis=1)
-    x = layers.constrain((x + self._position(0, self.seq_len)).astype(self.dtype),
+    x = layers.constrain((x + self._position(0, length)).astype(self.dtype),
                          ("batch", "length", "act_embed"))
-    mask = block_causal_mask(self.scales)
+    mask = block_causal_mask(self.scales[:num_scales])  # the full mask's top-left block
     cond = cond.astype(self.dtype)
     for block in self.blocks:
       x = block(x, cond, mask, train, **context)

@@ -151,6 +151,18 @@ class VARParadigm(TokenParadigm):
         lambda codes: tok.teacher_forcing_fn(tok.variables, codes), next_input,
         self.conditioner.sampling_input(labels), rng, code_dim=int(self.config.model.code_dim), **kw)
 
+  def sample_pyramid_prefix(self, params, rng, labels, options=None, **overrides):
+    """The same draws as `sample_pyramid`, recomputing the decoded prefix at every scale
+    without a cache (the honest baseline of the KV cache)."""
+    kw, next_input = self._sampling(options, overrides)
+    tok = self._tokenizer()
+    prefix = lambda x, y, n: self.model.apply({"params": params}, x, y, n,
+                                              method="prefix_logits")
+    return var_sampler.decode_prefix(
+        prefix, lambda codes: tok.teacher_forcing_fn(tok.variables, codes), next_input,
+        self.conditioner.sampling_input(labels), rng,
+        code_dim=int(self.config.model.code_dim), **kw)
+
   def sample_tokens(self, params, rng, labels, options=None, **overrides):
     """(B, L) flattened pyramid, coarse scales first (as ``jaxgen tokenize`` writes)."""
     codes, _ = self.sample_pyramid(params, rng, labels, options, **overrides)
@@ -158,6 +170,10 @@ class VARParadigm(TokenParadigm):
 
   def sample_tokens_uncached(self, params, rng, labels, options=None, **overrides):
     codes, _ = self.sample_pyramid_uncached(params, rng, labels, options, **overrides)
+    return jnp.concatenate([c.reshape(c.shape[0], -1) for c in codes], axis=1)
+
+  def sample_tokens_prefix(self, params, rng, labels, options=None, **overrides):
+    codes, _ = self.sample_pyramid_prefix(params, rng, labels, options, **overrides)
     return jnp.concatenate([c.reshape(c.shape[0], -1) for c in codes], axis=1)
 
   def sample(self, params, rng, labels, options=None, **overrides):

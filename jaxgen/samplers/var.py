@@ -13,9 +13,11 @@ Guidance follows VAR: the conditional and unconditional streams run as one batch
 guidance at the first scale, ``cfg_scale`` at the last; VAR's ``cfg=c`` is
 ``cfg_scale=1+c``) or ``w_k = cfg_scale`` ("constant").
 
-``decode_cached`` keeps a KV cache across scales; ``decode_uncached`` re-runs the whole
-pyramid through the block-causal model at every scale with the same randomness (the
-reference for tests and for the speed benchmark).
+``decode_cached`` keeps a KV cache across scales; ``decode_prefix`` is its honest
+uncached baseline: at every scale it re-runs the block-causal model on the scales
+decoded so far (the prefix) and the new one, with the same randomness;
+``decode_uncached`` runs the whole padded pyramid at every scale (the reference for
+tests: it needs nothing but the training forward).
 """
 
 from __future__ import annotations
@@ -102,6 +104,31 @@ def decode_cached(decode_fn: DecodeFn, cache, next_input_fn: NextInputFn, labels
   return _run(scale_logits, next_input_fn, labels_b, rng, scales=scales, **kw)
 
 
+def _known_inputs(teacher_forcing_fn, codes, code_dim: int, rows: int):
+  """(rows, n, code_dim) teacher-forcing inputs of the scales after the first whose
+  coarser codes are known (n = 0 before any), both guidance streams fed the same."""
+  if not codes:
+    return jnp.zeros((rows, 0, code_dim), jnp.float32)
+  maps = teacher_forcing_fn(codes)
+  known = jnp.concatenate([m.reshape(m.shape[0], -1, code_dim) for m in maps], axis=1)
+  return known if rows == known.shape[0] else jnp.concatenate([known, known])
+
+
+def decode_prefix(prefix_logits_fn, teacher_forcing_fn: Callable[[List[jax.Array]],
+                                                                  List[jax.Array]],
+                  next_input_fn: NextInputFn, labels_b, rng, *, scales: Sequence[int],
+                  code_dim: int, **kw) -> Tuple[List[jax.Array], jax.Array]:
+  """The same draws as `decode_cached`, recomputing at scale ``k`` the prefix of scales
+  ``0..k`` only: ``prefix_logits_fn(inputs, cond, k + 1)`` gives the logits of those
+  scales from their teacher-forcing inputs (the model's ``prefix_logits``)."""
+  def scale_logits(k, inputs, cond, codes):
+    del inputs
+    x = _known_inputs(teacher_forcing_fn, codes, code_dim, cfg_lib.batch_size(cond))
+    return prefix_logits_fn(x, cond, k + 1)[:, -scales[k] ** 2:]
+
+  return _run(scale_logits, next_input_fn, labels_b, rng, scales=scales, **kw)
+
+
 def decode_uncached(logits_fn: LogitsFn, teacher_forcing_fn: Callable[[List[jax.Array]],
                                                                        List[jax.Array]],
                     next_input_fn: NextInputFn, labels_b, rng, *, scales: Sequence[int],
@@ -117,13 +144,9 @@ def decode_uncached(logits_fn: LogitsFn, teacher_forcing_fn: Callable[[List[jax.
   def scale_logits(k, inputs, cond, codes):
     del inputs
     b2 = cfg_lib.batch_size(cond)
+    known = _known_inputs(teacher_forcing_fn, codes, code_dim, b2)
     x = jnp.zeros((b2, offsets[-1] - first, code_dim), jnp.float32)
-    if codes:
-      maps = teacher_forcing_fn(codes)
-      known = jnp.concatenate([m.reshape(m.shape[0], -1, code_dim) for m in maps], axis=1)
-      if b2 != known.shape[0]:
-        known = jnp.concatenate([known, known])
-      x = x.at[:, :known.shape[1]].set(known)
+    x = x.at[:, :known.shape[1]].set(known)
     return logits_fn(x, cond)[:, offsets[k]:offsets[k + 1]]
 
   return _run(scale_logits, next_input_fn, labels_b, rng, scales=scales, **kw)
