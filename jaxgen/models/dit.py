@@ -139,8 +139,8 @@ class FinalLayer(nn.Module):
     mod = layers.Dense(2 * d, ("embed", "mlp"), kernel_init=layers.zeros,
                        dtype=self.dtype, name="adaLN_modulation")(nn.silu(c_bd))
     shift, scale = jnp.split(mod, 2, -1)
-    x_bld = layers.modulate(layers.LayerNorm(affine=False, name="norm_final")(x_bld),
-                            shift, scale)
+    x_bld = layers.norm_modulate(layers.LayerNorm(affine=False, name="norm_final"), x_bld,
+                                 shift, scale, x_bld.dtype)
     return layers.Dense(self.patch_size ** 2 * self.out_channels, ("embed", "patch_out"),
                         kernel_init=layers.zeros, dtype=self.dtype, name="linear")(x_bld)
 

@@ -1,0 +1,143 @@
+"""The CPU-speed formulations of `jaxgen.nn.layers` give the reference results.
+
+Each faster formulation (benchmarks/compare_torch_dit.py measures why) against the
+plain one it replaces: the written-out softmax derivative against ``jax.nn.softmax``;
+the Dense that multiplies (B * L, D) matrices against ``nn.Dense`` on (B, L, D); the
+bf16 product accumulated in float32 against float32 arithmetic on the same bf16
+values; the float32 adaLN modulation against the formula. And the whole DiT training
+step: three steps of a small DiT with every new formulation give the loss trajectory of three steps
+with the reference ones.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen.models import dit
+from jaxgen.nn import layers
+
+
+def test_softmax_values_and_gradient_equal_jax_nn_softmax():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(0, 3, (2, 3, 5, 7)), jnp.float32)
+  x = x.at[0, 0, 0, :4].set(jnp.finfo(jnp.float32).min)  # masked entries, as attention
+  w = jnp.asarray(rng.normal(0, 1, x.shape), jnp.float32)
+  np.testing.assert_allclose(layers.softmax(x), jax.nn.softmax(x, -1), rtol=1e-6, atol=1e-7)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(w * f(x) ** 2))(x)  # noqa: E731
+  np.testing.assert_allclose(grad(layers.softmax), grad(lambda x: jax.nn.softmax(x, -1)),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_dense_on_flattened_rows_equals_nn_dense():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3, 8))
+  ours = layers.Dense(6, dtype=jnp.float32)
+  params = nn.meta.unbox(ours.init(jax.random.PRNGKey(1), x))
+  ref = nn.Dense(6)
+  ref_params = {"params": params["params"]["Dense_0"]}
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(ref_params, x), rtol=1e-6,
+                             atol=1e-6)
+  loss = lambda f, p: jnp.sum(jnp.sin(f(p, x)))  # noqa: E731
+  g_ours = jax.grad(lambda p: loss(ours.apply, p))(params)["params"]["Dense_0"]
+  g_ref = jax.grad(lambda p: loss(ref.apply, p))(ref_params)["params"]
+  for k in ("kernel", "bias"):
+    np.testing.assert_allclose(g_ours[k], g_ref[k], rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_matmul_accumulates_in_float32_forward_and_backward():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(0, 1, (64, 96)), jnp.bfloat16)
+  w = jnp.asarray(rng.normal(0, 1, (96, 32)), jnp.bfloat16)
+  g = jnp.asarray(rng.normal(0, 1, (64, 32)), jnp.float32)
+  f32 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+  y, vjp = jax.vjp(layers.matmul_f32_accumulate, x, w)
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(y, f32(x) @ f32(w), rtol=1e-5, atol=1e-4)
+  dx, dw = vjp(g)
+  assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
+  g16 = f32(g.astype(jnp.bfloat16))  # the gradient enters the products in bf16
+  # one rounding to bf16 of the exact products (bf16 has 8 bits: rel. error <= 2^-8)
+  np.testing.assert_allclose(f32(dx), g16 @ f32(w).T, rtol=2 ** -8, atol=1e-2)
+  np.testing.assert_allclose(f32(dw), f32(x).T @ g16, rtol=2 ** -8, atol=1e-2)
+  # and the Dense in bf16 uses it: float32 product + bias, one rounding
+  dense = layers.Dense(32, dtype=jnp.bfloat16)
+  p = nn.meta.unbox(dense.init(jax.random.PRNGKey(0), x))
+  k = p["params"]["Dense_0"]["kernel"].astype(jnp.bfloat16)
+  b = p["params"]["Dense_0"]["bias"].astype(jnp.bfloat16)
+  out = dense.apply(p, x)
+  assert out.dtype == jnp.bfloat16
+  want = (f32(x) @ f32(k) + f32(b)).astype(np.float32)
+  np.testing.assert_allclose(f32(out), f32(jnp.asarray(want).astype(jnp.bfloat16)),
+                             rtol=2 ** -7, atol=1e-2)
+
+
+def test_float32_norm_modulate_and_gate_equal_the_formula():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(0, 1, (2, 5, 8)), jnp.float32)
+  shift, scale, gate = (jnp.asarray(rng.normal(0, 1, (2, 8)), jnp.float32) for _ in range(3))
+  norm = lambda v: (v - v.mean(-1, keepdims=True)) / jnp.sqrt(v.var(-1, keepdims=True) + 1e-6)  # noqa: E731,E501
+  got = layers.norm_modulate(norm, x, shift, scale, jnp.float32)
+  np.testing.assert_array_equal(got, layers.modulate(norm(x), shift, scale))
+  np.testing.assert_array_equal(layers.gated(gate, x, jnp.float32), gate[:, None] * x)
+  low = layers.norm_modulate(norm, x.astype(jnp.bfloat16), shift, scale, jnp.bfloat16)
+  assert low.dtype == jnp.bfloat16
+
+
+class _ReferenceDense(nn.Module):
+  """The Dense before the speed work: nn.Dense on any rank, lax.dot_general."""
+  features: int
+  axes: tuple = ("embed", "mlp")
+  use_bias: bool = True
+  kernel_init: nn.initializers.Initializer = layers.xavier
+  bias_init: nn.initializers.Initializer = layers.zeros
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype,
+                    kernel_init=nn.with_logical_partitioning(self.kernel_init, self.axes),
+                    bias_init=nn.with_logical_partitioning(self.bias_init, self.axes[-1:]))(x)
+
+
+def _dit_trajectory(steps=3):
+  model = dit.DiT(input_size=8, in_channels=4, patch_size=2, hidden_size=16, depth=1,
+                  num_heads=2, num_classes=10, learn_sigma=True)
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(0, 1, (4, 8, 8, 4)), jnp.float32)
+  t = jnp.asarray([1, 250, 500, 999], jnp.int32)
+  y = jnp.asarray([0, 3, 9, 10], jnp.int32)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), x, t, y))["params"]
+  # adaLN-Zero starts at a zero output: move off it so every layer matters
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape),
+                        params)
+
+  def loss(p):
+    out = model.apply({"params": p}, x, t, y)
+    return jnp.mean((out[..., :4] - x) ** 2) + 0.1 * jnp.mean(out[..., 4:] ** 2)
+
+  step = jax.jit(lambda p: jax.value_and_grad(loss)(p))
+  losses = []
+  for _ in range(steps):
+    value, grads = step(params)
+    losses.append(float(value))
+    params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+  return np.asarray(losses), params
+
+
+def test_dit_loss_trajectory_equals_reference_formulations(monkeypatch):
+  fast, fast_params = _dit_trajectory()
+  monkeypatch.setattr(layers, "Dense", _ReferenceDense)
+  monkeypatch.setattr(layers, "softmax", lambda x: jax.nn.softmax(x, axis=-1))
+  ref, ref_params = _dit_trajectory()
+  assert np.all(np.diff(ref) < 0)  # the steps train
+  np.testing.assert_allclose(fast, ref, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(fast_params), jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (2, 3, 8)])
+def test_dense_keeps_shapes(shape):
+  x = jnp.ones(shape)
+  out, _ = layers.Dense(5).init_with_output(jax.random.PRNGKey(0), x)
+  assert out.shape == shape[:-1] + (5,)
