@@ -3,8 +3,8 @@
 `convert_dit` writes a workdir holding an official DiT checkpoint's weights
 (`jaxgen.convert.dit`) as step 0 (parameters and EMA), the config of the paper's
 recipe for it (``imagenet256_dit_xl2:objective=ddpm``: DDPM, linear schedule over 1000
-steps, learned sigma, 250 sampling steps, CFG 1.5; the model's sizes from the
-checkpoint) and its dataset's description, so ``jaxgen sample``, ``jaxgen eval`` and
+steps, learned sigma, 250 sampling steps, CFG 1.5 on the first 3 latent channels as the
+official sampler; the model's sizes from the checkpoint) and its dataset's description, so ``jaxgen sample``, ``jaxgen eval`` and
 ``jaxgen.load`` use it as they use a trained run. DiT denoises KL-VAE latents: the
 run decodes them through the tokenizer run ``tokenizer`` names (recorded in
 ``frozen_networks.json``); without one the workdir is written, ``jaxgen info`` works,
@@ -63,6 +63,9 @@ def dit_config(fields, *, tokenizer: str = "", source_dataset: str = "imagenet20
   config.data.code_shape = (s, s, c)
   config.tokenizer.workdir = tokenizer
   config.train.compute_dtype = "float32"
+  # the official sampler (models.DiT.forward_with_cfg, used for the paper's FIDs) guides
+  # the first 3 latent channels only, "for exact reproducibility"
+  config.sample.cfg_channels = 3
   return config_lib.fill_defaults(config)
 
 

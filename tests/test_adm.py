@@ -182,41 +182,43 @@ def images():
 
 @pytest.fixture(scope="module")
 def one_device(weights, images):
-  ex = adm.FeatureExtractor(weights[2], adm.feature_mesh(jax.devices()[:1]),
-                            batch_per_device=8, progress=False)
-  return ex.extract([images[:3], images[3:]])
-
-
-def test_spatial_features_are_mixed_6d_branch1x1(weights, images, one_device):
-  state, _, variables = weights
-
+  """pool_3 of the network on one device, and its Mixed_6c output (N, 17, 17, 768)."""
   def mixed_6c_and_pool3(m, x):
     h = m.stem(x)
     for b in (m.Mixed_5b, m.Mixed_5c, m.Mixed_5d, m.Mixed_6a, m.Mixed_6b, m.Mixed_6c):
       h = b(h)
     return h, m.pool3(x)
 
-  x = adm.preprocess_tf(images[:2])
-  h, full_pool = jax.jit(lambda v, x: inc.FIDInceptionV3().apply(
-      v, x, method=mixed_6c_and_pool3))(variables, x)
-  h, full_pool = np.asarray(h), np.asarray(full_pool)
-  want = np_conv_bn(state, "Mixed_6d.branch1x1", h.astype(np.float64))
-  assert want.shape == (2, 17, 17, 192)
-  want = want[..., :adm.SPATIAL_CHANNELS].reshape(2, -1)
-  pool, spatial = one_device
-  assert spatial.shape == (8, adm.SPATIAL_DIM) and pool.shape == (8, inc.FEATURE_DIM)
-  np.testing.assert_allclose(spatial[:2], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-  np.testing.assert_allclose(pool[:2], full_pool, rtol=1e-4, atol=1e-4 * full_pool.max())
+  fn = jax.jit(lambda v, x: inc.FIDInceptionV3().apply(v, adm.preprocess_tf(x),
+                                                       method=mixed_6c_and_pool3),
+               device=jax.devices()[0])
+  h, pool = fn(weights[2], images)
+  return np.asarray(pool), np.asarray(h)
 
 
-def test_features_sharded_2x4_equal_one_device(weights, images, one_device):
+@pytest.fixture(scope="module")
+def sharded(weights, images):
+  """Features extracted over a 2x4 mesh, 1 image per device: batches of 5, 2 and 1
+  re-chunked into one step of 8, the last batch grey (N, H, W, 1), which must be
+  repeated to RGB."""
   mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 4, "tensor": 1}, jax.devices()[:8])
   ex = adm.FeatureExtractor(weights[2], mesh, batch_per_device=1, progress=False)
-  # batches of 5, 2 and 1 re-chunked into one step of 8; the last batch grey
-  # (N, H, W, 1): repeated to RGB, it must give the RGB image's features
-  pool, spatial = ex.extract([images[:5], images[5:7], images[7:, ..., :1]])
-  np.testing.assert_allclose(pool, one_device[0], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(spatial, one_device[1], rtol=1e-5, atol=1e-5)
+  return ex.extract([images[:5], images[5:7], images[7:, ..., :1]])
+
+
+def test_spatial_features_are_mixed_6d_branch1x1(weights, one_device, sharded):
+  h = one_device[1]
+  want = np_conv_bn(weights[0], "Mixed_6d.branch1x1", h.astype(np.float64))
+  assert want.shape == (8, 17, 17, 192)
+  want = want[..., :adm.SPATIAL_CHANNELS].reshape(8, -1)  # HWC order, 7 channels
+  pool, spatial = sharded
+  assert spatial.shape == (8, adm.SPATIAL_DIM) and pool.shape == (8, inc.FEATURE_DIM)
+  np.testing.assert_allclose(spatial, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_features_sharded_2x4_equal_one_device(one_device, sharded):
+  want = one_device[0]
+  np.testing.assert_allclose(sharded[0], want, rtol=1e-5, atol=1e-5 * want.max())
 
 
 # ------------------------------------------------------- batch files and the CLI
@@ -266,27 +268,34 @@ def test_bad_batch_files_are_refused_in_one_line(tmp_path):
   assert images is None and set(stats) == {"mu", "sigma", "mu_s", "sigma_s"}
 
 
-def test_cli_suite_adm_writes_the_figures(weights, images, tmp_path, capsys):
-  # images of the fixture's size and 1 per device on the 8 test devices: the program of
-  # the 2x4 test; 5 + 4 images: one step each
+@pytest.mark.parametrize("ref_images", [
+    False, pytest.param(True, marks=pytest.mark.slow)])  # default: statistics only
+def test_cli_suite_adm_writes_the_figures(weights, images, tmp_path, capsys, ref_images):
+  # images of the fixture's size, 1 per device on the 8 test devices, one step a file;
+  # the reference holds precomputed statistics (as the published batches do), and in
+  # the slow variant its images too (precision / recall)
   rng = np.random.default_rng(7)
   ref, smp = str(tmp_path / "ref.npz"), str(tmp_path / "samples.npz")
-  # precomputed reference statistics (as the published batches hold), positive definite
-  np.savez(ref, arr_0=rng.integers(0, 256, (5,) + images.shape[1:], np.uint8),
-           mu=np.zeros(2048, np.float32), sigma=np.eye(2048, dtype=np.float32),
-           mu_s=np.zeros(2023, np.float32), sigma_s=np.eye(2023, dtype=np.float32))
+  stats = dict(mu=np.zeros(2048, np.float32), sigma=np.eye(2048, dtype=np.float32),
+               mu_s=np.zeros(2023, np.float32), sigma_s=np.eye(2023, dtype=np.float32))
+  if ref_images:
+    stats["arr_0"] = rng.integers(0, 256, (5,) + images.shape[1:], np.uint8)
+  np.savez(ref, **stats)
   np.savez(smp, arr_0=rng.integers(0, 256, (4,) + images.shape[1:], np.uint8),
            labels=np.arange(4))
   assert cli.main(["eval", "--suite", "adm", "--ref", ref, "--samples", smp,
                    "--inception-weights", weights[1], "--batch-per-device", "1"]) == 0
   with open(str(tmp_path / "samples.adm.json")) as f:
     figs = json.load(f)["adm"]
-  assert figs["num_samples"] == 4 and figs["num_reference"] == 5
+  assert figs["num_samples"] == 4 and figs["num_reference"] == (5 if ref_images else 0)
   assert figs["reference_statistics"] == "precomputed" and figs["preprocess"] == "tf"
-  for key in ("inception_score", "fid", "sfid", "precision", "recall"):
+  keys = ("inception_score", "fid", "sfid") + (("precision", "recall") if ref_images else ())
+  for key in keys:
     assert np.isfinite(figs[key]), key
+  assert ref_images or "precision" not in figs
   assert figs["inception_score"] >= 1.0 and figs["fid"] > 0
-  assert "one split" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "one split" in out and (ref_images or "precision and recall skipped" in out)
   # a missing argument, or a run's flag, is one line naming it
   assert cli.main(["eval", "--suite", "adm", "--samples", smp,
                    "--inception-weights", weights[1]]) == 2

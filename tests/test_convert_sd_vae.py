@@ -196,17 +196,17 @@ def test_converted_run_holds_the_weights_and_the_kl_f8_recipe(run_dir, capsys):
   """Its config is LDM's kl-f8 recipe with the checkpoint's sizes (float32, no LPIPS);
   step 0's parameters and EMA are the weights; `jaxgen info --workdir` reads it."""
   from jaxgen import cli  # pylint: disable=import-outside-toplevel
-  from jaxgen.generate import load_run  # pylint: disable=import-outside-toplevel
+  from jaxgen.tokenizers import base  # pylint: disable=import-outside-toplevel
   c = json.load(open(os.path.join(run_dir, "config.json"), encoding="utf-8"))
   assert (c["paradigm"]["name"], c["model"]["name"], c["model"]["bottleneck"],
           c["model"]["channel_mult"], c["data"]["name"], c["paradigm"]["bottleneck_weight"],
           c["paradigm"]["perceptual"], c["train"]["compute_dtype"]) == (
               "tokenizer", "kl_vae", "kl", [1, 3, 3], "imagenet2012", 1e-6, "none", "float32")
-  _, state, step = load_run(run_dir, data=False)
   _, params = sd_vae.load_sd_vae(TINY)
-  assert step == 0
-  for name in ("params", "ema_params"):
-    jax.tree.map(np.testing.assert_array_equal, getattr(state, name)["autoencoder"], params)
+  for which in ("raw", "ema"):  # step 0's parameters and EMA, read as a frozen tokenizer
+    tok = base.Tokenizer.from_workdir(run_dir, params=which)
+    assert tok.step == 0
+    jax.tree.map(np.testing.assert_array_equal, tok.variables["params"], params)
   capsys.readouterr()
   assert cli.main(["info", "--workdir", run_dir]) == 0
   assert "parameters  0.03M" in capsys.readouterr().out

@@ -177,6 +177,7 @@ def test_text_variants_train_on_a_fixed_batch(make_t2i, mode):
   assert losses[-1] < 0.7 * losses[0], losses[::10]
 
 
+@pytest.mark.slow  # by default: the class-conditional DiT's sharded step (test_train.py)
 def test_sharded_step_on_8_devices_equals_one_device(make_t2i):
   check_sharded_step_equals_one_device(make_t2i)
 
