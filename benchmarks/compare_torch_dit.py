@@ -84,8 +84,11 @@ def torch_step(args, dtype: str) -> dict:
   payload = json.dumps(dict(dit_repo=os.path.abspath(args.dit_repo), threads=args.threads,
                             variant=args.variant, size=args.size, batch=args.batch,
                             iters=args.iters, dtype=dtype))
-  out = subprocess.run([args.torch_python, "-c", TORCH_DRIVER, payload], check=True,
+  out = subprocess.run([args.torch_python, "-c", TORCH_DRIVER, payload], check=False,
                        capture_output=True, text=True)
+  if out.returncode:
+    sys.exit(f"the torch side failed ({args.torch_python}, --dit-repo {args.dit_repo}):\n"
+             f"{out.stderr[-3000:]}")
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 

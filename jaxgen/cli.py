@@ -175,7 +175,9 @@ def _check_adm_args(args, overrides):
         "pytorch-fid's pt_inception-2015-12-05-6726825d.pth.")
   other = [f for f, v in (("--workdir", args.workdir), ("--config", args.config),
                           ("--linear-probe", args.linear_probe),
-                          ("--prompt-following", args.prompt_following)) if v]
+                          ("--prompt-following", args.prompt_following),
+                          ("--num", args.num is not None),
+                          ("--no-reference", args.no_reference)) if v]
   if other or overrides or args.sample_options:
     raise config_lib.ConfigError(
         f"`jaxgen eval --suite adm` reads only batch files; drop "
@@ -246,7 +248,8 @@ def cmd_eval(args, overrides):
     print(f"Wrote {json_out}")
     return
   adm_only = [f for f, v in (("--ref", args.ref), ("--preprocess", args.preprocess != "tf"),
-                             ("--distances", args.distances != "float16")) if v]
+                             ("--distances", args.distances != "float16"),
+                             ("--batch-per-device", args.batch_per_device != 16)) if v]
   if adm_only:
     raise config_lib.ConfigError(f"{', '.join(adm_only)}: only for `jaxgen eval --suite "
                                  "adm` (the ADM evaluator's figures of two batch files).")

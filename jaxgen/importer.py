@@ -2,10 +2,11 @@
 
 `convert_dit` writes a workdir holding an official DiT checkpoint's weights
 (`jaxgen.convert.dit`) as step 0 (parameters and EMA), the config of the paper's
-recipe for it (``imagenet256_dit_xl2:objective=ddpm``: DDPM, linear schedule over 1000
-steps, learned sigma, 250 sampling steps, CFG 1.5 on the first 3 latent channels as the
-official sampler; the model's sizes from the checkpoint) and its dataset's description, so ``jaxgen sample``, ``jaxgen eval`` and
-``jaxgen.load`` use it as they use a trained run. DiT denoises KL-VAE latents: the
+recipe for it (``imagenet256_dit_xl2:objective=ddpm``: DDPM, linear schedule over
+1000 steps, learned sigma, 250 sampling steps, CFG 1.5 on the first 3 latent channels
+as the official sampler; the model's sizes from the checkpoint) and its dataset's
+description, so ``jaxgen sample``, ``jaxgen eval`` and ``jaxgen.load`` use it as they
+use a trained run. DiT denoises KL-VAE latents: the
 run decodes them through the tokenizer run ``tokenizer`` names (recorded in
 ``frozen_networks.json``); without one the workdir is written, ``jaxgen info`` works,
 and sampling says which tokenizer it needs.

@@ -1,5 +1,6 @@
 """The Stable Diffusion VAE (jaxgen.convert.sd_vae, `jaxgen convert --from sd-vae`): a
-diffusers ``AutoencoderKL`` saved as sd-vae-ft-mse is (tests/data/make_sd_vae_reference.py:
+diffusers ``AutoencoderKL`` saved as sd-vae-ft-mse is saved
+(tests/data/make_sd_vae_reference.py:
 a tiny size, noised weights) is read without torch and converted; jaxgen's KL
 autoencoder then gives diffusers' posterior moments and decodes to 1e-4 (fp32; measured
 4e-7 and 2e-6). The older diffusers attention names and the LDM layout give the same

@@ -4,9 +4,9 @@ Each faster formulation (benchmarks/compare_torch_dit.py measures why) against t
 plain one it replaces: the written-out softmax derivative against ``jax.nn.softmax``;
 the Dense that multiplies (B * L, D) matrices against ``nn.Dense`` on (B, L, D); the
 bf16 product accumulated in float32 against float32 arithmetic on the same bf16
-values; the float32 adaLN modulation against the formula. And the whole DiT training
-step: three steps of a small DiT with every new formulation give the loss trajectory of three steps
-with the reference ones.
+values; the float32 adaLN modulation against the formula. And, in float32, the whole
+DiT training step: three steps of a small DiT with every new formulation give the loss
+trajectory of three steps with the reference ones.
 """
 
 import flax.linen as nn
