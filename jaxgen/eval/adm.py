@@ -275,10 +275,7 @@ class FeatureExtractor:
     pending, have = [], 0
     for b in batches:
       b = np.asarray(b)
-      if b.ndim == 3:
-        b = b[..., None]
-      if b.shape[-1] == 1:
-        b = np.repeat(b, 3, axis=-1)
+      b = inc.as_rgb_batch(b[..., None] if b.ndim == 3 else b)
       pending.append(b)
       have += len(b)
       while have >= self.batch:

@@ -373,7 +373,8 @@ def _forward_fn(resize: bool):
   return jax.jit(lambda variables, x: model.apply(variables, x))
 
 
-def _as_rgb_batch(chunk: np.ndarray) -> np.ndarray:
+def as_rgb_batch(chunk: np.ndarray) -> np.ndarray:
+  """(N, H, W, 1) grey images repeated to RGB; RGB ones as they are."""
   return np.repeat(chunk, 3, axis=-1) if chunk.shape[-1] == 1 else chunk
 
 
@@ -403,7 +404,7 @@ def inception_features(images_uint8_nhwc: np.ndarray, params, batch_size: int = 
   batch = max(1, min(batch_size, len(images)))
   feats, logits = [], []
   for i in range(0, len(images), batch):
-    chunk = _as_rgb_batch(images[i:i + batch])
+    chunk = as_rgb_batch(images[i:i + batch])
     n = len(chunk)
     if n < batch:
       chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:], np.uint8)])

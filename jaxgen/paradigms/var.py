@@ -163,18 +163,20 @@ class VARParadigm(TokenParadigm):
         self.conditioner.sampling_input(labels), rng,
         code_dim=int(self.config.model.code_dim), **kw)
 
+  @staticmethod
+  def _flat(pyramid):
+    codes, _ = pyramid
+    return jnp.concatenate([c.reshape(c.shape[0], -1) for c in codes], axis=1)
+
   def sample_tokens(self, params, rng, labels, options=None, **overrides):
     """(B, L) flattened pyramid, coarse scales first (as ``jaxgen tokenize`` writes)."""
-    codes, _ = self.sample_pyramid(params, rng, labels, options, **overrides)
-    return jnp.concatenate([c.reshape(c.shape[0], -1) for c in codes], axis=1)
+    return self._flat(self.sample_pyramid(params, rng, labels, options, **overrides))
 
   def sample_tokens_uncached(self, params, rng, labels, options=None, **overrides):
-    codes, _ = self.sample_pyramid_uncached(params, rng, labels, options, **overrides)
-    return jnp.concatenate([c.reshape(c.shape[0], -1) for c in codes], axis=1)
+    return self._flat(self.sample_pyramid_uncached(params, rng, labels, options, **overrides))
 
   def sample_tokens_prefix(self, params, rng, labels, options=None, **overrides):
-    codes, _ = self.sample_pyramid_prefix(params, rng, labels, options, **overrides)
-    return jnp.concatenate([c.reshape(c.shape[0], -1) for c in codes], axis=1)
+    return self._flat(self.sample_pyramid_prefix(params, rng, labels, options, **overrides))
 
   def sample(self, params, rng, labels, options=None, **overrides):
     _, f_hat = self.sample_pyramid(params, rng, labels, options, **overrides)
