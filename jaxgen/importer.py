@@ -93,7 +93,13 @@ def convert_dit(ckpt: str, out: str, *, tokenizer: str = "",
   state = exp.init_state()
   if jax.tree.structure(state.params) != jax.tree.structure(params):
     raise ValueError("The converted parameters do not fit the run's DiT (a jaxgen bug).")
-  state = state.replace(params=params, ema_params=params)
+  _write_run(out, exp, state.replace(params=params, ema_params=params), config, spec)
+  return out
+
+
+def _write_run(out: str, exp, state, config, spec) -> None:
+  """Step 0 of a converted run: the checkpoint, config.json, the frozen networks'
+  record and the dataset's description, as a trained run has them."""
   ckpt_writer = checkpoint.Checkpointer(out, async_save=False)
   ckpt_writer.save(0, state, config=config, force=True)
   ckpt_writer.close()
@@ -101,7 +107,6 @@ def convert_dit(ckpt: str, out: str, *, tokenizer: str = "",
   frozen_lib.write_record(out, exp.frozen.networks)
   fileio.write_text(os.path.join(out, datasets.SPEC_FILE),
                     json.dumps(datasets.spec_to_dict(spec)))
-  return out
 
 
 def sd_vae_config(fields, *, source_dataset: str = "imagenet2012"
@@ -143,14 +148,7 @@ def convert_sd_vae(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
         f"{channels}; pass an RGB dataset (--source-dataset).")
   devices = list(devices or jax.devices())[:1]
   exp = loop.build(config, devices, load_data=False, dataset=spec)
-  state = _tokenizer_state(exp, params)
-  ckpt_writer = checkpoint.Checkpointer(out, async_save=False)
-  ckpt_writer.save(0, state, config=config, force=True)
-  ckpt_writer.close()
-  checkpoint.write_config(out, config)
-  frozen_lib.write_record(out, exp.frozen.networks)
-  fileio.write_text(os.path.join(out, datasets.SPEC_FILE),
-                    json.dumps(datasets.spec_to_dict(spec)))
+  _write_run(out, exp, _tokenizer_state(exp, params), config, spec)
   tokenizer_base.write_latent_scale(out, fields["latent_scale"], num_examples=0,
                                     source=f"published with {ckpt}")
   return out
