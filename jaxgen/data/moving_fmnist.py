@@ -329,10 +329,13 @@ class MovingFashionMnist(tfds.core.GeneratorBasedBuilder):
   name = "jaxgen_moving_fashion_mnist"
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Generated from a seed; array_record, no TensorFlow."}
+  BUILDER_CONFIGS = [MovingFashionMnistConfig(Settings())]  # others: made per settings
 
   def __init__(self, *, settings: Settings, source_dir: Optional[str] = None, **kwargs):
     self._source_dir = source_dir
-    super().__init__(config=MovingFashionMnistConfig(settings), **kwargs)
+    default = settings == Settings()  # the listed config (no "custom config" warning)
+    super().__init__(config=settings.name if default else MovingFashionMnistConfig(settings),
+                     **kwargs)
 
   @property
   def settings(self) -> Settings:
