@@ -277,15 +277,20 @@ def adm_images(images_uint8: np.ndarray, native_shape, pp: str = "") -> np.ndarr
 
 def save_samples(path: str, images_uint8: np.ndarray, labels: np.ndarray,
                  grid: int = 100, ncols: Optional[int] = None, prompts=None) -> str:
-  """Writes ``path`` (.npz: arr_0 uint8 NHWC, labels, and ``prompts`` (str array) for
-  text-conditioned samples) and a PNG grid beside it.
+  """Writes ``path`` (.npz: arr_0 uint8 NHWC, or (N, T, H, W, C) for videos, labels,
+  and ``prompts`` (str array) for text-conditioned samples) and a grid beside it: a PNG,
+  for videos an animated GIF (`images.save_gif`). Returns the grid's path.
 
   ``arr_0`` is written as given: jaxgen's layout (the model's resolution and channels)
   as `generate` returns it, or the ADM evaluator's after `adm_images`. Both read back
-  with `jaxgen.eval.evaluate.load_samples`."""
+  with `jaxgen.eval.evaluate.load_samples` (images only, so far)."""
   path = fileio.absolute(path)  # a local path or a gs://-style URI (jaxgen.fileio)
   extra = {} if prompts is None else {"prompts": np.asarray(list(prompts), dtype=str)}
   fileio.save_with(path, lambda f: np.savez(f, arr_0=images_uint8, labels=labels, **extra))
+  if np.ndim(images_uint8) == 5:
+    gif = os.path.splitext(path)[0] + ".gif"
+    images_lib.save_gif(gif, images_uint8[:grid], ncols=ncols)
+    return gif
   png = os.path.splitext(path)[0] + ".png"
   images_lib.save_grid(png, images_uint8[:grid], ncols=ncols)
   return png

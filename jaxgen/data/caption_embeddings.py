@@ -43,7 +43,8 @@ FIELDS = ("tokens", "mask", "pooled")
 
 def captions_fingerprint(data_cfg, split: str, class_names: Sequence[str]) -> str:
   """A hash of the captions a split's examples can get: the short caption of each
-  class and the bytes of the detailed captions file (if any)."""
+  class and the bytes of the detailed captions file (if any); Moving Fashion-MNIST's
+  settings, which make its captions."""
   h = hashlib.sha256()
   for k in range(len(class_names)):
     h.update(captions_lib.short_caption(k, class_names).encode() + b"\n")
@@ -51,6 +52,9 @@ def captions_fingerprint(data_cfg, split: str, class_names: Sequence[str]) -> st
   if data_cfg.get("name") == "folder":  # an image folder: its content and captions_file
     from jaxgen.data import folder  # pylint: disable=g-import-not-at-top
     h.update(folder.captions_key(data_cfg))
+  elif data_cfg.get("name") == "moving_fashion_mnist":  # captions made with the videos
+    from jaxgen.data import moving_fmnist  # pylint: disable=g-import-not-at-top
+    h.update(moving_fmnist.Settings.from_config(data_cfg).name.encode())
   elif captions_dir:
     path = captions_lib.captions_path(captions_dir, split)
     if not os.path.isfile(path):

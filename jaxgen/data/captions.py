@@ -154,7 +154,7 @@ FMNIST_NOUNS = (("t-shirt", "top"), ("pair of trousers",), ("pullover", "sweater
 _NOUNS_BY_CLASS_NAME = dict(zip(datasets.FMNIST_CLASSES, FMNIST_NOUNS))
 
 
-def _article(phrase: str) -> str:
+def article(phrase: str) -> str:
   return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
@@ -166,7 +166,7 @@ def class_nouns(class_names: Sequence[str]) -> Tuple[Tuple[str, ...], ...]:
 
 def short_caption(label: int, class_names: Sequence[str] = datasets.FMNIST_CLASSES) -> str:
   """The caption a label gives: ``"a shirt"``, ``"an ankle boot"``, ``"a pair of trousers"``."""
-  return _article(class_nouns(class_names)[int(label)][0])
+  return article(class_nouns(class_names)[int(label)][0])
 
 
 # Attribute phrasings: as an adjective before the noun, after "is" (predicate), and as a
@@ -203,7 +203,7 @@ _CLAUSE = {
 }
 
 
-def _join(parts: Sequence[str]) -> str:
+def join_words(parts: Sequence[str]) -> str:
   return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
@@ -214,33 +214,33 @@ def _adjectives(av, pick) -> str:
   return " ".join(pick(_ADJ, a, v) for a, v in sorted(av, key=lambda x: rank.get(x[0], 9)))
 
 
-def _sentence(text: str) -> str:
+def as_sentence(text: str) -> str:
   text = text[0].upper() + text[1:]
   return text if text.endswith(".") else text + "."
 
 
 # Training sentence forms: f(noun, [(attribute, value)] in a random order, pick).
 _TRAIN_FORMS: Tuple[Callable, ...] = (
-    lambda n, av, pick: _article(_adjectives(av, pick) + " " + n),
-    lambda n, av, pick: "a photo of " + _article(f"{pick(_ADJ, *av[0])} {n}") + ", " +
-    _join([pick(_CLAUSE, a, v) for a, v in av[1:]]),
-    lambda n, av, pick: _article(n) + ". It is " + _join([pick(_PRED, a, v) for a, v in av]),
-    lambda n, av, pick: _article(_adjectives(av[:-1], pick) + " " + n) +
+    lambda n, av, pick: article(_adjectives(av, pick) + " " + n),
+    lambda n, av, pick: "a photo of " + article(f"{pick(_ADJ, *av[0])} {n}") + ", " +
+    join_words([pick(_CLAUSE, a, v) for a, v in av[1:]]),
+    lambda n, av, pick: article(n) + ". It is " + join_words([pick(_PRED, a, v) for a, v in av]),
+    lambda n, av, pick: article(_adjectives(av[:-1], pick) + " " + n) +
     " " + pick(_CLAUSE, *av[-1]) + ", on a black background",
-    lambda n, av, pick: "product image: " + _article(n) + " that is " +
-    _join([pick(_PRED, a, v) for a, v in av]),
-    lambda n, av, pick: _article(n) + " " + _join([pick(_CLAUSE, a, v) for a, v in av]),
+    lambda n, av, pick: "product image: " + article(n) + " that is " +
+    join_words([pick(_PRED, a, v) for a, v in av]),
+    lambda n, av, pick: article(n) + " " + join_words([pick(_CLAUSE, a, v) for a, v in av]),
 )
 
 # Held-out forms, never used in training captions: ``make_prompts`` renders with these
 # only, so prompt following measures more than recall of memorised sentences.
 _EVAL_FORMS: Tuple[Callable, ...] = (
-    lambda n, av, pick: "an image showing " + _article(n) + " which is " +
-    _join([pick(_PRED, a, v) for a, v in av]),
-    lambda n, av, pick: "there is " + _article(f"{pick(_ADJ, *av[0])} {n}") +
-    " in the picture; it is " + _join([pick(_PRED, a, v) for a, v in av[1:]]),
-    lambda n, av, pick: _article(f"{pick(_ADJ, *av[0])} {n}") + ", " +
-    _join([pick(_PRED, a, v) for a, v in av[1:]]) + ", pictured on its own",
+    lambda n, av, pick: "an image showing " + article(n) + " which is " +
+    join_words([pick(_PRED, a, v) for a, v in av]),
+    lambda n, av, pick: "there is " + article(f"{pick(_ADJ, *av[0])} {n}") +
+    " in the picture; it is " + join_words([pick(_PRED, a, v) for a, v in av[1:]]),
+    lambda n, av, pick: article(f"{pick(_ADJ, *av[0])} {n}") + ", " +
+    join_words([pick(_PRED, a, v) for a, v in av[1:]]) + ", pictured on its own",
 )
 
 
@@ -260,7 +260,7 @@ def render_caption(rng: np.random.Generator, noun: str, values: Dict[str, str],
   order = rng.permutation(len(names))
   av = [(names[i], values[names[i]]) for i in order]
   form = forms[rng.integers(len(forms))]
-  return _sentence(form(noun, av, pick))
+  return as_sentence(form(noun, av, pick))
 
 
 # ---------------------------------------------------------------------------------------

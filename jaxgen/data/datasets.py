@@ -103,42 +103,59 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    src = find_fmnist_source(self._source_dir)
-    if src is None:
-      logging.info("No local Fashion-MNIST files; downloading from %s", FMNIST_URL)
-      try:
-        paths = dl_manager.download({n: FMNIST_URL + n for pair in FMNIST_FILES.values()
-                                     for n in pair})
-      except Exception as e:  # pylint: disable=broad-except
-        raise DataError(f"Fashion-MNIST is not on this machine and could not be "
-                        f"downloaded ({type(e).__name__}: {e}). {_FIX}") from None
-      files = {s: tuple(os.fspath(paths[n]) for n in pair) for s, pair in FMNIST_FILES.items()}
-    else:
-      files = {s: tuple(os.path.join(src, n) for n in pair) for s, pair in FMNIST_FILES.items()}
-    return {split: self._generate_examples(*pair) for split, pair in files.items()}
+    return {split: self._generate_examples(*pair)
+            for split, pair in fmnist_files(self._source_dir, dl_manager).items()}
 
   def _generate_examples(self, images_path, labels_path):
-    images = read_idx(images_path, 3, _FIX)
-    labels = read_idx(labels_path, 1, _FIX)
-    if images.shape[1:] != (28, 28) or len(images) != len(labels):
-      raise DataError(f"{images_path} ({images.shape}) and {labels_path} ({labels.shape}) "
-                      f"do not form a 28x28 image/label pair. {_FIX}")
-    if labels.max() >= 10:
-      raise DataError(f"{labels_path} holds label {labels.max()}; Fashion-MNIST has 10. {_FIX}")
+    images, labels = read_fmnist(images_path, labels_path)
     for i, (image, label) in enumerate(zip(images, labels)):
       yield i, {"image": image[..., None], "label": int(label)}
+
+
+def fmnist_files(source_dir: Optional[str], dl_manager) -> Dict[str, Tuple[str, str]]:
+  """split -> (images path, labels path) of Fashion-MNIST's IDX files: the local ones
+  (`find_fmnist_source`), else downloaded with ``dl_manager`` as TFDS's own
+  ``fashion_mnist`` builder does (a DataError saying what to install when that fails)."""
+  src = find_fmnist_source(source_dir)
+  if src is not None:
+    return {s: tuple(os.path.join(src, n) for n in pair) for s, pair in FMNIST_FILES.items()}
+  logging.info("No local Fashion-MNIST files; downloading from %s", FMNIST_URL)
+  try:
+    paths = dl_manager.download({n: FMNIST_URL + n for n in _FMNIST_NAMES})
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"Fashion-MNIST is not on this machine and could not be "
+                    f"downloaded ({type(e).__name__}: {e}). {_FIX}") from None
+  return {s: tuple(os.fspath(paths[n]) for n in pair) for s, pair in FMNIST_FILES.items()}
+
+
+def read_fmnist(images_path: str, labels_path: str) -> Tuple[np.ndarray, np.ndarray]:
+  """One split's images uint8 (N, 28, 28) and labels uint8 (N,), checked (a DataError
+  naming the bad file and the fix)."""
+  images = read_idx(images_path, 3, _FIX)
+  labels = read_idx(labels_path, 1, _FIX)
+  if images.shape[1:] != (28, 28) or len(images) != len(labels):
+    raise DataError(f"{images_path} ({images.shape}) and {labels_path} ({labels.shape}) "
+                    f"do not form a 28x28 image/label pair. {_FIX}")
+  if labels.max() >= 10:
+    raise DataError(f"{labels_path} holds label {labels.max()}; Fashion-MNIST has 10. {_FIX}")
+  return images, labels
 
 
 @dataclasses.dataclass
 class DatasetSpec:
   """What the rest of jaxgen needs to know about a dataset."""
   name: str
-  image_shape: Tuple[int, ...]        # (H, W, C) as stored, before preprocessing
+  image_shape: Tuple[int, ...]        # (H, W, C), a video's (T, H, W, C); as stored
   num_classes: int
   class_names: Sequence[str]
   splits: Dict[str, int]              # split -> number of examples
   source: Callable[[str], object]     # split -> random-access data source (grain)
   has_captions: bool = False          # examples carry caption_short / caption_detailed
+
+  @property
+  def is_video(self) -> bool:
+    """Whether examples are videos: ``image`` is (T, H, W, C), frames first."""
+    return len(self.image_shape) == 4
 
 
 class ExtendedSource:
