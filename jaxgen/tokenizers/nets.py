@@ -366,7 +366,21 @@ def _feature_size(h) -> int:
   return h.shape[-3] if h.ndim >= 4 else h.shape[1]
 
 
-class ConvEncoder(nn.Module):
+class _ImageHooks:
+  """What `ConvEncoder` / `ConvDecoder` ask of their causal video subclasses
+  (`_Causal3D`): the temporal padding ("" = not causal: images, or plain 3D convs) and
+  whether a level halves time."""
+
+  @property
+  def _causal(self) -> str:
+    return ""
+
+  def _temporal(self, level: int) -> bool:
+    del level
+    return False
+
+
+class ConvEncoder(_ImageHooks, nn.Module):
   """taming / LDM ``Encoder``: image (N, *spatial, C) -> latents (N, *spatial/f, z).
 
   Attributes:
@@ -397,15 +411,6 @@ class ConvEncoder(nn.Module):
   def downsample_factor(self) -> int:
     return 2 ** (len(self.channel_mult) - 1)
 
-  # Hooks for the causal video subclass (`CausalConvEncoder3D`): "" = not causal.
-  @property
-  def _causal(self) -> str:
-    return ""
-
-  def _temporal(self, level: int) -> bool:
-    del level
-    return False
-
   def _check_input(self, x) -> None:
     factor = self.downsample_factor
     if any(s % factor for s in x.shape[1:-1]):
@@ -435,7 +440,7 @@ class ConvEncoder(nn.Module):
     return h.astype(jnp.float32)
 
 
-class ConvDecoder(nn.Module):
+class ConvDecoder(_ImageHooks, nn.Module):
   """taming / LDM ``Decoder``: latents (N, *spatial, any) -> image (N, *spatial*f, C).
 
   Attributes as `ConvEncoder`; ``out_channels`` is the image channels. Each level has
@@ -454,15 +459,6 @@ class ConvDecoder(nn.Module):
   @property
   def downsample_factor(self) -> int:
     return 2 ** (len(self.channel_mult) - 1)
-
-  # Hooks for the causal video subclass (`CausalConvDecoder3D`), as in `ConvEncoder`.
-  @property
-  def _causal(self) -> str:
-    return ""
-
-  def _temporal(self, level: int) -> bool:
-    del level
-    return False
 
   def _check_input(self, z) -> None:
     del z
