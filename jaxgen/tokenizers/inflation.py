@@ -20,7 +20,7 @@ from typing import Any, Dict, Tuple
 
 from flax import traverse_util
 import flax.linen as nn
-import jax.numpy as jnp
+import numpy as np
 
 from jaxgen.tokenizers import nets
 
@@ -36,24 +36,25 @@ def image_fields(variant) -> Dict[str, Any]:
   return dict({k: v for k, v in kw.items() if k not in _VIDEO_ONLY}, arch="conv")
 
 
-def inflate_leaf(value, shape: Tuple[int, ...], path: str = "") -> jnp.ndarray:
+def inflate_leaf(value, shape: Tuple[int, ...], path: str = "") -> np.ndarray:
   """One 2D parameter -> the 3D parameter of ``shape``.
 
   Same shape: copied. A conv kernel (kh, kw, cin, cout) -> (kt, kh, kw, cin, r cout):
   zeros, with the kernel at time tap kt - 1, repeated r times along the output channels
   (r = 2 for a depth-to-time conv, 1 otherwise). A bias (cout,) -> (r cout,): repeated.
   """
-  value = jnp.asarray(value)
+  value = np.asarray(value)
   shape = tuple(shape)
   if value.shape == shape:
     return value
   r = shape[-1] // max(value.shape[-1], 1)
   if r * value.shape[-1] == shape[-1]:
     if value.ndim == 1 and len(shape) == 1:
-      return jnp.tile(value, r)
+      return np.tile(value, r)
     if len(shape) == value.ndim + 1 and shape[1:-1] == value.shape[:-1]:
-      kernel = jnp.tile(value, (1,) * (value.ndim - 1) + (r,))
-      return jnp.zeros(shape, value.dtype).at[-1].set(kernel)
+      out = np.zeros(shape, value.dtype)
+      out[-1] = np.tile(value, (1,) * (value.ndim - 1) + (r,))
+      return out
   raise ValueError(f"cannot inflate {path or 'a parameter'}: 2D shape {value.shape} -> "
                    f"3D shape {shape}")
 
@@ -68,7 +69,8 @@ def inflate_params(params_2d, params_3d):
       the init); it gives the structure and the target shapes.
 
   Returns:
-    A tree with the structure of ``params_3d`` (unboxed: no logical-axis boxes).
+    A tree with the structure of ``params_3d`` (unboxed: no logical-axis boxes) of
+    host NumPy arrays: inflate on the host, then place the result on the mesh.
 
   Raises:
     ValueError: when the trees have different parameters or a shape cannot inflate.
