@@ -7,13 +7,20 @@
   downsampling by a stride-2 3x3 conv after zero padding (0, 1) on every spatial axis (as
   taming), nearest upsampling + conv3x3. The decoder has ``num_res_blocks + 1`` blocks per
   level. With the same sizes the parameter count equals the reference's exactly (tested).
-  Convolutions read the number of spatial axes from the input (``x.shape[1:-1]``): NHWC
-  images now; the causal-3D (NTHWC) video variant comes with the video tokenizer issue.
+  Convolutions read the number of spatial axes from the input (``x.shape[1:-1]``).
+* `CausalConvEncoder3D` / `CausalConvDecoder3D` (arch "causal3d"): the same layout on
+  videos (N, T, H, W, C), MAGVIT-v2 style (Yu et al. 2023): causal 3x3x3 convolutions
+  (frames padded before the clip only), per-frame GroupNorm and attention, the first
+  frame encoded alone (a one-frame video is an image), temporal downsampling by causal
+  stride-2 convs (T = 1 + ft k -> 1 + k) and depth-to-time upsampling in the decoder.
+  ``jaxgen.tokenizers.inflation`` initialises them from a trained 2D `ConvEncoder` /
+  `ConvDecoder` (MAGVIT's 2D -> 3D inflation).
 * `ViTEncoder` / `ViTDecoder`: ViT-VQGAN (Yu et al. 2022), see their docstrings.
 * `PatchGANDiscriminator`: the pix2pix / taming ``NLayerDiscriminator`` with GroupNorm in
   place of BatchNorm, see its docstring.
 
-Named sizes: `autoencoder_variant(name)` and `build_nets(name, image_channels)`.
+Named sizes: `autoencoder_variant(name)` and `build_nets(name, image_channels)`; factors
+`downsampling_factor` (space) and `temporal_downsampling_factor` (time).
 
 The 1x1 ``quant_conv`` / ``post_quant_conv`` of taming's ``VQModel`` and LDM's
 ``AutoencoderKL`` (z_channels <-> embed_dim) belong to the tokenizer wrapper with the
@@ -69,13 +76,40 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "fmnist_vit_tiny": dict(arch="vit", patch_size=4, hidden_size=128, depth=2,
                             num_heads=4, mlp_ratio=4.0, z_channels=16, embed_dim=16,
                             codebook_size=512),
+    # Causal 3D video sizes (arch "causal3d", `CausalConvEncoder3D`):
+    # ``temporal_downsample`` has one entry per spatial downsampling (ft = 2 ** its sum).
+    # Moving Fashion-MNIST 32x32x1 on CPU: f4 -> 8x8; ft 2 takes 1 + 2k frames (9, 17:
+    # 8 frames are not valid, use ..._ft1 for them), ft 1 any number of frames.
+    "mfmnist_causal_tiny": dict(arch="causal3d", channels=32, channel_mult=(1, 2, 2),
+                                num_res_blocks=1, attn_resolutions=(), mid_attn=False,
+                                temporal_downsample=(False, True), z_channels=10,
+                                embed_dim=10, codebook_size=1024),
+    "mfmnist_causal_tiny_ft1": dict(arch="causal3d", channels=32, channel_mult=(1, 2, 2),
+                                    num_res_blocks=1, attn_resolutions=(), mid_attn=False,
+                                    temporal_downsample=(False, False), z_channels=10,
+                                    embed_dim=10, codebook_size=1024),
+    "mfmnist_causal_kl_tiny": dict(arch="causal3d", channels=32, channel_mult=(1, 2, 2),
+                                   num_res_blocks=1, attn_resolutions=(), mid_attn=False,
+                                   temporal_downsample=(False, True), z_channels=4,
+                                   double_z=True, embed_dim=4),
+    # MAGVIT-v2-like video tokenizer (Yu et al. 2023, 17x128x128 -> 5x16x16, LFQ with
+    # 2^18 codes): 128 channels, x(1, 2, 2, 4), 4 res blocks, f8, ft4 (time halved at
+    # the last two downsamplings). On this block layout (no adaptive GroupNorm in the
+    # decoder, nearest+conv upsampling, taming's num_res_blocks + 1 decoder blocks), so
+    # its count is not MAGVIT-v2's; for reporting sizes.
+    "magvit2_causal": dict(arch="causal3d", channels=128, channel_mult=(1, 2, 2, 4),
+                           num_res_blocks=4, attn_resolutions=(), mid_attn=False,
+                           temporal_downsample=(False, True, True), z_channels=18,
+                           embed_dim=18, codebook_size=2 ** 18),
 }
 
 _CONV_KEYS = ("channels", "channel_mult", "num_res_blocks", "attn_resolutions",
               "mid_attn", "dropout", "attn_impl")
 _VIT_KEYS = ("patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "pos_emb",
              "tanh_head", "attn_impl")
+_CAUSAL_KEYS = _CONV_KEYS + ("temporal_downsample", "temporal_padding")
 _SHARED_KEYS = ("arch", "z_channels", "double_z", "embed_dim", "codebook_size")
+ARCHES = ("conv", "vit", "causal3d")
 
 
 def autoencoder_variant(name: str) -> Dict[str, Any]:
@@ -96,16 +130,17 @@ def build_nets(variant, image_channels: int = 3, dtype=jnp.float32, **overrides
   kw = autoencoder_variant(variant) if isinstance(variant, str) else dict(variant)
   kw.update(overrides)
   arch = kw.get("arch", "conv")
-  keys = {"conv": _CONV_KEYS, "vit": _VIT_KEYS}.get(arch)
+  keys = {"conv": _CONV_KEYS, "vit": _VIT_KEYS, "causal3d": _CAUSAL_KEYS}.get(arch)
   if keys is None:
-    raise ValueError(f"Unknown autoencoder arch {arch!r}; use 'conv' or 'vit'.")
+    raise ValueError(f"Unknown autoencoder arch {arch!r}; use one of {ARCHES}.")
   unknown = sorted(set(kw) - set(keys) - set(_SHARED_KEYS))
   if unknown:
     raise ValueError(f"Unknown field(s) {unknown} for a {arch!r} autoencoder; known: "
                      f"{sorted(keys + _SHARED_KEYS)}.")
   common = {k: tuple(kw[k]) if isinstance(kw[k], list) else kw[k] for k in keys if k in kw}
-  encoder_cls, decoder_cls = (ConvEncoder, ConvDecoder) if arch == "conv" else (
-      ViTEncoder, ViTDecoder)
+  encoder_cls, decoder_cls = {"conv": (ConvEncoder, ConvDecoder),
+                              "vit": (ViTEncoder, ViTDecoder),
+                              "causal3d": (CausalConvEncoder3D, CausalConvDecoder3D)}[arch]
   enc = encoder_cls(out_channels=kw["z_channels"], double_z=kw.get("double_z", False),
                     dtype=dtype, **common)
   return enc, decoder_cls(out_channels=image_channels, dtype=dtype, **common)
@@ -117,6 +152,15 @@ def downsampling_factor(variant) -> int:
   if kw.get("arch", "conv") == "vit":
     return int(kw["patch_size"])
   return 2 ** (len(kw["channel_mult"]) - 1)
+
+
+def temporal_downsampling_factor(variant) -> int:
+  """Temporal factor ft of a named size (or dict of fields): a causal video net maps
+  1 + ft k frames to 1 + k latent frames (`check_num_frames`); 1 for image nets."""
+  kw = autoencoder_variant(variant) if isinstance(variant, str) else dict(variant)
+  if kw.get("arch", "conv") != "causal3d":
+    return 1
+  return 2 ** sum(bool(t) for t in kw.get("temporal_downsample", ()))
 
 
 def last_layer_path(decoder_params, prefix: Tuple[str, ...] = ()) -> Tuple[str, ...]:
@@ -140,103 +184,180 @@ def last_layer_path(decoder_params, prefix: Tuple[str, ...] = ()) -> Tuple[str, 
 _SPATIAL_AXES = {1: ("conv_w",), 2: ("conv_h", "conv_w"), 3: ("conv_t", "conv_h", "conv_w")}
 
 
+TEMPORAL_PADDINGS = ("replicate", "zero")
+
+
 class ConvND(nn.Module):
   """Convolution over however many spatial axes the input has (channels last).
 
   Kernel logical axes: one per spatial axis (``conv_h, conv_w`` for images), then
   ``conv_in, conv_out``. ``padding``: "SAME", "VALID", or one ``(lo, hi)`` pair used for
-  every spatial axis.
+  every spatial axis. ``strides``: one int for every axis or one per axis.
+
+  ``causal`` ("" = off, "replicate" or "zero"; 3 spatial axes only, the first is time):
+  the time axis is padded with ``kernel_size - 1`` frames before the first frame (copies
+  of it, or zeros) and none after, so output frame t reads input frames <= t only;
+  ``padding`` then applies to the other two axes ("SAME" needs stride 1 there). The
+  parameters are those of the non-causal convolution.
   """
   features: int
   kernel_size: int = 3
-  strides: int = 1
+  strides: Any = 1
   padding: Any = "SAME"
   use_bias: bool = True
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   dtype: jnp.dtype = jnp.float32
+  causal: str = ""
 
   @nn.compact
   def __call__(self, x):
     nd = x.ndim - 2
     if nd not in _SPATIAL_AXES:
       raise ValueError(f"ConvND takes 1 to 3 spatial axes, got input shape {x.shape}")
+    strides = ((self.strides,) * nd if isinstance(self.strides, int)
+               else tuple(self.strides))
     pad = self.padding if isinstance(self.padding, str) else (tuple(self.padding),) * nd
+    if self.causal:
+      x, pad = _causal_time_pad(x, self.kernel_size, self.causal, pad, strides)
     bias_init = nn.with_logical_partitioning(layers.zeros, ("conv_out",))
     return nn.Conv(
-        self.features, (self.kernel_size,) * nd, strides=(self.strides,) * nd,
+        self.features, (self.kernel_size,) * nd, strides=strides,
         padding=pad, use_bias=self.use_bias, dtype=self.dtype,
         kernel_init=nn.with_logical_partitioning(
             self.kernel_init, _SPATIAL_AXES[nd] + ("conv_in", "conv_out")),
         bias_init=bias_init)(x)
 
 
+def _causal_time_pad(x, k: int, mode: str, pad, strides):
+  """Pads time (axis 1 of NTHWC ``x``) by k - 1 frames before; returns (x, the padding
+  for ``nn.Conv``: none in time, ``pad`` in space)."""
+  if x.ndim != 5:
+    raise ValueError(f"a causal ConvND takes (N, T, H, W, C) inputs, got {x.shape}")
+  if mode not in TEMPORAL_PADDINGS:
+    raise ValueError(f"causal padding must be one of {TEMPORAL_PADDINGS}, got {mode!r}")
+  if pad == "SAME":
+    if any(s != 1 for s in strides[1:]):
+      raise ValueError("a causal ConvND with padding='SAME' needs spatial stride 1; "
+                       "give a (lo, hi) pair")
+    spatial = (((k - 1) // 2, k // 2),) * 2
+  elif pad == "VALID":
+    spatial = ((0, 0),) * 2
+  else:
+    spatial = tuple(pad[1:])
+  if k > 1:
+    width = ((0, 0), (k - 1, 0)) + ((0, 0),) * 3
+    x = jnp.pad(x, width, mode="edge" if mode == "replicate" else "constant")
+  return x, ((0, 0),) + spatial
+
+
 class GroupNorm(nn.Module):
   """taming's ``Normalize``: GroupNorm(32 groups, eps 1e-6) in float32, logical axes
-  ``norm`` (``layers.GroupNorm`` uses eps 1e-5). Fewer groups when 32 does not divide C."""
+  ``norm`` (``layers.GroupNorm`` uses eps 1e-5). Fewer groups when 32 does not divide C.
+
+  ``per_frame``: on (N, T, H, W, C) inputs, statistics per frame (over H, W and the
+  group's channels), not over the whole clip: frames never see each other's statistics
+  (causal-safe) and a frame is normalised as the same image would be. Same parameters.
+  """
   num_groups: int = 32
   epsilon: float = 1e-6
+  per_frame: bool = False
 
   @nn.compact
   def __call__(self, x):
+    shape = x.shape
+    if self.per_frame and x.ndim == 5:
+      x = x.reshape((-1,) + shape[2:])
     return nn.GroupNorm(
         num_groups=math.gcd(self.num_groups, x.shape[-1]), epsilon=self.epsilon,
         dtype=jnp.float32,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
         bias_init=nn.with_logical_partitioning(layers.zeros, ("norm",)),
-    )(x).astype(x.dtype)
+    )(x).astype(x.dtype).reshape(shape)
 
 
 class ResnetBlock(nn.Module):
-  """GN-swish-conv3, GN-swish-dropout-conv3, plus x (1x1 conv on x if widths differ)."""
+  """GN-swish-conv3, GN-swish-dropout-conv3, plus x (1x1 conv on x if widths differ).
+
+  ``causal`` (video, see `ConvND`): causal convolutions and per-frame GroupNorm."""
   out_channels: int
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  causal: str = ""
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    h = ConvND(self.out_channels, dtype=self.dtype, name="conv1")(
-        nn.swish(GroupNorm(name="norm1")(x)))
-    h = nn.Dropout(self.dropout, deterministic=not train)(
-        nn.swish(GroupNorm(name="norm2")(h)))
-    h = ConvND(self.out_channels, dtype=self.dtype, name="conv2")(h)
+    conv = lambda k, name: ConvND(self.out_channels, k, dtype=self.dtype,
+                                  causal=self.causal, name=name)
+    norm = lambda name: GroupNorm(per_frame=bool(self.causal), name=name)
+    h = conv(3, "conv1")(nn.swish(norm("norm1")(x)))
+    h = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(norm("norm2")(h)))
+    h = conv(3, "conv2")(h)
     if x.shape[-1] != self.out_channels:
-      x = ConvND(self.out_channels, 1, dtype=self.dtype, name="nin_shortcut")(x)
+      x = conv(1, "nin_shortcut")(x)
     return x + h
 
 
 class AttnBlock(nn.Module):
   """GroupNorm + single-head self-attention over all positions, residual. Same
-  parameters as taming's q/k/v/proj_out 1x1 convs (4 C^2 + 4 C), here a fused qkv."""
+  parameters as taming's q/k/v/proj_out 1x1 convs (4 C^2 + 4 C), here a fused qkv.
+
+  ``per_frame`` (video): attention and norm statistics within each frame only (no
+  position attends to another frame: causal-safe)."""
   attn_impl: str = "xla"
   dtype: jnp.dtype = jnp.float32
+  per_frame: bool = False
 
   @nn.compact
   def __call__(self, x):
-    b, c = x.shape[0], x.shape[-1]
-    y = GroupNorm(name="norm")(x).reshape(b, -1, c)
+    c = x.shape[-1]
+    rows = x.shape[0] * x.shape[1] if (self.per_frame and x.ndim == 5) else x.shape[0]
+    y = GroupNorm(per_frame=self.per_frame, name="norm")(x).reshape(rows, -1, c)
     y = layers.Attention(1, impl=self.attn_impl, dtype=self.dtype, name="attn")(y)
     return x + y.reshape(x.shape)
 
 
 class Downsample(nn.Module):
-  """Zero pad (0, 1) on every spatial axis, then a 3x3 conv with stride 2 (taming)."""
+  """Zero pad (0, 1) on every spatial axis, then a 3x3 conv with stride 2 (taming).
+
+  ``causal`` (video): H and W as above; time is padded causally (`ConvND`) and strided
+  by 2 when ``temporal`` (frames 1 + 2k -> 1 + k: output frame 0 reads frame 0 only,
+  output j >= 1 frames 2j-2..2j), else by 1.
+  """
   dtype: jnp.dtype = jnp.float32
+  causal: str = ""
+  temporal: bool = False
 
   @nn.compact
   def __call__(self, x):
-    return ConvND(x.shape[-1], 3, strides=2, padding=(0, 1), dtype=self.dtype,
-                  name="conv")(x)
+    strides = (2 if self.temporal else 1, 2, 2) if self.causal else 2
+    return ConvND(x.shape[-1], 3, strides=strides, padding=(0, 1), dtype=self.dtype,
+                  causal=self.causal, name="conv")(x)
 
 
 class Upsample(nn.Module):
-  """Nearest-neighbour x2 on every spatial axis, then a 3x3 conv."""
+  """Nearest-neighbour x2 on every spatial axis, then a 3x3 conv.
+
+  ``causal`` (video): x2 on H and W only, then a causal 3x3x3 conv; with ``temporal`` it
+  gives 2 C channels that become two frames each (depth-to-time: frame t -> frames 2t,
+  2t+1 from channel blocks 0, 1), and the first is dropped: T frames -> 2T - 1, so one
+  latent frame decodes to one frame and 1 + k to 1 + 2k (the mirror of `Downsample`).
+  """
   dtype: jnp.dtype = jnp.float32
+  causal: str = ""
+  temporal: bool = False
 
   @nn.compact
   def __call__(self, x):
-    for axis in range(1, x.ndim - 1):
+    c = x.shape[-1]
+    for axis in range(2 if self.causal else 1, x.ndim - 1):
       x = jnp.repeat(x, 2, axis=axis)
-    return ConvND(x.shape[-1], dtype=self.dtype, name="conv")(x)
+    r = 2 if (self.causal and self.temporal) else 1
+    x = ConvND(r * c, dtype=self.dtype, causal=self.causal, name="conv")(x)
+    if r == 1:
+      return x
+    n, t, h, w, _ = x.shape
+    x = x.reshape(n, t, h, w, r, c).transpose(0, 1, 4, 2, 3, 5).reshape(n, r * t, h, w, c)
+    return x[:, r - 1:]
 
 
 def _feature_size(h) -> int:
@@ -245,7 +366,21 @@ def _feature_size(h) -> int:
   return h.shape[-3] if h.ndim >= 4 else h.shape[1]
 
 
-class ConvEncoder(nn.Module):
+class _ImageHooks:
+  """What `ConvEncoder` / `ConvDecoder` ask of their causal video subclasses
+  (`_Causal3D`): the temporal padding ("" = not causal: images, or plain 3D convs) and
+  whether a level halves time."""
+
+  @property
+  def _causal(self) -> str:
+    return ""
+
+  def _temporal(self, level: int) -> bool:
+    del level
+    return False
+
+
+class ConvEncoder(_ImageHooks, nn.Module):
   """taming / LDM ``Encoder``: image (N, *spatial, C) -> latents (N, *spatial/f, z).
 
   Attributes:
@@ -276,30 +411,36 @@ class ConvEncoder(nn.Module):
   def downsample_factor(self) -> int:
     return 2 ** (len(self.channel_mult) - 1)
 
-  @nn.compact
-  def __call__(self, x, train: bool = False):
+  def _check_input(self, x) -> None:
     factor = self.downsample_factor
     if any(s % factor for s in x.shape[1:-1]):
-      raise ValueError(f"ConvEncoder: spatial shape {x.shape[1:-1]} is not divisible by "
-                       f"the downsampling factor {factor}.")
-    res = lambda ch, name: ResnetBlock(ch, self.dropout, self.dtype, name=name)
-    attn = lambda name: AttnBlock(self.attn_impl, self.dtype, name=name)
-    h = ConvND(self.channels, dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
+      raise ValueError(f"{type(self).__name__}: spatial shape {x.shape[1:-1]} is not "
+                       f"divisible by the downsampling factor {factor}.")
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    self._check_input(x)
+    c = self._causal
+    res = lambda ch, name: ResnetBlock(ch, self.dropout, self.dtype, c, name=name)
+    attn = lambda name: AttnBlock(self.attn_impl, self.dtype, bool(c), name=name)
+    h = ConvND(self.channels, dtype=self.dtype, causal=c, name="conv_in")(
+        x.astype(self.dtype))
     for level, mult in enumerate(self.channel_mult):
       for i in range(self.num_res_blocks):
         h = res(self.channels * mult, f"down_{level}_block_{i}")(h, train)
         if _feature_size(h) in self.attn_resolutions:
           h = attn(f"down_{level}_attn_{i}")(h)
       if level != len(self.channel_mult) - 1:
-        h = Downsample(self.dtype, name=f"down_{level}_downsample")(h)
-    h = _mid(self, h, train)
-    h = nn.swish(GroupNorm(name="norm_out")(h))
+        h = Downsample(self.dtype, c, self._temporal(level),
+                       name=f"down_{level}_downsample")(h)
+    h = _mid(self, h, train, c)
+    h = nn.swish(GroupNorm(per_frame=bool(c), name="norm_out")(h))
     out = 2 * self.out_channels if self.double_z else self.out_channels
-    h = ConvND(out, dtype=self.dtype, name="conv_out")(h)
+    h = ConvND(out, dtype=self.dtype, causal=c, name="conv_out")(h)
     return h.astype(jnp.float32)
 
 
-class ConvDecoder(nn.Module):
+class ConvDecoder(_ImageHooks, nn.Module):
   """taming / LDM ``Decoder``: latents (N, *spatial, any) -> image (N, *spatial*f, C).
 
   Attributes as `ConvEncoder`; ``out_channels`` is the image channels. Each level has
@@ -319,31 +460,122 @@ class ConvDecoder(nn.Module):
   def downsample_factor(self) -> int:
     return 2 ** (len(self.channel_mult) - 1)
 
+  def _check_input(self, z) -> None:
+    del z
+
   @nn.compact
   def __call__(self, z, train: bool = False):
-    res = lambda ch, name: ResnetBlock(ch, self.dropout, self.dtype, name=name)
-    h = ConvND(self.channels * self.channel_mult[-1], dtype=self.dtype, name="conv_in")(
-        z.astype(self.dtype))
-    h = _mid(self, h, train)
+    self._check_input(z)
+    c = self._causal
+    res = lambda ch, name: ResnetBlock(ch, self.dropout, self.dtype, c, name=name)
+    h = ConvND(self.channels * self.channel_mult[-1], dtype=self.dtype, causal=c,
+               name="conv_in")(z.astype(self.dtype))
+    h = _mid(self, h, train, c)
     for level in reversed(range(len(self.channel_mult))):
       for i in range(self.num_res_blocks + 1):
         h = res(self.channels * self.channel_mult[level], f"up_{level}_block_{i}")(h, train)
         if _feature_size(h) in self.attn_resolutions:
-          h = AttnBlock(self.attn_impl, self.dtype, name=f"up_{level}_attn_{i}")(h)
+          h = AttnBlock(self.attn_impl, self.dtype, bool(c), name=f"up_{level}_attn_{i}")(h)
       if level != 0:
-        h = Upsample(self.dtype, name=f"up_{level}_upsample")(h)
-    h = nn.swish(GroupNorm(name="norm_out")(h))
-    h = ConvND(self.out_channels, dtype=self.dtype, name="conv_out")(h)
+        # mirrors the encoder's downsampling from level - 1 to level
+        h = Upsample(self.dtype, c, self._temporal(level - 1),
+                     name=f"up_{level}_upsample")(h)
+    h = nn.swish(GroupNorm(per_frame=bool(c), name="norm_out")(h))
+    h = ConvND(self.out_channels, dtype=self.dtype, causal=c, name="conv_out")(h)
     return h.astype(jnp.float32)
 
 
-def _mid(m, h, train: bool):
+def _mid(m, h, train: bool, causal: str = ""):
   """Mid block (res, attn, res) of an encoder or decoder ``m``; call inside its compact."""
   ch = h.shape[-1]
-  h = ResnetBlock(ch, m.dropout, m.dtype, name="mid_block_1")(h, train)
+  h = ResnetBlock(ch, m.dropout, m.dtype, causal, name="mid_block_1")(h, train)
   if m.mid_attn:
-    h = AttnBlock(m.attn_impl, m.dtype, name="mid_attn_1")(h)
-  return ResnetBlock(ch, m.dropout, m.dtype, name="mid_block_2")(h, train)
+    h = AttnBlock(m.attn_impl, m.dtype, bool(causal), name="mid_attn_1")(h)
+  return ResnetBlock(ch, m.dropout, m.dtype, causal, name="mid_block_2")(h, train)
+
+
+# ----------------------------------------------------------------------------- causal 3D
+
+
+def check_num_frames(num_frames: int, temporal_factor: int, who: str = "") -> int:
+  """Latent frames of a causal video net for ``num_frames`` input frames (1 + k*ft ->
+  1 + k); a clear ValueError for any other count."""
+  if num_frames < 1 or (num_frames - 1) % temporal_factor:
+    valid = ", ".join(str(1 + temporal_factor * k) for k in range(4))
+    raise ValueError(
+        f"{who or 'causal video net'}: {num_frames} frames; with temporal downsampling "
+        f"ft={temporal_factor} the frame count must be 1 + {temporal_factor} k ({valid}, "
+        f"...): the first frame is encoded alone and every later latent frame covers "
+        f"{temporal_factor} frames.")
+  return 1 + (num_frames - 1) // temporal_factor
+
+
+class _Causal3D:
+  """What the causal video encoder and decoder share (mixed into the conv nets)."""
+
+  @property
+  def temporal_factor(self) -> int:
+    return 2 ** sum(bool(t) for t in self.temporal_downsample)
+
+  @property
+  def _causal(self) -> str:
+    return self.temporal_padding
+
+  def _temporal(self, level: int) -> bool:
+    return bool(self.temporal_downsample[level])
+
+  def _check_video(self, x) -> None:
+    name = type(self).__name__
+    if x.ndim != 5:
+      raise ValueError(f"{name} takes videos (N, T, H, W, C), got shape {x.shape}; "
+                       f"an image is a one-frame video: x[:, None].")
+    if len(self.temporal_downsample) != len(self.channel_mult) - 1:
+      raise ValueError(f"{name}: temporal_downsample {tuple(self.temporal_downsample)} "
+                       f"needs one entry per downsampling ({len(self.channel_mult) - 1}).")
+    if self.temporal_padding not in TEMPORAL_PADDINGS:
+      raise ValueError(f"{name}: temporal_padding must be one of {TEMPORAL_PADDINGS}, "
+                       f"got {self.temporal_padding!r}")
+
+
+class CausalConvEncoder3D(_Causal3D, ConvEncoder):
+  """MAGVIT-v2-style causal 3D conv encoder: video (N, T, H, W, C) -> latents
+  (N, 1 + (T-1)/ft, H/f, W/f, z); the `ConvEncoder` layout (same parameter names, each
+  kernel with a time tap axis in front) with:
+
+  * causal 3x3x3 convolutions: ``kt - 1 = 2`` frames of padding before the clip
+    (``temporal_padding`` "replicate": copies of the first frame, as CV-VAE /
+    Open-Sora-Plan; "zero": zeros) and none after, so latent frame j never depends on
+    input frames after ft*j; the first frame is encoded alone, and a one-frame video is
+    an image (T' = 1). With "replicate" a still video gives still latents for any
+    weights;
+  * per-frame GroupNorm and per-frame self-attention (a causal-safe norm: no statistics
+    across frames; GroupNorm over (T, H, W) would let frame t see frames > t);
+  * downsampling: stride 2 in H and W at every level, and in time where
+    ``temporal_downsample[level]`` (a causal stride-2 conv: 1 + 2k frames -> 1 + k, the
+    first frame kept alone); ft = 2 ** sum(temporal_downsample).
+
+  Valid frame counts: T = 1 + ft k (`check_num_frames`; others raise ValueError).
+  """
+  temporal_downsample: Sequence[bool] = ()
+  temporal_padding: str = "replicate"
+
+  def _check_input(self, x) -> None:
+    self._check_video(x)
+    check_num_frames(x.shape[1], self.temporal_factor, type(self).__name__)
+    super()._check_input(x[:, 0])
+
+
+class CausalConvDecoder3D(_Causal3D, ConvDecoder):
+  """The mirror of `CausalConvEncoder3D`: latents (N, T', h, w, any) -> video
+  (N, 1 + ft (T' - 1), h f, w f, C). Upsampling: nearest x2 in H and W, a causal conv,
+  and where the encoder halved time, depth-to-time (`Upsample`: 2 C channels -> two
+  frames, the first frame dropped so 1 latent frame -> 1 frame). Output frame t reads
+  latent frames <= ceil(t / ft) only. Any T' >= 1 is valid."""
+  temporal_downsample: Sequence[bool] = ()
+  temporal_padding: str = "replicate"
+
+  def _check_input(self, z) -> None:
+    self._check_video(z)
 
 
 # ----------------------------------------------------------------------------- ViT parts

@@ -5,6 +5,9 @@
   space and back) and l2-normalised codes (cosine look-up), an EMA codebook (VQ-VAE-2 /
   sonnet) and dead-code restart from batch vectors. Acts on the last axis of inputs of any
   rank: (N, h, w, C), (N, t, h, w, C), (N, L, C), ...
+* `LookupFreeQuantizer`: MAGVIT-v2's lookup-free quantization (sign bits, implicit 2^d
+  codebook, entropy loss in exact or per-bit factorised form), same calling convention
+  and aux dict as `VectorQuantizer`.
 * `MultiScaleResidualQuantizer`: VAR's multi-scale residual quantizer (Tian et al. 2024,
   FoundationVision/VAR ``models/quant.py``) on 2-D feature maps (N, H, W, C), with the
   index -> feature-map directions that VAR's teacher forcing and sampling need.
@@ -336,6 +339,212 @@ class VectorQuantizer(nn.Module):
 
   def _restart_key(self) -> Array:
     return restart_key(self)
+
+
+# ------------------------------------------------------------ lookup-free quantization
+
+LFQ_ENTROPY_FORMS = ("auto", "full", "factorized")
+LFQ_NORMS = ("none", "rms")
+LFQ_FULL_MAX_BITS = 12  # entropy_form="auto": the exact 2^d table up to 4096 codes
+
+
+def lfq_indices(z: Array) -> Array:
+  """Index of the sign code of every vector on the last axis (d <= 30 channels):
+  ``sum_i [z_i > 0] 2^i`` (channel 0 is the least significant bit), int32."""
+  d = z.shape[-1]
+  bits = (z > 0).astype(jnp.int32)
+  return jnp.sum(bits << jnp.arange(d, dtype=jnp.int32), axis=-1)
+
+
+def lfq_codes(indices: Array, code_dim: int, scale: float = 1.0) -> Array:
+  """int indices (...) -> (..., code_dim) float32 codes: +scale where bit i is set,
+  -scale elsewhere (the inverse of `lfq_indices`)."""
+  bits = (indices[..., None] >> jnp.arange(code_dim, dtype=jnp.int32)) & 1
+  return jnp.where(bits > 0, scale, -scale).astype(jnp.float32)
+
+
+def _entropy(p: Array, axis: int = -1) -> Array:
+  """``-sum p log p`` (0 log 0 = 0) along ``axis``."""
+  return -jnp.sum(jax.scipy.special.xlogy(p, p), axis=axis)
+
+
+def lfq_entropies_full(z_nd: Array, scale: float, temperature: float
+                       ) -> Tuple[Array, Array]:
+  """(mean per-sample entropy, codebook entropy) of ``q(c | z) = softmax_c(-||z - c||^2
+  / temperature)`` over all 2^d codes, the exact MAGVIT-v2 definition: ``E_z[H(q(.|z))]``
+  and ``H(E_z[q(.|z)])`` over the rows of ``z_nd`` (N, d). Memory N x 2^d."""
+  d = z_nd.shape[-1]
+  codes = lfq_codes(jnp.arange(2 ** d, dtype=jnp.int32), d, scale)
+  dist = (jnp.sum(jnp.square(z_nd), -1, keepdims=True)
+          - 2.0 * jnp.einsum("nd,kd->nk", z_nd, codes, precision=HIGHEST)
+          + jnp.sum(jnp.square(codes), -1))
+  log_q = jax.nn.log_softmax(-dist / temperature, axis=-1)
+  q = jnp.exp(log_q)
+  per_sample = jnp.mean(-jnp.sum(q * log_q, axis=-1))
+  return per_sample, _entropy(jnp.mean(q, axis=0))
+
+
+def lfq_entropies_factorized(z_nd: Array, scale: float, temperature: float
+                             ) -> Tuple[Array, Array]:
+  """The same two entropies from per-bit probabilities, no 2^d table (memory N x d).
+
+  ``-||z - c||^2`` is a sum over channels, so ``q(c | z)`` is a product of independent
+  bits with ``P(bit_i = 1 | z) = sigmoid(4 scale z_i / temperature)``, and the
+  per-sample entropy is the sum of the bits' entropies: exact. The batch average of
+  product distributions is not a product, though: the codebook entropy here is the sum
+  of the entropies of the average bit probabilities, an upper bound of the exact one
+  (equal when the averaged bits are independent, e.g. for one sample), as in the
+  factorised entropy of BSQ (Zhao et al. 2024). It pushes every bit to be used half of
+  the time but not the bits to be uncorrelated.
+  """
+  a = 4.0 * scale * z_nd / temperature
+  p1 = jax.nn.sigmoid(a)
+  per_bit = -(p1 * jax.nn.log_sigmoid(a) + (1.0 - p1) * jax.nn.log_sigmoid(-a))
+  per_sample = jnp.mean(jnp.sum(per_bit, axis=-1))
+  avg = jnp.mean(p1, axis=0)
+  codebook = jnp.sum(_entropy(jnp.stack([avg, 1.0 - avg], axis=-1)))
+  return per_sample, codebook
+
+
+def annealed_weight(step: Array, weight: float, steps: int, factor: float) -> Array:
+  """Linear annealing: ``factor * weight`` at step 0 to ``weight`` at ``steps`` and
+  after (constant ``weight`` when ``steps <= 0``)."""
+  if steps <= 0:
+    return jnp.float32(weight)
+  frac = jnp.clip(jnp.asarray(step, jnp.float32) / steps, 0.0, 1.0)
+  return jnp.float32(weight) * (factor + (1.0 - factor) * frac)
+
+
+class LookupFreeQuantizer(nn.Module):
+  """Lookup-free quantization (LFQ, MAGVIT-v2: Yu et al. 2023, "Language Model Beats
+  Diffusion"), with `VectorQuantizer`'s calling convention and aux dict.
+
+  The codebook is implicit: the ``2^d`` sign vectors ``{-scale, +scale}^d`` with
+  ``d = log2(codebook_size)`` = the input width. Each channel is quantised to its sign
+  (0 -> -scale), the index is ``sum_i [z_i > 0] 2^i`` (`lfq_indices`: channel 0 is the
+  least significant bit; lucidrains' LFQ puts channel 0 first as the most significant),
+  and the output is the straight-through ``z + sg(q - z)``. No parameters.
+
+  Losses (means over every position and channel, like the references):
+    * ``commitment_loss = |z - sg(q)|^2``, weight ``beta`` (0.25);
+    * ``entropy_loss = per_sample_entropy - codebook_entropy_weight * codebook_entropy``
+      with ``q(c | z) = softmax_c(-||z - c||^2 / entropy_temperature)`` over the codes
+      (temperature 0.01 as MAGVIT's ``entropy_loss``, lucidrains' ``inv_temperature``
+      100): the first term makes each assignment confident, the second spreads the
+      batch over the codebook. ``entropy_form``: "full" (the exact 2^d table,
+      `lfq_entropies_full`), "factorized" (per bit, `lfq_entropies_factorized`: exact
+      per-sample term, upper-bound codebook term), "auto" (full up to 2^12 codes);
+    * ``loss = beta * commitment + w * entropy_loss``, ``w = entropy_weight`` (0.1),
+      annealed linearly from ``entropy_anneal_factor * w`` to ``w`` over
+      ``entropy_anneal_steps`` updates (`annealed_weight`; 0 steps: constant). The step
+      is ``vq_stats/steps``, advanced by each call with ``train=True`` and a mutable
+      ``vq_stats`` (so with gradient accumulation it counts micro-batches).
+  ``codebook_loss`` is 0 (nothing to learn).
+
+  ``norm="rms"``: ``z <- scale z / sqrt(mean_i z_i^2 + 1e-6)`` first (before quantising
+  and the losses, in the gradient path), putting z on the sphere of the codes as BSQ's
+  l2 normalisation; no mean subtraction, which would forbid the codes whose bits are all
+  equal. Metrics: ``perplexity``, ``usage`` (fraction of the 2^d codes used in the
+  batch), ``usage_window`` (fraction whose usage EMA, in ``vq_stats/usage``, exceeds
+  ``dead_threshold``), ``per_sample_entropy``, ``codebook_entropy`` (nats) and
+  ``entropy_weight``. The usage statistics hold 2^d floats (1 MiB at d = 18).
+  """
+  codebook_size: int
+  code_dim: Optional[int] = None  # d; None = log2(codebook_size)
+  beta: float = 0.25
+  entropy_weight: float = 0.1
+  codebook_entropy_weight: float = 1.0
+  entropy_temperature: float = 0.01
+  entropy_form: str = "auto"
+  entropy_anneal_steps: int = 0
+  entropy_anneal_factor: float = 3.0
+  scale: float = 1.0
+  norm: str = "none"
+  usage_decay: float = 0.99
+  dead_threshold: float = 1e-3
+
+  @property
+  def bits(self) -> int:
+    """d = log2(codebook_size); raises ValueError unless a power of two in [2, 2^30]."""
+    k = self.codebook_size
+    d = int(k).bit_length() - 1
+    if k < 2 or k != 2 ** d or d > 30:
+      raise ValueError(f"LookupFreeQuantizer: codebook_size must be a power of two "
+                       f"from 2 to 2^30, got {k}")
+    if self.code_dim is not None and self.code_dim != d:
+      raise ValueError(f"LookupFreeQuantizer: code_dim={self.code_dim} but "
+                       f"log2(codebook_size={k}) = {d}; LFQ codes have one bit a channel.")
+    return d
+
+  def setup(self):
+    for field, value, allowed in (("entropy_form", self.entropy_form, LFQ_ENTROPY_FORMS),
+                                  ("norm", self.norm, LFQ_NORMS)):
+      if value not in allowed:
+        raise ValueError(f"LookupFreeQuantizer: {field}={value!r}; use one of {allowed}")
+    self.usage_ema = _stat(self, "usage", lambda: jnp.zeros((self.codebook_size,)),
+                           ("vocab",))
+    self.steps = self.variable(STATS, "steps", lambda: jnp.zeros((), jnp.int32))
+
+  def lookup_codes(self, indices: Array) -> Array:
+    """int indices (...) -> (..., d) codes (+-scale)."""
+    return lfq_codes(indices, self.bits, self.scale)
+
+  def embed(self, indices: Array) -> Array:
+    """int indices (...) -> (..., d) quantized vectors (the codes: no projection)."""
+    return self.lookup_codes(indices)
+
+  def entropies(self, z_nd: Array) -> Tuple[Array, Array]:
+    """(per-sample entropy, codebook entropy) of (N, d) vectors with `entropy_form`."""
+    form = self.entropy_form
+    if form == "auto":
+      form = "full" if self.bits <= LFQ_FULL_MAX_BITS else "factorized"
+    fn = lfq_entropies_full if form == "full" else lfq_entropies_factorized
+    return fn(z_nd, self.scale, self.entropy_temperature)
+
+  def normalize(self, z: Array) -> Array:
+    """The optional pre-quantisation norm (float32)."""
+    z = z.astype(jnp.float32)
+    if self.norm == "rms":
+      z = self.scale * z * jax.lax.rsqrt(jnp.mean(jnp.square(z), -1, keepdims=True) + 1e-6)
+    return z
+
+  def __call__(self, z: Array, train: bool = False) -> Tuple[Array, Dict[str, Array]]:
+    """Quantizes ``z`` (..., d).
+
+    Returns:
+      ``z_q`` (same shape and dtype; value = the code, gradient = straight-through) and
+      aux: ``indices`` (int32, ``z.shape[:-1]``), the losses and metrics listed in the
+      class docstring.
+    """
+    d = self.bits
+    if z.shape[-1] != d:
+      raise ValueError(f"LookupFreeQuantizer with {self.codebook_size} codes expects "
+                       f"inputs (..., {d}), got {z.shape}")
+    z_e = self.normalize(z)
+    indices = lfq_indices(z_e)
+    q = jnp.where(z_e > 0, self.scale, -self.scale).astype(jnp.float32)
+    commitment = jnp.mean(jnp.square(z_e - q))  # q is constant in z: no sg needed
+    per_sample, codebook_ent = self.entropies(z_e.reshape(-1, d))
+    entropy_loss = per_sample - self.codebook_entropy_weight * codebook_ent
+    weight = annealed_weight(self.steps.value, self.entropy_weight,
+                             self.entropy_anneal_steps, self.entropy_anneal_factor)
+    counts = code_counts(indices, self.codebook_size)
+    if _updating(self, train):
+      self.usage_ema.value = update_usage(self.usage_ema.value, counts, self.usage_decay)
+      self.steps.value = self.steps.value + 1
+    z_q = z_e + jax.lax.stop_gradient(q - z_e)
+    aux = {
+        "indices": indices,
+        "codebook_loss": jnp.zeros((), jnp.float32),
+        "commitment_loss": commitment,
+        "entropy_loss": entropy_loss,
+        "per_sample_entropy": per_sample,
+        "codebook_entropy": codebook_ent,
+        "entropy_weight": weight,
+        "loss": self.beta * commitment + weight * entropy_loss,
+        **usage_metrics(counts, self.usage_ema.value, self.dead_threshold),
+    }
+    return z_q.astype(z.dtype), aux
 
 
 # ------------------------------------------------------------------- multi-scale (VAR)
