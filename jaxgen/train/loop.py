@@ -299,6 +299,10 @@ def _write_samples(exp, sample_fn, state, workdir, step, writer):
   if jax.process_index() != 0:
     return
   imgs = images_lib.to_uint8(x)
-  grid = images_lib.save_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), imgs,
-                              ncols=exp.paradigm.preview_columns(n))
+  ncols = exp.paradigm.preview_columns(n)
+  path = os.path.join(workdir, "samples", f"step_{step:07d}")
+  if imgs.ndim == 5:  # videos (N, T, H, W, C): an animated GIF; TensorBoard gets frame 0
+    grid = images_lib.save_gif(path + ".gif", imgs, ncols=ncols)[0]
+  else:
+    grid = images_lib.save_grid(path + ".png", imgs, ncols=ncols)
   writer.write_image(step, "samples", grid)
