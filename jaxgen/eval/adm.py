@@ -249,33 +249,42 @@ def feature_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 class FeatureExtractor:
-  """The jitted ADM forward, sharded over ``mesh``'s data axes.
+  """The jitted ADM forward (or another ``forward``), sharded over ``mesh``'s data axes.
 
   ``extract(batches)`` runs any iterable of uint8 NHWC batches through it in steps of
   ``batch_per_device * data-parallel size`` images (the last step zero-padded, the
   padding dropped) and returns float32 ``(pool_3 (N, 2048), spatial (N, 2023))``.
+
+  Other networks (the I3D of `jaxgen.eval.i3d`) pass ``forward(variables, x)``
+  returning a tuple of (N, D) arrays, ``ndim`` (5 for videos N x T x H x W x C) and
+  ``feature_dims`` (the D of each output); grey inputs are repeated to RGB either way.
   """
 
   def __init__(self, variables, mesh: Optional[jax.sharding.Mesh] = None,
-               batch_per_device: int = 16, preprocess: str = "tf", progress: bool = True):
-    _check_preprocess(preprocess)
+               batch_per_device: int = 16, preprocess: str = "tf", progress: bool = True,
+               *, forward=None, ndim: int = 4,
+               feature_dims: Tuple[int, ...] = (inc.FEATURE_DIM, SPATIAL_DIM)):
+    if forward is None:
+      _check_preprocess(preprocess)
+      forward = lambda v, x: adm_forward(v, x, preprocess)  # noqa: E731
     self.mesh = mesh or feature_mesh()
     self.batch = batch_per_device * mesh_lib.data_parallel_size(self.mesh)
     self.progress = progress
+    self.ndim, self.feature_dims = ndim, tuple(feature_dims)
     self.variables = jax.device_put(variables, mesh_lib.replicated(self.mesh))
     out = mesh_lib.batch_sharding(self.mesh, 2)
-    self._fn = jax.jit(lambda v, x: adm_forward(v, x, preprocess),
+    self._fn = jax.jit(forward,
                        in_shardings=(mesh_lib.replicated(self.mesh),
-                                     mesh_lib.batch_sharding(self.mesh, 4)),
-                       out_shardings=(out, out))
-    self._image_sharding = mesh_lib.batch_sharding(self.mesh, 4)
+                                     mesh_lib.batch_sharding(self.mesh, ndim)),
+                       out_shardings=tuple(out for _ in self.feature_dims))
+    self._image_sharding = mesh_lib.batch_sharding(self.mesh, ndim)
 
   def _steps(self, batches) -> Iterator[np.ndarray]:
     """Re-chunks the incoming batches into full steps (the last one short)."""
     pending, have = [], 0
     for b in batches:
       b = np.asarray(b)
-      b = inc.as_rgb_batch(b[..., None] if b.ndim == 3 else b)
+      b = inc.as_rgb_batch(b[..., None] if b.ndim == self.ndim - 1 else b)
       pending.append(b)
       have += len(b)
       while have >= self.batch:
@@ -286,27 +295,25 @@ class FeatureExtractor:
       yield np.concatenate(pending)
 
   def extract(self, batches, total: Optional[int] = None, desc: str = "features"
-              ) -> Tuple[np.ndarray, np.ndarray]:
+              ) -> Tuple[np.ndarray, ...]:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    pools, spatials = [], []
-    with tqdm(total=total, desc=desc, unit="img", disable=not self.progress) as bar:
+    outs = [[] for _ in self.feature_dims]
+    unit = "img" if self.ndim == 4 else "video"
+    with tqdm(total=total, desc=desc, unit=unit, disable=not self.progress) as bar:
       for chunk in self._steps(batches):
         n = len(chunk)
-        if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[-1] != 3:
-          raise ValueError(f"expected uint8 (N, H, W, 3) images, got {chunk.dtype} "
-                           f"{chunk.shape}.")
+        if chunk.dtype != np.uint8 or chunk.ndim != self.ndim or chunk.shape[-1] != 3:
+          layout = "(N, H, W, 3) images" if self.ndim == 4 else "(N, T, H, W, 3) videos"
+          raise ValueError(f"expected uint8 {layout}, got {chunk.dtype} {chunk.shape}.")
         if n < self.batch:
           pad = np.zeros((self.batch - n,) + chunk.shape[1:], np.uint8)
           chunk = np.concatenate([chunk, pad])
         x = jax.device_put(chunk, self._image_sharding)
-        pool, spatial = self._fn(self.variables, x)
-        pools.append(np.asarray(pool, np.float32)[:n])
-        spatials.append(np.asarray(spatial, np.float32)[:n])
+        for acc, feats in zip(outs, self._fn(self.variables, x)):
+          acc.append(np.asarray(feats, np.float32)[:n])
         bar.update(n)
-    if not pools:
-      return np.zeros((0, inc.FEATURE_DIM), np.float32), np.zeros((0, SPATIAL_DIM),
-                                                                  np.float32)
-    return np.concatenate(pools), np.concatenate(spatials)
+    return tuple(np.concatenate(acc) if acc else np.zeros((0, d), np.float32)
+                 for acc, d in zip(outs, self.feature_dims))
 
 
 # ----------------------------------------------------------------- figures

@@ -99,8 +99,9 @@ _LAYOUT = ("the ADM evaluator layout that `jaxgen sample` writes: arr_0 = uint8 
            "N x H x W x C, labels = one integer class per image (optional)")
 
 
-def load_samples(path: str):
-  """Reads an ADM-layout .npz (``arr_0`` uint8 NHWC, optional ``labels``).
+def load_samples(path: str, video: bool = False):
+  """Reads an ADM-layout .npz (``arr_0`` uint8 NHWC, optional ``labels``); with
+  ``video``, ``arr_0`` holds uint8 (N, T, H, W, C) videos instead.
 
   Returns:
     ``(images, labels)``; ``labels`` is None when the file has none.
@@ -132,8 +133,9 @@ def load_samples(path: str):
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
       raise DataError(f"{path} is damaged: its arrays cannot be read ({e}). Write it "
                       "again.") from None
-  if images.dtype != np.uint8 or images.ndim != 4:
-    raise DataError(f"{path}: arr_0 must be uint8 NHWC, got {images.dtype} "
+  if images.dtype != np.uint8 or images.ndim != (5 if video else 4):
+    layout = "(N, T, H, W, C) videos" if video else "NHWC"
+    raise DataError(f"{path}: arr_0 must be uint8 {layout}, got {images.dtype} "
                     f"{images.shape}. Convert it first, e.g. images in [-1, 1]: "
                     "np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8).")
   if len(images) < 2:
