@@ -46,11 +46,19 @@ Condition = Dict[str, Any]
 TEXT_KEYS = ("text_tokens", "text_mask", "text_pooled")
 
 
+def drop_mask(rng: jax.Array, batch: int, p: float) -> jax.Array:
+  """(batch,) bool: which examples `drop_to_null` drops with ``rng`` and ``p`` (what else
+  a paradigm drops with the condition, e.g. the given first frames of a video, uses the
+  same draw)."""
+  return jax.random.bernoulli(rng, p, (batch,))
+
+
 def drop_to_null(cond: Condition, null: Condition, rng: jax.Array, p: float) -> Condition:
   """Replaces each example's condition by ``null`` with probability ``p`` (one draw per
-  example, shared by all leaves): label dropout / caption dropout for CFG training."""
+  example, shared by all leaves, `drop_mask`): label dropout / caption dropout for CFG
+  training."""
   b = jax.tree.leaves(cond)[0].shape[0]
-  drop_b = jax.random.bernoulli(rng, p, (b,))
+  drop_b = drop_mask(rng, b, p)
 
   def pick(c, n):
     d = drop_b.reshape((b,) + (1,) * (c.ndim - 1))

@@ -264,7 +264,7 @@ SECTIONS = dict(
         num_samples=10000,
         classifier_dir="",        # cached feature classifier; "" = ~/.cache/jaxgen/classifiers
     ),
-    mesh=dict(data=-1, fsdp=1, tensor=1),
+    mesh=dict(data=-1, fsdp=1, context=1, tensor=1),  # context: sequence parallelism
     # sections only some configs have (filled where present, as every section)
     tokenizer=dict(               # the frozen tokenizer of a token or latent model
         workdir="",               # tokenizer run; "" = the one that wrote data_dir's codes

@@ -31,8 +31,9 @@ def fit_mesh(config, devices=None):
   try:
     mesh_lib.make_mesh(config.mesh, devices)
   except ValueError:
+    axes = [a for a in ("context", "tensor") if a in config.mesh]  # older runs: no context
     config = config_lib.apply_overrides(
-        config, [("mesh.data", "-1"), ("mesh.fsdp", "1"), ("mesh.tensor", "1")])
+        config, [("mesh.data", "-1"), ("mesh.fsdp", "1")] + [(f"mesh.{a}", "1") for a in axes])
   return config
 
 

@@ -222,14 +222,15 @@ def run_steps(config, devices, n):
   return exp, state, losses
 
 
-def check_sharded_step_equals_one_device(make, n: int = 2):
+def check_sharded_step_equals_one_device(make, n: int = 2, mesh=None):
   """Runs ``n`` train steps of the config ``make()`` on one device and on a 2x4
-  (data x fsdp) mesh of the 8 fake devices; the losses and the parameters must agree.
+  (data x fsdp, or ``mesh``: a dict of sizes) mesh of the 8 fake devices; the losses
+  and the parameters must agree.
   Adam's eps is raised to 1e-3 in both, so that parameters whose true gradient is 0 do
   not turn float noise into lr-sized steps: the comparison is of the real updates."""
   import jax
   c1, c8 = make(), make()
-  c8.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=4, tensor=1))
+  c8.mesh = ml_collections.ConfigDict(mesh or dict(data=2, fsdp=4, tensor=1))
   for c in (c1, c8):
     c.optim.eps = 1e-3
   _, s1, l1 = run_steps(c1, jax.devices()[:1], n)

@@ -297,7 +297,7 @@ def test_eval_converts_rgb_and_says_when_accuracy_is_skipped(config_file, tmp_pa
 def _stub_run(monkeypatch, bad_label=-1, bad_value=np.nan):
   """``generate.load_run`` of a run at step 7 whose sampler puts ``bad_value`` in the
   samples of class ``bad_label`` (nothing is trained or restored)."""
-  devices = np.asarray(jax.devices()[:1]).reshape(1, 1, 1)
+  devices = np.asarray(jax.devices()[:1]).reshape((1,) * len(mesh_lib.MESH_AXES))
 
   def sample(params, rng, labels, options=None):
     del rng, options

@@ -16,7 +16,7 @@ def test_aot_compile_for_a_2x4_mesh_reports_memory():
        "--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.model.variant=tiny"],
       capture_output=True, text=True, env=env, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "for 8 x cpu, mesh {'data': 2, 'fsdp': 4, 'tensor': 1}" in out.stdout
+  assert "for 8 x cpu, mesh {'data': 2, 'fsdp': 4, 'context': 1, 'tensor': 1}" in out.stdout
   assert "per-device memory" in out.stdout
 
 

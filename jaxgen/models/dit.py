@@ -22,6 +22,8 @@ caption projection (Linear, GELU-tanh, Linear) to the model width:
 
 from __future__ import annotations
 
+import math
+from typing import Tuple, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -129,7 +131,10 @@ class _ScanBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-  patch_size: int
+  """adaLN-modulated norm and the linear map of each token to its patch's outputs:
+  ``patch_size`` p (a p x p image patch) or a tuple (e.g. (pt, p, p), a spacetime
+  patch)."""
+  patch_size: Union[int, Tuple[int, ...]]
   out_channels: int
   dtype: jnp.dtype = jnp.float32
 
@@ -141,7 +146,9 @@ class FinalLayer(nn.Module):
     shift, scale = jnp.split(mod, 2, -1)
     x_bld = layers.norm_modulate(layers.LayerNorm(affine=False, name="norm_final"), x_bld,
                                  shift, scale, x_bld.dtype)
-    return layers.Dense(self.patch_size ** 2 * self.out_channels, ("embed", "patch_out"),
+    p = self.patch_size
+    patch_numel = math.prod(p) if isinstance(p, (tuple, list)) else p ** 2
+    return layers.Dense(patch_numel * self.out_channels, ("embed", "patch_out"),
                         kernel_init=layers.zeros, dtype=self.dtype, name="linear")(x_bld)
 
 
@@ -197,34 +204,12 @@ class DiT(nn.Module):
                              ("batch", "length", "act_embed"))
     t_bd = layers.TimestepEmbedder(self.hidden_size, dtype=self.dtype,
                                    name="t_embedder")(t_b)
-    ctx = ctx_mask = None
-    if self.text_conditioning == "none":
-      if isinstance(y_b, dict):
-        y_b = y_b["label"]
-      y_bd = layers.LabelEmbedder(self.num_classes, self.hidden_size,
-                                  name="y_embedder")(y_b).astype(self.dtype)
-    else:
-      if self.text_conditioning not in TEXT_CONDITIONINGS:
-        raise ValueError(f"DiT: text_conditioning={self.text_conditioning!r}; use one of "
-                         f"{', '.join(TEXT_CONDITIONINGS)}.")
-      if not isinstance(y_b, dict) or "text_tokens" not in y_b:
-        raise ValueError("A text-conditioned DiT takes the condition dict (text_tokens, "
-                         "text_mask, text_pooled) as y, not labels.")
-      y_bd = self._pooled_embedding(y_b["text_pooled"])
-      ctx = layers.Mlp(self.hidden_size, self.hidden_size, dtype=self.dtype,
-                       name="caption_projection")(y_b["text_tokens"].astype(self.dtype))
-      ctx_mask = y_b["text_mask"].astype(bool)
+    y_bd, ctx, ctx_mask = embed_condition(y_b, self.num_classes, self.hidden_size,
+                                          self.text_conditioning, self.dtype)
     c_bd = t_bd + y_bd
     x_bld = self._blocks(x_bld, c_bd, ctx, ctx_mask)
     out = FinalLayer(p, self.out_channels, dtype=self.dtype, name="final_layer")(x_bld, c_bd)
     return unpatchify(out, h // p, w // p, p, self.out_channels).astype(jnp.float32)
-
-  def _pooled_embedding(self, pooled_bd):
-    """Pooled text -> adaLN condition: Linear, SiLU, Linear (SD3's pooled projection)."""
-    h = layers.Dense(self.hidden_size, ("embed_in", "embed"), dtype=self.dtype,
-                     name="pooled_embedder_in")(pooled_bd.astype(self.dtype))
-    return layers.Dense(self.hidden_size, ("embed", "embed_out"), dtype=self.dtype,
-                        name="pooled_embedder_out")(nn.silu(h))
 
   def _blocks(self, x_bld, c_bd, ctx_bld=None, ctx_mask_bl=None):
     args = (self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.attn_impl)
@@ -258,6 +243,34 @@ class DiT(nn.Module):
     return x_bld
 
 
+def embed_condition(y_b, num_classes: int, hidden_size: int, text_conditioning: str,
+                    dtype=jnp.float32):
+  """The condition of a DiT-style model, called inside its compact ``__call__`` (the
+  submodules it makes are the caller's: ``y_embedder``, or ``pooled_embedder_in/out``
+  and ``caption_projection``). Returns ``(y_bd, ctx_bld, ctx_mask_bl)``: the class
+  embedding (or the pooled text through Linear, SiLU, Linear: SD3's pooled projection)
+  to add to the timestep embedding, and for text the projected tokens and their mask
+  (None for classes)."""
+  if text_conditioning == "none":
+    if isinstance(y_b, dict):
+      y_b = y_b["label"]
+    y_bd = layers.LabelEmbedder(num_classes, hidden_size, name="y_embedder")(y_b)
+    return y_bd.astype(dtype), None, None
+  if text_conditioning not in TEXT_CONDITIONINGS:
+    raise ValueError(f"DiT: text_conditioning={text_conditioning!r}; use one of "
+                     f"{', '.join(TEXT_CONDITIONINGS)}.")
+  if not isinstance(y_b, dict) or "text_tokens" not in y_b:
+    raise ValueError("A text-conditioned DiT takes the condition dict (text_tokens, "
+                     "text_mask, text_pooled) as y, not labels.")
+  h = layers.Dense(hidden_size, ("embed_in", "embed"), dtype=dtype,
+                   name="pooled_embedder_in")(y_b["text_pooled"].astype(dtype))
+  y_bd = layers.Dense(hidden_size, ("embed", "embed_out"), dtype=dtype,
+                      name="pooled_embedder_out")(nn.silu(h))
+  ctx = layers.Mlp(hidden_size, hidden_size, dtype=dtype,
+                   name="caption_projection")(y_b["text_tokens"].astype(dtype))
+  return y_bd, ctx, y_b["text_mask"].astype(bool)
+
+
 def unpatchify(x_bld, gh: int, gw: int, p: int, c: int):
   """(B, gh*gw, p*p*c) tokens -> (B, gh*p, gw*p, c) image."""
   b = x_bld.shape[0]
@@ -276,6 +289,9 @@ def build_dit(cfg: ml_collections.ConfigDict, *, image_shape, num_classes: int,
               "learn_sigma", "scan_blocks", "remat", "attn_impl", "text_conditioning"):
     if cfg.get(key) is not None:
       kw[key] = cfg[key]
+  if len(image_shape) != 3:
+    raise ValueError(f"DiT takes images (H, W, C), got examples of shape "
+                     f"{tuple(image_shape)}; use model.name='video_dit' for videos.")
   h, w, c = image_shape
   if h != w:
     raise ValueError(f"DiT expects square inputs, got {h}x{w}.")

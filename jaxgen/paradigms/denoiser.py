@@ -14,6 +14,23 @@ its fitted latent scale) or with ``config.tokenizer.workdir`` set on an image da
 decodes them through the frozen tokenizer, so ``jaxgen sample``, the preview grids and
 ``jaxgen eval`` see images (``image_shape``). The tokenizer is a frozen network
 (`jaxgen.frozen`): an argument of the jitted programs, recorded with the run.
+
+**Video.** Examples may be videos (T, H, W, C) (``moving_fashion_mnist``; a video
+denoiser such as ``video_dit``): the losses, the samplers and CFG are rank-generic, and
+`sample` returns (N, T, H, W, C) in [-1, 1]. A latent video run is the same latent run
+with a causal video KL-VAE whose ``latent_shape`` is (T', h, w, z) and whose
+``encode_fn`` / ``decode_fn`` map videos to such latents and back.
+
+**Given first frames** (frame prediction / image-to-video; ``config.paradigm.
+context_frames=k``, video only): the first ``k`` frames of the network's input (model
+space: latent frames on latents) are the clean frames in training, for every example
+whose condition is kept, and they are excluded from its loss; in sampling they replace
+the noisy ones in the network's input at every step, and the sample keeps them
+exactly. With ``context_dropout=True`` the examples whose condition is dropped (the
+paradigm's ``label_dropout``) lose their given frames too (noised like the others and
+in the loss), so CFG's null half runs without them (its context positions follow the
+unconditional model) and a run can also sample without given frames. `sample` takes
+them as ``context`` (N, k, ...) in model space.
 """
 
 from __future__ import annotations
@@ -26,7 +43,17 @@ import jax.numpy as jnp
 from jaxgen import conditioning, registry
 from jaxgen.config import ConfigError
 from jaxgen.paradigms.base import Paradigm, building_shapes_only
+from jaxgen.samplers import cfg as cfg_lib
 from jaxgen.tokenizers import base as tok_base
+
+
+# ``config.paradigm`` fields every denoiser paradigm declares (see the module docstring).
+CONTEXT_FIELDS = dict(
+    context_frames=0,         # video: the first k (model-space) frames are given, kept clean
+    context_dropout=False,    # drop the given frames with the condition (CFG over them)
+)
+
+TEXT_MODELS = {"dit": ("cross_attention", "joint"), "video_dit": ("cross_attention",)}
 
 
 class DenoiserParadigm(Paradigm):
@@ -65,6 +92,16 @@ class DenoiserParadigm(Paradigm):
     self.model = registry.MODELS.get(config.model.name)(
         config.model, image_shape=self.model_shape, num_classes=self.num_classes,
         dtype=self.compute_dtype)
+    self.context_frames = int(config.paradigm.context_frames)
+    self.context_dropout = bool(config.paradigm.context_dropout)
+    if self.context_frames:
+      shape = tuple(self.model_shape)
+      if len(shape) != 4 or not 0 < self.context_frames < shape[0]:
+        what = (f"videos of {shape[0]} frames" if len(shape) == 4
+                else f"images {shape} (not videos)")
+        raise ConfigError(f"config.paradigm.context_frames={self.context_frames}: the "
+                          f"network denoises {what}; give 1..T-1 first frames of a video "
+                          "(or 0: none).")
 
   def _setup_latents(self, config, tok) -> None:
     self.encode_in_step = not self.on_latents
@@ -98,17 +135,94 @@ class DenoiserParadigm(Paradigm):
     batch["image"] = jax.ShapeDtypeStruct((batch_size,) + tuple(self.data_shape), jnp.float32)
     return batch
 
+  # -- given first frames (see the module docstring) -----------------------------------
+  def context_input(self, x_t, x0, rng, train: bool):
+    """Training: ``x_t`` with the first ``context_frames`` frames clean (``x0``'s) for
+    the examples that keep them, and ``keep`` (B,) bool; ``(x_t, None)`` without given
+    frames. ``rng`` is the condition dropout's: the same examples lose both."""
+    k = self.context_frames
+    if not k:
+      return x_t, None
+    b = x_t.shape[0]
+    keep = jnp.ones((b,), bool)
+    p = self.conditioner.dropout
+    if self.context_dropout and train and p > 0:
+      keep = ~conditioning.drop_mask(rng, b, p)
+    given = replace_context(x_t, x0[:, :k])
+    return jnp.where(keep.reshape((b,) + (1,) * (x_t.ndim - 1)), given, x_t), keep
+
+  def context_loss(self, per_example_fn, keep, *arrays):
+    """``per_example_fn(*arrays)`` (B,) per example, over the frames after the given
+    ones where ``keep`` (all frames elsewhere, or everywhere when ``keep`` is None)."""
+    full = per_example_fn(*arrays)
+    if keep is None:
+      return full
+    k = self.context_frames
+    future = per_example_fn(*(a[:, k:] for a in arrays))
+    return jax.tree.map(lambda f, u: jnp.where(keep, f, u), future, full)
+
+  def with_context(self, net_fn, cond, null, context):
+    """``(net_fn', cond', null')`` for sampling with given first frames ``context`` (N, k,
+    ...) in model space (None: none given): ``net_fn(x, t, y)`` whose input keeps the
+    given frames where the condition's ``keep`` flag is set (the conditional rows; the
+    null rows too unless ``context_dropout``), for CFG's doubled batch as for one
+    batch; on a doubled batch the given frames' outputs are the null half's (they follow
+    the unconditional model). Unchanged without ``context_frames``."""
+    if not self.context_frames:
+      return net_fn, cond, null
+    n = cfg_lib.batch_size(cond)
+    k = self.context_frames
+    if context is not None:
+      context = jnp.asarray(context, jnp.float32)
+      want = (n, k) + tuple(self.model_shape[1:])
+      if context.shape != want:
+        raise ValueError(f"context: given first frames of shape {context.shape}; this run "
+                         f"takes {want} (N, config.paradigm.context_frames, ...) in the "
+                         "network's space.")
+
+    def call(x, t, y_keep):
+      y, keep = y_keep
+      if context is not None:
+        given = jnp.concatenate([context] * (x.shape[0] // n), axis=0)
+        keep_x = keep.reshape((-1,) + (1,) * (x.ndim - 1))
+        x = jnp.where(keep_x, replace_context(x, given), x)
+      out = net_fn(x, t, y)
+      if x.shape[0] == 2 * n:  # [cond; null]: the given frames follow the null half
+        out = out.at[:n, :k].set(out[n:, :k])
+      return out
+
+    keep = jnp.full((n,), context is not None)
+    null_keep = jnp.bool_(context is not None and not self.context_dropout)
+    return call, (cond, keep), (null, null_keep)
+
+  def finish_context(self, x0, context):
+    """The sample with its given first frames exactly (in model space)."""
+    if not self.context_frames or context is None:
+      return x0
+    return replace_context(x0, jnp.asarray(context, x0.dtype))
+
   @classmethod
   def validate_denoiser(cls, config) -> None:
-    """The checks every denoiser paradigm makes (text conditioning, sampler steps)."""
-    if not 0.0 <= config.paradigm.label_dropout < 1.0:
-      raise ConfigError(f"config.paradigm.label_dropout={config.paradigm.label_dropout} "
+    """The checks every denoiser paradigm makes (text conditioning, given frames, sampler
+    steps)."""
+    p = config.paradigm
+    if not 0.0 <= p.label_dropout < 1.0:
+      raise ConfigError(f"config.paradigm.label_dropout={p.label_dropout} "
                         "must be in [0, 1).")
+    if int(p.context_frames) < 0:
+      raise ConfigError(f"config.paradigm.context_frames={p.context_frames} must be >= 0 "
+                        "(0: no given frames).")
+    if p.context_dropout and (not p.context_frames or p.label_dropout <= 0):
+      raise ConfigError("config.paradigm.context_dropout=True drops the given first frames "
+                        "with the condition: it needs context_frames > 0 and "
+                        f"label_dropout > 0 (have {p.context_frames}, {p.label_dropout}).")
     text = conditioning.uses_text(config)
     mode = config.model.get("text_conditioning", "none") or "none"
-    if text and (config.model.name != "dit" or mode == "none"):
+    modes = TEXT_MODELS.get(config.model.name, ())
+    if text and mode not in modes:
       raise ConfigError("config.text.encoder is set: the model must be a DiT with "
-                        "config.model.text_conditioning='cross_attention' or 'joint'.")
+                        "config.model.text_conditioning='cross_attention' or 'joint', or "
+                        "a video_dit with 'cross_attention'.")
     if not text and mode != "none":
       raise ConfigError(f"config.model.text_conditioning={mode!r} needs a text encoder "
                         "(config.text.encoder).")
@@ -140,6 +254,11 @@ class DenoiserParadigm(Paradigm):
   def model_summary(self) -> Dict[str, Any]:
     return dict(module=self.model, inputs=self._dummy_inputs(),
                 fixed_params=getattr(self.model, "fixed_parameter_count", lambda: 0)())
+
+
+def replace_context(x, given):
+  """``x`` (B, T, ...) with its first ``given.shape[1]`` frames replaced by ``given``."""
+  return jnp.concatenate([given.astype(x.dtype), x[:, given.shape[1]:]], axis=1)
 
 
 def _configured_tokenizer(config) -> str:

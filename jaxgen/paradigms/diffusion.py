@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jaxgen import registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import diffusion as diffusion_losses
-from jaxgen.paradigms.denoiser import DenoiserParadigm
+from jaxgen.paradigms.denoiser import CONTEXT_FIELDS, DenoiserParadigm
 from jaxgen.samplers import cfg as cfg_lib
 from jaxgen.samplers import diffusion as diffusion_samplers
 from jaxgen.samplers import options as options_lib
@@ -65,6 +65,7 @@ class DiffusionParadigm(DenoiserParadigm):
 
   Options = DiffusionOptions
   FIELDS = dict(                # DiT's settings
+      **CONTEXT_FIELDS,         # given first frames of videos (denoiser.py)
       schedule="linear",        # linear (Ho et al. 1e-4..0.02) | cosine (Nichol & Dhariwal)
       num_timesteps=1000,       # training steps of the forward process
       prediction="eps",         # eps | x0 | v: what the network's mean output predicts
@@ -103,12 +104,14 @@ class DiffusionParadigm(DenoiserParadigm):
     t = jax.random.randint(r_t, (b,), 0, d.num_steps)
     eps = jax.random.normal(r_eps, x0.shape, x0.dtype)
     x_t = d.q_sample(x0, t, eps)
+    x_t, keep = self.context_input(x_t, x0, r_drop, train)
     cond = self.conditioner.train_input(batch, r_drop, train)
     out = self.network(params, x_t, diffusion_losses.timestep_inputs(d, t), cond,
                        train=train, rng=r_model)
-    loss_b, terms = diffusion_losses.training_loss(
-        d, out, x0, x_t, eps, t, prediction=self.prediction, learn_sigma=self.learn_sigma,
-        vlb_weight=self.config.paradigm.vlb_weight)
+    loss_b, terms = self.context_loss(
+        lambda o, a, x, e: diffusion_losses.training_loss(
+            d, o, a, x, e, t, prediction=self.prediction, learn_sigma=self.learn_sigma,
+            vlb_weight=self.config.paradigm.vlb_weight), keep, out, x0, x_t, eps)
     return jnp.mean(loss_b), {k: jnp.mean(v) for k, v in terms.items()}
 
   def sample_options(self, options=None, **overrides):
@@ -116,15 +119,18 @@ class DiffusionParadigm(DenoiserParadigm):
     _check_steps(o, self.diffusion.num_steps, "sample")
     return o
 
-  def sample(self, params, rng, labels, options=None, **overrides):
-    """Images for ``labels`` (a label array, or for text runs a condition dict) with
-    the solver over ``steps`` respaced steps; CFG against the null condition."""
+  def sample(self, params, rng, labels, options=None, context=None, **overrides):
+    """Images (videos: (N, T, H, W, C)) for ``labels`` (a label array, or for text runs
+    a condition dict) with the solver over ``steps`` respaced steps; CFG against the
+    null condition. ``context``: the given first frames (N, context_frames, ...) of a
+    run with ``context_frames``."""
     o = self.sample_options(options, **overrides)
     c = self.model_shape[-1]
     channels = o.cfg_channels or (c if self.learn_sigma else None)
     cond = self.conditioner.sampling_input(labels)
-    guided = cfg_lib.guided(lambda x, t, y: self.network(params, x, t, y),
-                            self.conditioner.null_input(), o.cfg_scale, channels=channels)
+    net, cond, null = self.with_context(lambda x, t, y: self.network(params, x, t, y),
+                                        cond, self.conditioner.null_input(), context)
+    guided = cfg_lib.guided(net, null, o.cfg_scale, channels=channels)
     r_noise, r_steps = jax.random.split(rng)
     noise = jax.random.normal(r_noise, (cfg_lib.batch_size(cond),) + tuple(self.model_shape),
                               jnp.float32)
@@ -132,7 +138,7 @@ class DiffusionParadigm(DenoiserParadigm):
         lambda x, t: guided(x, t, cond), self.diffusion.respace(o.steps), noise, r_steps,
         solver=o.solver, eta=o.eta, prediction=self.prediction,
         learn_sigma=self.learn_sigma, clip_denoised=o.clip_denoised)
-    return self.to_images(x0)
+    return self.to_images(self.finish_context(x0, context))
 
 
 def _check_steps(o: DiffusionOptions, num_timesteps: int, where: str) -> None:

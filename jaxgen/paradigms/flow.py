@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxgen import registry
 from jaxgen.config import ConfigError
 from jaxgen.losses import flow as flow_losses
-from jaxgen.paradigms.denoiser import DenoiserParadigm
+from jaxgen.paradigms.denoiser import CONTEXT_FIELDS, DenoiserParadigm
 from jaxgen.samplers import cfg as cfg_lib
 from jaxgen.samplers import loop, ode
 from jaxgen.samplers import options as options_lib
@@ -50,6 +50,7 @@ class FlowParadigm(DenoiserParadigm):
 
   Options = FlowOptions
   FIELDS = dict(
+      **CONTEXT_FIELDS,              # given first frames of videos (denoiser.py)
       time_sampling="logit_normal",  # uniform | logit_normal | mode (SD3)
       time_mean=0.0,
       time_std=1.0,
@@ -88,22 +89,26 @@ class FlowParadigm(DenoiserParadigm):
     eps = jax.random.normal(r_eps, x0.shape, x0.dtype)
     cond = self.conditioner.train_input(batch, r_drop, train)
     x_t = flow_losses.interpolate(x0, eps, t)
+    x_t, keep = self.context_input(x_t, x0, r_drop, train)
     pred = self.velocity(params, x_t, t, cond, train=train, rng=r_model)
     w = flow_losses.weight(t, p.loss_weighting, p.time_mean, p.time_std)
-    loss, _ = flow_losses.velocity_loss(pred, x0, eps, w)
-    return loss, {}
+    per_example = self.context_loss(
+        lambda v, a, e: flow_losses.velocity_loss(v, a, e, w)[1], keep, pred, x0, eps)
+    return jnp.mean(per_example), {}
 
-  def sample(self, params, rng, labels, options=None, **overrides):
-    """Images for ``labels``: a label array, or for text runs a condition dict
-    (`TextConditioner.for_sampling` of prompts; labels give their classes' short
-    captions); CFG against the null condition."""
+  def sample(self, params, rng, labels, options=None, context=None, **overrides):
+    """Images (videos: (N, T, H, W, C)) for ``labels``: a label array, or for text runs
+    a condition dict (`TextConditioner.for_sampling` of prompts; labels give their
+    classes' short captions); CFG against the null condition. ``context``: the given
+    first frames (N, context_frames, ...) of a run with ``context_frames``."""
     o = self.sample_options(options, **overrides)
     cond = self.conditioner.sampling_input(labels)
-    model_fn = cfg_lib.guided(lambda x, t, y: self.velocity(params, x, t, y),
-                              self.conditioner.null_input(), o.cfg_scale)
+    net, cond, null = self.with_context(lambda x, t, y: self.velocity(params, x, t, y),
+                                        cond, self.conditioner.null_input(), context)
+    model_fn = cfg_lib.guided(net, null, o.cfg_scale)
     step_fn = ode.get_solver(o.solver)(lambda x, t: model_fn(x, t, cond),
                                        ode.time_grid(o.steps, o.shift))
     batch = cfg_lib.batch_size(cond)
     noise = jax.random.normal(rng, (batch,) + tuple(self.model_shape), jnp.float32)
     x0 = loop.run_loop(step_fn, noise, o.steps)
-    return self.to_images(x0)
+    return self.to_images(self.finish_context(x0, context))

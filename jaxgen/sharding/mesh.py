@@ -1,9 +1,13 @@
-"""One mesh with axes ("data", "fsdp", "tensor") and one logical-axis rules table.
+"""One mesh with axes ("data", "fsdp", "context", "tensor") and one logical-axis rules
+table.
 
 Models name the axes of their parameters and activations logically (``"embed"``,
 ``"mlp"``, ...); ``LOGICAL_RULES`` says which mesh axis each name is split over. The
-same model then runs data-parallel, FSDP (ZeRO-3) or tensor-parallel by changing only
-``config.mesh``. A dimension that does not divide evenly over its mesh axis is kept
+same model then runs data-parallel, FSDP (ZeRO-3), sequence-parallel (``"context"``:
+the token axis of activations, ``"length"``, split over it; long video token
+sequences) or tensor-parallel by changing only ``config.mesh``. The batch is split over
+("data", "fsdp") only: the ``context`` devices of one data shard see the same examples
+and each holds a slice of their tokens. A dimension that does not divide evenly over its mesh axis is kept
 whole (replicated) rather than failing, so small models run on any mesh.
 """
 
@@ -20,13 +24,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxgen.errors import ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "context", "tensor")
 
 # logical name -> mesh axis (or axes, or None = replicated). The one table.
 LOGICAL_RULES = (
     # Activations.
     ("batch", ("data", "fsdp")),  # examples: split over every data-parallel axis
-    ("length", None),             # token positions (sequence parallelism: not yet)
+    ("length", "context"),        # token positions: sequence (context) parallelism
     ("act_embed", None),          # model width of activations: whole on each device
     ("act_mlp", "tensor"),        # MLP hidden activations: Megatron-style split
     ("act_heads", "tensor"),      # attention heads of activations
@@ -50,7 +54,8 @@ LOGICAL_RULES = (
 
 
 def make_mesh(mesh_cfg, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """Mesh from ``config.mesh`` (data, fsdp, tensor sizes; one may be -1 = the rest).
+  """Mesh from ``config.mesh`` (data, fsdp, context, tensor sizes; one may be -1 = the
+  rest; a missing one is 1).
 
   Raises:
     ConfigError (a ValueError): the sizes cannot tile the devices; the message says
@@ -61,7 +66,7 @@ def make_mesh(mesh_cfg, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   n = len(devices)
   shown = " x ".join(f"{a}={s}" for a, s in zip(MESH_AXES, sizes))
   here = f"{n} {devices[0].platform.upper() if devices else ''} device(s) in this run"
-  fix = ("Set config.mesh.data/fsdp/tensor so that they multiply to "
+  fix = ("Set config.mesh.data/fsdp/context/tensor so that they multiply to "
          f"{n}, or one of them to -1 (= the rest), e.g. --config.mesh.data=-1.")
   if sizes.count(-1) > 1 or any(s < 1 and s != -1 for s in sizes):
     raise ConfigError(f"config.mesh {shown}: each size must be >= 1, and at most one -1. "
