@@ -89,7 +89,7 @@ def test_unknown_data_name_and_pp_op(config_file, tmp_path, capsys):
   _fails(capsys, ["train", "--config", config_file, "--workdir", wd,
                   "--config.data.pp=pda(32)|scale(-1, 1)"],
          "config.data.pp='pda(32)|scale(-1, 1)'", "Unknown preprocessing op 'pda'",
-         "Did you mean 'pad'", "Known: center_crop")
+         "Did you mean 'pad'", "Known: as_video, center_crop")
   _fails(capsys, ["info", "--config", config_file, "--config.data.pp=pad()"],
          "config.data.pp='pad()'", "pad() missing 1 required positional argument")
   assert not os.path.exists(wd)
@@ -100,7 +100,7 @@ def test_impossible_mesh_says_devices_and_product(config_file, tmp_path, capsys)
   n = len(jax.devices())
   _fails(capsys, ["train", "--config", config_file, "--workdir", wd, "--config.mesh.data=3",
                   "--config.mesh.fsdp=3"],
-         "config.mesh data=3 x fsdp=3 x tensor=1 multiplies to 9 devices",
+         "config.mesh data=3 x fsdp=3 x context=1 x tensor=1 multiplies to 9 devices",
          f"there are {n} CPU device(s)", "--config.mesh.data=-1")
   _fails(capsys, ["train", "--config", config_file, "--workdir", wd,
                   "--config.mesh.fsdp=3"],  # data=-1 cannot fill 8 devices with fsdp=3
@@ -111,7 +111,7 @@ def test_impossible_mesh_says_devices_and_product(config_file, tmp_path, capsys)
   # Sampling still falls back to data parallelism when the run's mesh does not fit.
   c = common.base_config()
   c.mesh.data = 3
-  assert generate.fit_mesh(c).mesh.to_dict() == dict(data=-1, fsdp=1, tensor=1)
+  assert generate.fit_mesh(c).mesh.to_dict() == dict(data=-1, fsdp=1, context=1, tensor=1)
 
 
 # -- data: the Fashion-MNIST source directory and the prepared cache ------------------

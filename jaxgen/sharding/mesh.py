@@ -146,8 +146,13 @@ def global_batch(local_batch, mesh: Mesh):
 
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules=LOGICAL_RULES):
-  """Context in which logical activation constraints resolve against ``mesh``."""
-  with mesh, nn.logical_axis_rules(rules):
+  """Context in which logical activation constraints resolve against ``mesh``.
+
+  Flax resolves ``nn.with_logical_constraint`` only while an abstract mesh is set
+  (``jax.set_mesh``); under the legacy ``with mesh:`` alone every activation
+  constraint was silently dropped (tests/test_video_dit.py checks the compiled
+  program keeps them)."""
+  with mesh, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield
 
 
