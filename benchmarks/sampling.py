@@ -9,6 +9,10 @@
       # beside it, the whole padded sequence) at every step (same draws), then each
       # --compare run on the same batch in the same process, and one summary table of
       # every row (AR cached / prefix / full vs MaskGIT)
+  python benchmarks/sampling.py --rows --batch 500      # the quickstart's sampling: one
+      # chunk of 500 images (20 Euler steps, CFG 2.5 as configured) at each number of
+      # rows per network call (jaxgen.samplers.microbatch), images/s, GFLOP/s and the
+      # speed-up over one call on the whole chunk (what jaxgen sample did before)
   python benchmarks/sampling.py --workdir runs/var --compare runs/maskgit,runs/ar --steps 8
       # VAR: the same, one step per scale (KV cache vs recomputing the scales decoded
       # so far, and vs the whole padded pyramid, at every scale)
@@ -50,6 +54,10 @@ def main():
                  help="comma list of further token-paradigm workdirs (e.g. a MaskGIT run "
                       "beside an AR one), or config files (random weights on random "
                       "codes), benchmarked on the same batch in this run")
+  p.add_argument("--rows", action="store_true",
+                 help="continuous paradigms: time the configured sampler (steps, solver, "
+                      "cfg_scale of config.sample) on one chunk of --batch images at "
+                      "each candidate number of rows per network call")
   p.add_argument("--token-grid", type=int, default=0,
                  help="token configs with random weights: decode a G x G grid (random "
                       "codes are written to a temporary tokens directory; no tokenizer)")
@@ -76,6 +84,9 @@ def main():
     if args.compare:
       _summary(rows)
     return
+  if args.rows:
+    rows_table(exp, params, key, labels)
+    return
   print(f"{'solver':>8} {'steps':>5} {'NFE':>5} {'compile s':>10} {'images/s':>10} "
         f"{'ms/NFE':>8}")
   for solver in args.solvers.split(","):
@@ -90,6 +101,33 @@ def main():
       nfe = steps * ode.MODEL_CALLS_PER_STEP[solver]
       print(f"{solver:>8} {steps:>5} {nfe:>5} {compile_s:>10.2f} {args.batch / sec:>10.1f} "
             f"{1e3 * sec / nfe:>8.1f}")
+
+
+def rows_table(exp, params, key, labels):
+  """The configured sampler on one chunk at each candidate rows-per-call (the samples
+  are the same: tests/test_flow.py), with GFLOP/s from the network's forward FLOPs
+  (`jaxgen.info`) times the network rows evaluated."""
+  from jaxgen import info as info_lib  # pylint: disable=g-import-not-at-top
+  from jaxgen.samplers import microbatch  # pylint: disable=g-import-not-at-top
+  o = exp.paradigm.sample_options()
+  batch = labels.shape[0]
+  flops = info_lib.model_info(exp.config)["flops_per_example"]
+  calls = o.steps * ode.MODEL_CALLS_PER_STEP.get(getattr(o, "solver", ""), 1)
+  net_rows = batch * calls * (1 if o.cfg_scale == 1.0 else 2)
+  print(f"{batch} images, {o.steps} steps of {getattr(o, 'solver', '?')}, cfg "
+        f"{o.cfg_scale}: {net_rows} network rows of {flops / 1e9:.2f} GFLOP")
+  print(f"{'rows/call':>9} {'compile s':>10} {'images/s':>10} {'GFLOP/s':>8} {'speed-up':>9}")
+  whole = None
+  for rows in reversed(microbatch.candidate_rows(batch)):
+    fn = exp.frozen.jit(lambda pr, k, y, r=rows: exp.paradigm.sample(pr, k, y, o.replace(
+        exp.config.paradigm.name, micro_batch=r)))
+    t0 = time.perf_counter()
+    compiled = fn.lower(params, key, labels).compile()
+    compile_s = time.perf_counter() - t0
+    sec = bench_utils.time_fn(compiled, params, key, labels, warmup=1, iters=1, min_time=0)
+    whole = whole or sec
+    print(f"{rows:>9} {compile_s:>10.2f} {batch / sec:>10.2f} "
+          f"{net_rows * flops / sec / 1e9:>8.1f} {whole / sec:>9.2f}", flush=True)
 
 
 def _random_token_data(g: int, vocab: int = 512, n: int = 64):

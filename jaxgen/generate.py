@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Optional
 
 import jax
@@ -151,6 +152,14 @@ def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,
   key = jax.random.PRNGKey(seed)
   out = []
   with tqdm(total=None, desc="sample", unit="step", disable=not progress) as bar:
+    if needs_micro_batch(exp, batch_size, sample_kwargs):
+      first = jax.tree.map(lambda v: np.asarray(v[:batch_size]), cond)
+      bar.set_postfix_str("measuring the fastest rows per network call")
+      rows, report = pick_micro_batch(exp, params, first, **sample_kwargs)
+      sample_kwargs = {**sample_kwargs, "micro_batch": rows}
+      if progress:
+        bar.write(f"sample: {rows} rows per network call of the {batch_size}-image "
+                  f"chunks ({report}); set --sample.micro_batch to choose")
     ticker = _StepTicker(bar, chunks)
     bar.set_postfix_str(f"0/{num} images, {batch_size} per call; the first compiles")
     with loop_lib.report_steps(ticker if progress else None):
@@ -170,6 +179,69 @@ def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,
         ticker.chunk_done()
         bar.set_postfix_str(f"{start + n}/{num} images", refresh=True)
   return np.concatenate(out)
+
+
+def needs_micro_batch(exp, batch_size: int, sample_kwargs) -> bool:
+  """Whether `pick_micro_batch` should choose the rows per network call: the sampler
+  takes ``micro_batch`` (`samplers.microbatch`), it is 0 (not chosen) and the chunk has
+  more rows than the smallest candidate."""
+  if "micro_batch" not in exp.paradigm.Options.names():
+    return False
+  options = exp.paradigm.sample_options(**sample_kwargs)
+  return options.micro_batch == 0 and batch_size > 2 * MICRO_BATCH_SMALLEST
+
+
+MICRO_BATCH_SMALLEST = 32
+
+
+def _available_bytes(device) -> Optional[int]:
+  """Free memory of ``device``: an accelerator's allocator limit less what is in use;
+  on CPU the host's MemAvailable; None when unknown."""
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def pick_micro_batch(exp, params, cond, **sample_kwargs):
+  """``(rows, report)``: the rows per network call (`samplers.microbatch`) that run one
+  sampler step over the chunk ``cond`` fastest here, among `candidate_rows` whose
+  compiled program fits in the free device memory (the smallest if none is known to
+  fit). The samples do not depend on it (up to float rounding). All processes of a
+  multi-host run take process 0's choice."""
+  from jaxgen.samplers import microbatch  # pylint: disable=g-import-not-at-top
+  batch = jax.tree.leaves(cond)[0].shape[0]
+  base = exp.paradigm.sample_options(**sample_kwargs)
+  key = jax.random.PRNGKey(0)
+  free = _available_bytes(jax.local_devices()[0])
+  times = {}
+  for rows in microbatch.candidate_rows(batch, MICRO_BATCH_SMALLEST):
+    options = base.replace(exp.config.paradigm.name, steps=1, micro_batch=rows)
+    fn = exp.frozen.jit(lambda p, r, c, o=options: exp.paradigm.sample(p, r, c, o))
+    c = jax.tree.map(jnp.asarray, cond)
+    with mesh_lib.activate(exp.mesh):
+      compiled = fn.lower(params, key, c).compile()
+      mem = compiled.memory_analysis()
+      need = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
+      if free is not None and need > free and times:
+        continue
+      jax.block_until_ready(compiled(params, key, c))  # warm
+      t0 = time.perf_counter()
+      jax.block_until_ready(compiled(params, key, c))
+      times[rows] = time.perf_counter() - t0
+  rows = min(times, key=times.get)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    rows = int(multihost_utils.broadcast_one_to_all(np.int32(rows)))
+  report = ", ".join(f"{r}: {1e3 * t:.0f} ms" for r, t in sorted(times.items()))
+  return rows, f"one step takes {report}"
 
 
 class _StepTicker:

@@ -210,6 +210,13 @@ def test_paradigm_loss_decreases_on_a_fixed_batch_and_samples(diffusion_exp):
     x = jax.jit(lambda p, r: exp.paradigm.sample(p, r, labels, solver=solver, steps=2))(
         state.params, jax.random.PRNGKey(0))
     assert x.shape == (4,) + exp.paradigm.image_shape and bool(jnp.isfinite(x).all())
+  # Ancestral draws belong to the chunk: 2 rows per network call, the same samples.
+  split = jax.jit(lambda p, r: exp.paradigm.sample(p, r, labels, solver="ddpm", steps=2,
+                                                   micro_batch=2))(
+      state.params, jax.random.PRNGKey(0))
+  whole = jax.jit(lambda p, r: exp.paradigm.sample(p, r, labels, solver="ddpm", steps=2))(
+      state.params, jax.random.PRNGKey(0))
+  np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_config_errors_name_the_field(fake_fmnist_dir, data_dir):

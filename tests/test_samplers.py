@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgen.samplers import cfg, loop, ode
+from jaxgen.samplers import cfg, loop, microbatch, ode
 
 
 def test_scan_loop_equals_python_loop():
@@ -99,3 +99,32 @@ def test_cfg_matches_numpy_formula():
 def test_unknown_solver_is_refused():
   with pytest.raises(ValueError, match="Unknown ODE solver"):
     ode.get_solver("rk45")
+
+
+def test_micro_batched_calls_equal_one_call_and_numpy():
+  """`microbatch.split_calls` cuts the rows of every per-row argument (an array, a dict
+  condition) into slices, passes a scalar whole to each call and puts the outputs back
+  in order: the same as one call, and as NumPy."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((12, 3, 2)).astype(np.float32)
+  cond = {"w": rng.standard_normal((12, 2)).astype(np.float32),
+          "id": np.arange(12, dtype=np.int32)}
+  calls = []
+
+  def fn(x, t, c):
+    calls.append(x.shape[0])
+    out = jnp.tanh(x * t) @ jnp.ones((2, 2)) + c["w"][:, None, :]
+    return out, c["id"] * 2
+
+  want = (np.tanh(x * 0.5) @ np.ones((2, 2)) + cond["w"][:, None, :], cond["id"] * 2)
+  for rows, seen in ((0, 12), (12, 12), (4, 4), (5, 4)):  # 5 -> the divisor 4
+    calls.clear()
+    split = microbatch.split_calls(fn, 12, rows)
+    got = jax.jit(lambda *a: split(*a))(x, 0.5, cond)  # noqa: B023  (a fresh trace)
+    assert calls == [seen], (rows, calls)  # traced once, on slices of `seen` rows
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got[1], want[1])
+  assert microbatch.divisor_at_most(500, 64) == 50 and microbatch.divisor_at_most(7, 3) == 1
+  assert microbatch.candidate_rows(500, 32) == [25, 50, 125, 250, 500]
+  assert microbatch.candidate_rows(70, 32) == [35, 70]
+  assert microbatch.candidate_rows(20, 32) == [20]

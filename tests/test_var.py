@@ -151,7 +151,10 @@ SETTINGS = {
 }
 
 
-@pytest.mark.parametrize("setting", SETTINGS)
+# The default tier checks the hardest setting (guidance, top-k, top-p, temperature and
+# the prefix baseline); the others go to the slow tier (each compiles three samplers).
+@pytest.mark.parametrize("setting", [
+    pytest.param(s, marks=() if s == "filters_cfg" else pytest.mark.slow) for s in SETTINGS])
 def test_cached_sampling_equals_uncached_recomputation(built, setting):
   # cached == full padded recomputation (== prefix-only recomputation)
   exp, params = built

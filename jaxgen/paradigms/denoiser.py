@@ -195,6 +195,11 @@ class DenoiserParadigm(Paradigm):
     null_keep = jnp.bool_(context is not None and not self.context_dropout)
     return call, (cond, keep), (null, null_keep)
 
+  def micro_batch(self, options, context) -> int:
+    """Rows per network call in the sampler (`samplers.microbatch`): the option, or 0
+    (the whole chunk) when first frames are given (their closure holds all the rows)."""
+    return 0 if context is not None and self.context_frames else options.micro_batch
+
   def finish_context(self, x0, context):
     """The sample with its given first frames exactly (in model space)."""
     if not self.context_frames or context is None:

@@ -31,12 +31,13 @@ from jaxgen.config import ConfigError
 from jaxgen.losses import diffusion as diffusion_losses
 from jaxgen.paradigms.denoiser import CONTEXT_FIELDS, DenoiserParadigm
 from jaxgen.samplers import cfg as cfg_lib
+from jaxgen.samplers import microbatch
 from jaxgen.samplers import diffusion as diffusion_samplers
 from jaxgen.samplers import options as options_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionOptions(options_lib.Guided):
+class DiffusionOptions(options_lib.Guided, options_lib.MicroBatched):
   """Diffusion sampling: ``solver`` (ddpm ancestral | ddim | dpm++2m) over ``steps``
   respaced steps (DiT: 250 of 1000); ``eta`` for DDIM (0 deterministic .. 1
   DDPM-like); ``cfg_channels``: guide the first k output channels (the official DiT's
@@ -130,10 +131,12 @@ class DiffusionParadigm(DenoiserParadigm):
     cond = self.conditioner.sampling_input(labels)
     net, cond, null = self.with_context(lambda x, t, y: self.network(params, x, t, y),
                                         cond, self.conditioner.null_input(), context)
-    guided = cfg_lib.guided(net, null, o.cfg_scale, channels=channels)
+    batch = cfg_lib.batch_size(cond)
+    guided = microbatch.split_calls(
+        cfg_lib.guided(net, null, o.cfg_scale, channels=channels), batch,
+        self.micro_batch(o, context))
     r_noise, r_steps = jax.random.split(rng)
-    noise = jax.random.normal(r_noise, (cfg_lib.batch_size(cond),) + tuple(self.model_shape),
-                              jnp.float32)
+    noise = jax.random.normal(r_noise, (batch,) + tuple(self.model_shape), jnp.float32)
     x0 = diffusion_samplers.sample(
         lambda x, t: guided(x, t, cond), self.diffusion.respace(o.steps), noise, r_steps,
         solver=o.solver, eta=o.eta, prediction=self.prediction,

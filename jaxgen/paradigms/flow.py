@@ -21,12 +21,13 @@ from jaxgen.config import ConfigError
 from jaxgen.losses import flow as flow_losses
 from jaxgen.paradigms.denoiser import CONTEXT_FIELDS, DenoiserParadigm
 from jaxgen.samplers import cfg as cfg_lib
+from jaxgen.samplers import microbatch
 from jaxgen.samplers import loop, ode
 from jaxgen.samplers import options as options_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class FlowOptions(options_lib.Guided):
+class FlowOptions(options_lib.Guided, options_lib.MicroBatched):
   """Rectified-flow sampling: an ODE ``solver`` over ``steps`` steps of the time grid
   from noise (t = 1) to data (t = 0), SD3-shifted by ``shift`` (1 = uniform)."""
   steps: int = 20
@@ -105,10 +106,11 @@ class FlowParadigm(DenoiserParadigm):
     cond = self.conditioner.sampling_input(labels)
     net, cond, null = self.with_context(lambda x, t, y: self.velocity(params, x, t, y),
                                         cond, self.conditioner.null_input(), context)
-    model_fn = cfg_lib.guided(net, null, o.cfg_scale)
+    batch = cfg_lib.batch_size(cond)
+    model_fn = microbatch.split_calls(cfg_lib.guided(net, null, o.cfg_scale), batch,
+                                      self.micro_batch(o, context))
     step_fn = ode.get_solver(o.solver)(lambda x, t: model_fn(x, t, cond),
                                        ode.time_grid(o.steps, o.shift))
-    batch = cfg_lib.batch_size(cond)
     noise = jax.random.normal(rng, (batch,) + tuple(self.model_shape), jnp.float32)
     x0 = loop.run_loop(step_fn, noise, o.steps)
     return self.to_images(self.finish_context(x0, context))

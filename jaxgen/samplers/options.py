@@ -135,6 +135,20 @@ class Scheduled(Guided):
 
 
 @dataclasses.dataclass(frozen=True)
+class MicroBatched(SampleOptions):
+  """``micro_batch``: rows of a sampling chunk per network call inside the sampler
+  (`jaxgen.samplers.microbatch`); the chunk stays the unit of randomness, so the
+  samples are the same for any value (up to float rounding). 0: the whole chunk in
+  one call, except in `jaxgen sample`, which picks the fastest that fits in memory
+  (`jaxgen.generate.pick_micro_batch`)."""
+  micro_batch: int = 0
+
+  def check(self, where: str) -> None:
+    super().check(where)
+    at_least(where, "micro_batch", self.micro_batch, 0, " (0 = the whole chunk)")
+
+
+@dataclasses.dataclass(frozen=True)
 class Categorical(SampleOptions):
   """Drawing discrete codes from logits: temperature (0 = argmax), top-k (0 = off) and
   top-p (1 = off)."""
