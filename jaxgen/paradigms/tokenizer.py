@@ -1,4 +1,5 @@
-"""Tokenizer training: VQGAN / ViT-VQGAN / multi-scale VQ / KL-VAE autoencoders.
+"""Tokenizer training: VQGAN / ViT-VQGAN / multi-scale VQ / LFQ / KL-VAE autoencoders, of
+images or (causal 3D nets) of videos.
 
 Model: ``jaxgen.tokenizers.autoencoder.Autoencoder`` (any encoder/decoder, any
 bottleneck) plus a PatchGAN discriminator. Loss (taming-transformers' VQLPIPS):
@@ -15,25 +16,38 @@ non-gradient statistics (EMA codebook, usage) live in ``TrainState.model_state``
 
 "Sampling" for a tokenizer is reconstruction: ``sample`` returns decoded
 reconstructions of a fixed batch, so the shared loop's PNG grids show them.
+
+Videos (data of shape (T, H, W, C), a ``causal3d`` variant: MAGVIT-v2's tokenizer). The
+autoencoder takes (N, T, H, W, C) clips; the pixel loss is over every frame, the
+PatchGAN discriminator and the perceptual loss are 2-D and see each frame as an image
+(`frames`: (N T, H, W, C)); previews are videos (GIF grids). The data's frame count
+must suit the nets' temporal factor (`nets.check_num_frames`). ``config.model.
+inflate_from`` initialises the encoder and decoder from a trained 2D conv tokenizer
+run of the same sizes (MAGVIT's 2D -> 3D inflation, `jaxgen.tokenizers.inflation`).
+With an "lfq" bottleneck the logged metrics include code ``usage`` (in the batch),
+``usage_window`` (EMA), ``perplexity`` and the entropies.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import optax
 
 from jaxgen import registry
 from jaxgen.config import ConfigError
+from jaxgen.errors import DataError
 from jaxgen.losses import adversarial, perceptual
 from jaxgen.paradigms.base import Paradigm, building_shapes_only
 from jaxgen.tokenizers import autoencoder as ae_lib
 from jaxgen.tokenizers import base as tok_base
-from jaxgen.tokenizers import nets
+from jaxgen.tokenizers import inflation, nets
+from jaxgen.tokenizers import models as tok_models
 from jaxgen.samplers import options as options_lib
 from jaxgen.train import optim
 from jaxgen.train import step as step_lib
@@ -107,6 +121,7 @@ class TokenizerParadigm(Paradigm):
                         "be downloaded here; see jaxgen.losses.perceptual).")
     if p.perceptual != "none" and p.perceptual_weight <= 0:
       raise ConfigError("config.paradigm.perceptual is set but perceptual_weight <= 0.")
+    validate_model_and_data(config)
 
   # -- parameters and optimizers --------------------------------------------------
   def _dummy(self, batch: int = 1):
@@ -115,9 +130,36 @@ class TokenizerParadigm(Paradigm):
   def init_variables(self, rng):
     r_ae, r_d = jax.random.split(rng)
     variables = dict(self.ae.init(r_ae, self._dummy(), train=False))
-    params = {"autoencoder": variables.pop("params"),
-              "discriminator": self.disc.init(r_d, self._dummy())["params"]}
+    ae_params = variables.pop("params")
+    if self.config.model.inflate_from and not building_shapes_only():
+      ae_params = self.inflated(ae_params)
+    params = {"autoencoder": ae_params,
+              "discriminator": self.disc.init(r_d, frames(self._dummy()))["params"]}
     return params, variables  # variables: non-gradient collections ("vq_stats")
+
+  def inflated(self, ae_params):
+    """``ae_params`` (boxed, maybe traced) with the encoder and decoder inflated from
+    the 2D run ``config.model.inflate_from`` (the 1x1 projections and the quantizer stay
+    as initialised). The run is read by a host callback when the initialisation runs,
+    not while it is traced for shapes: a resumed run, or one sampled where the 2D run is
+    absent, never reads it."""
+    workdir = self.config.model.inflate_from
+    unboxed = nn.meta.unbox(ae_params)
+    target = {k: unboxed[k] for k in ("encoder", "decoder")}
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), target)
+    sizes = tok_models.network_sizes(self.config.model)
+    channels = self.image_shape[-1]
+
+    def load():
+      return inflation.inflate_run(workdir, shapes, sizes, channels)
+
+    values = jax.pure_callback(load, shapes)
+    boxed = dict(ae_params)
+    for k in target:
+      boxed[k] = jax.tree.map(
+          lambda b, v: b.replace_boxed(v) if isinstance(b, nn.meta.AxisMetadata) else v,
+          ae_params[k], values[k], is_leaf=lambda b: isinstance(b, nn.meta.AxisMetadata))
+    return boxed
 
   def init_params(self, rng):
     return self.init_variables(rng)[0]
@@ -139,11 +181,12 @@ class TokenizerParadigm(Paradigm):
     rec = jnp.mean(jnp.abs(diff)) if p.rec_loss == "l1" else jnp.mean(diff ** 2)
     if self.perceptual is None:
       return rec, {"rec_loss": rec}
-    perc = jnp.mean(self.perceptual(x, x_rec))
+    perc = jnp.mean(self.perceptual(frames(x), frames(x_rec)))  # videos: per frame
     return rec + p.perceptual_weight * perc, {"rec_loss": rec, "perceptual_loss": perc}
 
   def disc_logits(self, d_params, x):
-    return self.disc.apply({"params": d_params}, x)
+    """PatchGAN logits of images, or of every frame of videos (a 2-D discriminator)."""
+    return self.disc.apply({"params": d_params}, frames(x))
 
   def _adaptive_weight(self, ae_params, z, x, x_rec, d_params):
     """lambda = ||grad_L rec|| / (||grad_L g|| + 1e-4) at the decoder's last layer L,
@@ -305,6 +348,89 @@ def build_perceptual(p, dataset):
         jax.random.PRNGKey(p.perceptual_seed), x)["params"]
   return perceptual.PerceptualLoss(
       perceptual.classifier_feature_fn(params, dataset.num_classes))
+
+
+def frames(x):
+  """Videos (N, T, H, W, C) as frames (N T, H, W, C) for the 2-D networks (PatchGAN,
+  perceptual); images (N, H, W, C) unchanged."""
+  return x.reshape((-1,) + x.shape[2:]) if x.ndim == 5 else x
+
+
+def validate_model_and_data(config) -> None:
+  """The checks that need ``config.model``'s sizes and the data's shape: an "lfq"
+  bottleneck's width is log2 of its codebook; a causal 3D tokenizer trains on videos of
+  a frame count its temporal factor allows (`nets.check_num_frames`); a 2D one on
+  images; ``inflate_from`` only for a causal 3D tokenizer; no dataset-classifier
+  perceptual loss on videos. Data that cannot be described here (a missing folder) is
+  left to the data layer."""
+  m = config.model
+  try:
+    sizes = tok_models.network_sizes(m)
+  except ValueError as e:
+    raise ConfigError(f"config.model: {e}") from None
+  arch = sizes.get("arch", "conv")
+  what = f"config.model.variant={m.get('variant')!r}" if m.get("variant") else "config.model"
+  if m.bottleneck == "lfq":
+    k, d = int(m.codebook_size or 0), tok_models.bottleneck_width(m)
+    bits = k.bit_length() - 1
+    if k < 2 or k != 2 ** bits:
+      raise ConfigError(f"config.model.codebook_size={m.codebook_size}: an 'lfq' bottleneck "
+                        f"has 2^d codes; use a power of two (e.g. 2^{d} = {2 ** d}).")
+    if d != bits:
+      raise ConfigError(
+          f"config.model.bottleneck='lfq' quantizes each channel to one bit, so its width "
+          f"config.model.embed_dim={d} (None = the nets' z_channels) must equal "
+          f"log2(config.model.codebook_size={k}) = {bits}: set embed_dim={bits}, or "
+          f"codebook_size={2 ** d}.")
+    if m.get("code_dim") not in (None, d):
+      raise ConfigError(f"config.model.code_dim={m.code_dim} with bottleneck='lfq': LFQ "
+                        f"codes have embed_dim={d} bits; set code_dim=None.")
+  if m.get("inflate_from") and arch != "causal3d":
+    raise ConfigError(f"config.model.inflate_from={m.inflate_from!r} inflates a 2D tokenizer "
+                      f"into a causal 3D one, but {what} is a {arch!r} autoencoder; use a "
+                      "'causal3d' variant (e.g. mfmnist_causal_tiny) or clear inflate_from.")
+  shape = _data_shape(config)
+  if shape is None:
+    return
+  video = len(shape) == 4
+  data = f"config.data.name={config.data.name!r}"
+  if arch == "causal3d":
+    if not video:
+      raise ConfigError(
+          f"{what} is a causal 3D video tokenizer, but {data} gives images of shape "
+          f"{shape}; train it on videos (e.g. moving_fashion_mnist), or make each image a "
+          "one-frame video with 'as_video|' at the front of config.data.pp.")
+    ft = nets.temporal_downsampling_factor(sizes)
+    try:
+      nets.check_num_frames(shape[0], ft)
+    except ValueError:
+      valid = ", ".join(str(1 + ft * j) for j in range(1, 5))
+      raise ConfigError(
+          f"{data} gives {shape[0]}-frame videos, but {what} halves time "
+          f"(temporal_downsample={tuple(sizes.get('temporal_downsample', ()))}, ft={ft}): "
+          f"the causal tokenizer takes 1 + {ft} k frames ({valid}, ...). Set "
+          f"config.data.num_frames to one of them, or use a variant without temporal "
+          f"downsampling (mfmnist_causal_tiny_ft1 takes any count).") from None
+  elif video:
+    raise ConfigError(
+        f"{data} gives videos of shape {shape}, but {what} is a 2D {arch!r} autoencoder; "
+        "use a 'causal3d' variant for videos (model causal_vqgan / causal_kl_vae, e.g. "
+        "variant mfmnist_causal_tiny), or train on images.")
+  if video and config.paradigm.perceptual == "classifier":
+    raise ConfigError(
+        "config.paradigm.perceptual='classifier' uses a classifier of the dataset's "
+        f"images, and {data} holds videos; use perceptual='lpips' (applied per frame) or "
+        "'none'.")
+
+
+def _data_shape(config) -> Optional[Tuple[int, ...]]:
+  """One preprocessed example's shape (None when the data cannot be described)."""
+  from jaxgen.data import datasets, preprocess  # pylint: disable=g-import-not-at-top
+  try:
+    spec = datasets.describe(config.data)
+  except DataError:
+    return None
+  return tuple(preprocess.preprocessed_shape(config.data.pp, spec.image_shape))
 
 
 def psnr(x, y, data_range: float = 2.0):

@@ -1,12 +1,17 @@
 """The autoencoder every tokenizer is: encoder -> bottleneck -> decoder.
 
-One Linen module composes any registered encoder/decoder pair (conv VQGAN, ViT-VQGAN)
-with one of three bottlenecks:
+One Linen module composes any registered encoder/decoder pair (conv VQGAN, ViT-VQGAN,
+causal 3D conv) with one of four bottlenecks:
 
   "vq"    vector quantizer (plain, factorised and/or l2-normalised, EMA codebook):
           codes are int32 grids ``x.shape[1:-1] / factor``.
   "msvq"  VAR's multi-scale residual quantizer: codes are a list of (N, s, s) grids.
+  "lfq"   lookup-free quantizer (MAGVIT-v2): codes are int32 grids like "vq"'s, from
+          the signs of ``embed_dim = log2(codebook_size)`` channels (no codebook).
   "kl"    diagonal Gaussian (KL-VAE): continuous latents (N, h, w, embed_dim).
+
+On videos (N, T, H, W, C) through the causal 3D nets the grids gain a leading time
+axis: codes (N, T', h, w), latents (N, T', h, w, embed_dim).
 
 Linear 1x1 projections ("quant_conv" / "post_quant_conv" in taming) map the encoder's
 channels to the bottleneck and back; they act on the last axis only, so nothing here
@@ -25,7 +30,7 @@ from jaxgen.losses import kl as kl_lib
 from jaxgen.nn import layers
 from jaxgen.tokenizers import quantizers
 
-BOTTLENECKS = ("vq", "msvq", "kl")
+BOTTLENECKS = ("vq", "msvq", "lfq", "kl")
 
 
 class Autoencoder(nn.Module):
@@ -39,7 +44,7 @@ class Autoencoder(nn.Module):
   bottleneck: str
   embed_dim: int                          # width of the bottleneck (codes / latents)
   z_channels: int                         # encoder output / decoder input width
-  quantizer: Optional[nn.Module] = None   # "vq" / "msvq"
+  quantizer: Optional[nn.Module] = None   # "vq" / "msvq" / "lfq"
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -94,7 +99,8 @@ class Autoencoder(nn.Module):
 
 
 def vq_from_config(cfg, bottleneck: str) -> Optional[nn.Module]:
-  """The quantizer for ``config.model`` fields (codebook_size, code_dim, ...)."""
+  """The quantizer for ``config.model`` fields (codebook_size, code_dim, ...); None for
+  "kl". "lfq" reads the ``entropy_*`` and ``lfq_*`` fields (`LookupFreeQuantizer`)."""
   if bottleneck == "vq":
     return quantizers.VectorQuantizer(
         codebook_size=cfg.codebook_size, code_dim=cfg.code_dim, beta=cfg.beta,
@@ -107,4 +113,13 @@ def vq_from_config(cfg, bottleneck: str) -> Optional[nn.Module]:
         scales=tuple(cfg.scales), beta=cfg.beta, num_phi=cfg.num_phi,
         phi_ratio=cfg.phi_ratio, l2_normalize=cfg.l2_normalize,
         restart_dead=cfg.restart_dead, dead_threshold=cfg.dead_threshold)
+  if bottleneck == "lfq":
+    return quantizers.LookupFreeQuantizer(
+        codebook_size=cfg.codebook_size, code_dim=cfg.get("code_dim"), beta=cfg.beta,
+        entropy_weight=cfg.entropy_weight,
+        codebook_entropy_weight=cfg.codebook_entropy_weight,
+        entropy_temperature=cfg.entropy_temperature, entropy_form=cfg.entropy_form,
+        entropy_anneal_steps=cfg.entropy_anneal_steps,
+        entropy_anneal_factor=cfg.entropy_anneal_factor, scale=cfg.lfq_scale,
+        norm=cfg.lfq_norm, dead_threshold=cfg.dead_threshold)
   return None

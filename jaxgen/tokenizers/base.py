@@ -4,11 +4,16 @@ Every token-based paradigm (MaskGIT, MAGE, raster AR, VAR) and latent flow/diffu
 uses one::
 
   tok = Tokenizer.from_workdir("runs/vqgan")
-  codes = tok.encode(images)            # int32 (N, h, w); list of (N, s, s) for "msvq";
-                                        # float latents (N, h, w, c) for "kl" (scaled)
+  codes = tok.encode(images)            # int32 (N, h, w) ("vq", "lfq"); list of (N, s, s)
+                                        # for "msvq"; float latents (N, h, w, c) for "kl"
+                                        # (scaled)
   images = tok.decode(codes)            # [-1, 1]
   emb = tok.codes_to_embeddings(codes)  # (N, h, w, embed_dim)
   tok.grid_shape, tok.vocab_size, tok.latent_shape
+
+A video tokenizer (causal 3D nets) takes (N, T, H, W, C) clips: its codes are
+(N, T', h, w), its latents (N, T', h, w, c), and ``grid_shape`` / ``latent_shape`` gain
+the leading T' (all read off ``jax.eval_shape`` of the encoder).
 
 Loading reads only the autoencoder's weights and quantizer state from the newest
 intact checkpoint (no optimizer state, no discriminator). The methods are pure
@@ -163,19 +168,22 @@ class Tokenizer(FrozenNetwork):
 
   @property
   def vocab_size(self) -> Optional[int]:
-    """Number of codes (``None`` for continuous latents)."""
+    """Number of codes (``None`` for continuous latents; 2^embed_dim for "lfq", whose
+    codebook is implicit)."""
     return None if self.kind == "kl" else int(self.config.model.codebook_size)
 
   @property
   def grid_shape(self) -> Any:
-    """Token grid (h, w) ("vq", "kl"), or the list of (s, s) scales ("msvq")."""
+    """Token grid (h, w) ("vq", "lfq", "kl"; (T', h, w) for videos), or the list of
+    (s, s) scales ("msvq")."""
     if self.kind == "msvq":
       return [(s, s) for s in self.config.model.scales]
     return tuple(self.latent_shape[:-1])
 
   @property
   def latent_shape(self) -> Tuple[int, ...]:
-    """Shape of one example's bottleneck vectors (h, w, embed_dim)."""
+    """Shape of one example's bottleneck vectors (h, w, embed_dim); (T', h, w,
+    embed_dim) for videos."""
     x = jax.ShapeDtypeStruct((1,) + self.image_shape, jnp.float32)
     h = jax.eval_shape(lambda v, x: self.ae.apply(v, x, method="encode_features"),
                        self.stored_weights, x)
@@ -306,7 +314,7 @@ def load_frozen_tokenizer(config, workdir: str, kinds: Sequence[str], who: str
                           ) -> "Tokenizer":
   """The tokenizer ``config.tokenizer`` names (``workdir`` resolved by the caller):
   its ``params`` ("" = the tokenizer's default) and ``step`` (None = the newest intact
-  checkpoint), checked to be one of ``kinds`` ("vq", "msvq", "kl"); ``who`` names the
+  checkpoint), checked to be one of ``kinds`` ("vq", "msvq", "lfq", "kl"); ``who`` names the
   model that needs it in the error."""
   t = config.tokenizer
   tok = Tokenizer.from_workdir(workdir, params=t.params or None, step=t.step)
@@ -316,6 +324,7 @@ def load_frozen_tokenizer(config, workdir: str, kinds: Sequence[str], who: str
 
 _KINDS = {"vq": "a single-scale VQ tokenizer (configs/fmnist_vqgan.py or _vitvq.py)",
           "msvq": "a multi-scale VQ tokenizer (configs/fmnist_msvq.py)",
+          "lfq": "a lookup-free (LFQ) tokenizer (configs/mfmnist_video_tokenizer.py)",
           "kl": "a KL-VAE tokenizer (configs/fmnist_vae.py)"}
 
 

@@ -12,6 +12,8 @@ frames it makes are the 2D output). Norms, attention and 1x1 convs are copied (t
 have the same shapes: GroupNorm and attention act per frame in the causal nets).
 
 The 2D nets need the 3D nets' sizes with ``arch="conv"`` (`image_fields`).
+`inflate_run` reads a trained 2D tokenizer run and inflates its encoder and decoder
+(``config.model.inflate_from`` of the tokenizer paradigm).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ import numpy as np
 from jaxgen.tokenizers import nets
 
 _VIDEO_ONLY = ("temporal_downsample", "temporal_padding")
+# The fields that fix the parameters' shapes (besides the image channels and double_z).
+_SHAPE_FIELDS = ("channels", "channel_mult", "num_res_blocks", "attn_resolutions",
+                 "mid_attn", "z_channels")
+_NET_DEFAULTS = dict(channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                     attn_resolutions=(16,), mid_attn=True)  # ConvEncoder's
 
 
 def image_fields(variant) -> Dict[str, Any]:
@@ -85,3 +92,65 @@ def inflate_params(params_2d, params_3d):
                      f"see image_fields)")
   return traverse_util.unflatten_dict({
       k: inflate_leaf(flat2[k], flat3[k].shape, "/".join(k)) for k in flat3})
+
+
+def size_mismatches(sizes_2d, double_z_2d: bool, channels_2d: int, sizes_3d,
+                    double_z_3d: bool, channels_3d: int) -> Dict[str, Tuple[Any, Any]]:
+  """``{field: (2D value, 3D value)}`` of the size fields in which a 2D conv tokenizer
+  and a causal 3D one differ (empty: the 2D parameters inflate to the 3D ones)."""
+  def norm(kw, double_z, channels):
+    kw = dict(_NET_DEFAULTS, **kw)
+    out = {k: tuple(kw[k]) if isinstance(kw.get(k), (list, tuple)) else kw.get(k)
+           for k in _SHAPE_FIELDS}
+    return dict(out, arch=kw.get("arch", "conv"), double_z=bool(double_z),
+                image_channels=int(channels))
+  a = norm(sizes_2d, double_z_2d, channels_2d)
+  b = norm(image_fields(sizes_3d), double_z_3d, channels_3d)
+  return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def inflate_run(workdir: str, params_3d, sizes_3d, image_channels: int):
+  """The causal 3D encoder and decoder parameters inflated from the tokenizer run at
+  ``workdir`` (its newest intact checkpoint's trained weights).
+
+  Args:
+    workdir: a trained 2D conv tokenizer run (any bottleneck).
+    params_3d: ``{"encoder": ..., "decoder": ...}`` of the 3D autoencoder: arrays or
+      shapes, the structure and target shapes.
+    sizes_3d: the 3D nets' size fields (a "causal3d" dict; ``double_z`` for a KL-VAE).
+    image_channels: the 3D tokenizer's video channels.
+
+  Returns:
+    ``{"encoder": ..., "decoder": ...}`` of host float32 NumPy arrays.
+
+  Raises:
+    ConfigError: the run is not a 2D conv tokenizer of the same sizes (the message
+      lists the fields that differ).
+  """
+  from jaxgen.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from jaxgen.tokenizers import base, models  # pylint: disable=g-import-not-at-top
+  tok = base.Tokenizer.from_workdir(workdir)
+  m = tok.config.model
+  sizes_2d = models.network_sizes(m)
+  diff = size_mismatches(sizes_2d, m.bottleneck == "kl", tok.image_shape[-1], sizes_3d,
+                         bool(sizes_3d.get("double_z")), image_channels)
+  if diff:
+    listed = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, a, b in
+                       ((k, *v) for k, v in sorted(diff.items())))
+    raise ConfigError(
+        f"config.model.inflate_from={workdir}: its nets do not inflate to this "
+        f"tokenizer's ({listed}). Inflation needs a 2D conv tokenizer of the same sizes "
+        "(see inflation.image_fields), with a KL bottleneck for a KL-VAE and a quantizer "
+        "for a quantizer; train one or change config.model.")
+  params_2d = nn.meta.unbox(tok.params)
+  try:
+    return {k: _as_float32(inflate_params(params_2d[k], params_3d[k]))
+            for k in ("encoder", "decoder")}
+  except ValueError as e:
+    raise ConfigError(f"config.model.inflate_from={workdir}: {e}") from None
+
+
+def _as_float32(tree):
+  """Every leaf of ``tree`` as a float32 host array."""
+  return {k: _as_float32(v) if isinstance(v, dict) else np.asarray(v, np.float32)
+          for k, v in tree.items()}

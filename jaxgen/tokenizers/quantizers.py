@@ -364,8 +364,12 @@ def lfq_codes(indices: Array, code_dim: int, scale: float = 1.0) -> Array:
 
 
 def _entropy(p: Array, axis: int = -1) -> Array:
-  """``-sum p log p`` (0 log 0 = 0) along ``axis``."""
-  return -jnp.sum(jax.scipy.special.xlogy(p, p), axis=axis)
+  """``-sum p log p`` (0 log 0 = 0) along ``axis``, with finite gradients where p = 0
+  (``xlogy``'s are NaN there: 0 * log 0; codes whose probability underflows, as at
+  LFQ's temperature 0.01, would make every gradient NaN)."""
+  positive = p > 0
+  return -jnp.sum(jnp.where(positive, p * jnp.log(jnp.where(positive, p, 1.0)), 0.0),
+                  axis=axis)
 
 
 def lfq_entropies_full(z_nd: Array, scale: float, temperature: float
