@@ -85,7 +85,9 @@ def runs(fake_fmnist_dir, data_dir, tmp_path_factory):
   return get
 
 
-@pytest.mark.parametrize("bottleneck", ["lfq", "kl"])
+# KL's video step differs from LFQ's only in the bottleneck (the image path's KL is
+# tested by default in test_tokenizer.py): its training run is in the slow tier.
+@pytest.mark.parametrize("bottleneck", ["lfq", pytest.param("kl", marks=pytest.mark.slow)])
 def test_video_step_lowers_the_loss_and_logs_code_usage(runs, bottleneck):
   run = runs(bottleneck)
   exp, state, losses, m = run["exp"], run["state"], run["losses"], run["metrics"]
@@ -155,8 +157,9 @@ def test_video_tokenizer_interface_and_tokenize(runs, tmp_path):
   assert batch["codes"].shape == (4,) + LATENT
 
 
-def test_video_kl_tokenizer_latents_and_scale(runs):
-  config, wd = runs("kl")["exp"].config, runs("kl")["workdir"]
+def test_video_kl_tokenizer_latents_and_scale(fake_fmnist_dir, data_dir, tmp_path):
+  config = video_config(fake_fmnist_dir, data_dir, "kl")  # initialised, not trained
+  wd = init_only_run(config, str(tmp_path / "kl"))
   tok = tok_base.Tokenizer.from_workdir(wd)
   assert tok.kind == "kl" and tok.vocab_size is None
   assert tok.latent_shape == LATENT + (4,)

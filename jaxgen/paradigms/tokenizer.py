@@ -151,7 +151,11 @@ class TokenizerParadigm(Paradigm):
     channels = self.image_shape[-1]
 
     def load():
-      return inflation.inflate_run(workdir, shapes, sizes, channels)
+      # The callback runs on the host while the sharded init executes: the 2D run is
+      # read unsharded, outside the init's mesh (whose abstract mesh would make its
+      # eager activation constraints demand mesh-sharded inputs).
+      with jax.set_mesh(None):
+        return inflation.inflate_run(workdir, shapes, sizes, channels)
 
     values = jax.pure_callback(load, shapes)
     boxed = dict(ae_params)
