@@ -185,13 +185,15 @@ def needs_micro_batch(exp, batch_size: int, sample_kwargs) -> bool:
   """Whether `pick_micro_batch` should choose the rows per network call: the sampler
   takes ``micro_batch`` (`samplers.microbatch`), it is 0 (not chosen) and the chunk has
   more rows than the smallest candidate."""
-  if "micro_batch" not in exp.paradigm.Options.names():
+  options_cls = getattr(exp.paradigm, "Options", None)
+  if options_cls is None or "micro_batch" not in options_cls.names():
     return False
   options = exp.paradigm.sample_options(**sample_kwargs)
-  return options.micro_batch == 0 and batch_size > 2 * MICRO_BATCH_SMALLEST
+  return options.micro_batch == 0 and batch_size >= MICRO_BATCH_MIN_CHUNK
 
 
-MICRO_BATCH_SMALLEST = 32
+MICRO_BATCH_SMALLEST = 8    # the smallest rows per call worth measuring
+MICRO_BATCH_MIN_CHUNK = 64  # smaller chunks run in one call without measuring
 
 
 def _available_bytes(device) -> Optional[int]:
@@ -212,17 +214,19 @@ def _available_bytes(device) -> Optional[int]:
 
 def pick_micro_batch(exp, params, cond, **sample_kwargs):
   """``(rows, report)``: the rows per network call (`samplers.microbatch`) that run one
-  sampler step over the chunk ``cond`` fastest here, among `candidate_rows` whose
-  compiled program fits in the free device memory (the smallest if none is known to
-  fit). The samples do not depend on it (up to float rounding). All processes of a
+  sampler step over the chunk ``cond`` fastest here, among `candidate_rows` (ascending;
+  stopping once two in a row are slower than the best) whose compiled program fits in
+  the free device memory (the smallest if none is known to fit). The samples do not depend on it (up to float rounding). All processes of a
   multi-host run take process 0's choice."""
   from jaxgen.samplers import microbatch  # pylint: disable=g-import-not-at-top
   batch = jax.tree.leaves(cond)[0].shape[0]
   base = exp.paradigm.sample_options(**sample_kwargs)
   key = jax.random.PRNGKey(0)
   free = _available_bytes(jax.local_devices()[0])
-  times = {}
+  times, worse = {}, 0
   for rows in microbatch.candidate_rows(batch, MICRO_BATCH_SMALLEST):
+    if worse >= 2:  # slower twice in a row than the best so far: larger is not faster
+      break
     options = base.replace(exp.config.paradigm.name, steps=1, micro_batch=rows)
     fn = exp.frozen.jit(lambda p, r, c, o=options: exp.paradigm.sample(p, r, c, o))
     c = jax.tree.map(jnp.asarray, cond)
@@ -236,6 +240,7 @@ def pick_micro_batch(exp, params, cond, **sample_kwargs):
       t0 = time.perf_counter()
       jax.block_until_ready(compiled(params, key, c))
       times[rows] = time.perf_counter() - t0
+      worse = worse + 1 if times[rows] > 1.05 * min(times.values()) else 0
   rows = min(times, key=times.get)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top

@@ -63,8 +63,8 @@ def test_train_sample_eval(tiny_config_file, tmp_path, capsys):
   np.testing.assert_array_equal(np.load(out2)["arr_0"], arr)
   capsys.readouterr()
   assert cli.main(named + ["--sample.top_k=3"]) == 2
-  assert ("the 'flow' paradigm has no sampling option 'top_k'; its options are cfg_scale, "
-          "steps, solver, shift") in capsys.readouterr().err
+  assert ("the 'flow' paradigm has no sampling option 'top_k'; its options are micro_batch, "
+          "cfg_scale, steps, solver, shift") in capsys.readouterr().err
   assert cli.main(named + ["--steps", "3"]) == 2
   assert "--steps and --sample.steps both given" in capsys.readouterr().err
   assert cli.main(["eval", "--workdir", wd, "--samples", out1]) == 0

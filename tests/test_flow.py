@@ -107,7 +107,7 @@ def test_flow_sampler_equals_explicit_euler(make_config):
   np.testing.assert_allclose(got, jnp.clip(x, -1, 1), rtol=1e-4, atol=1e-5)
 
 
-def test_micro_batched_sampling_gives_the_same_samples(make_config):
+def test_micro_batched_sampling_gives_the_same_samples(make_config, monkeypatch):
   """The chunk is the unit of randomness: guided sampling with 2 rows per network call
   (`samplers.microbatch`) gives the samples of one call over the chunk; `jaxgen
   sample`'s picker measures the candidates that fit and returns one of them."""
@@ -120,7 +120,8 @@ def test_micro_batched_sampling_gives_the_same_samples(make_config):
                                               solver="heun", micro_batch=mb))(
       jax.random.PRNGKey(2))
   np.testing.assert_allclose(run(2), run(0), rtol=1e-5, atol=1e-6)
-  rows, report = generate.pick_micro_batch(exp, params, np.arange(70) % 10)
-  assert rows in (35, 70) and "35:" in report and "70:" in report
-  assert generate.needs_micro_batch(exp, 70, {}) and not generate.needs_micro_batch(
-      exp, 64, {}) and not generate.needs_micro_batch(exp, 70, {"micro_batch": 35})
+  monkeypatch.setattr(generate, "MICRO_BATCH_SMALLEST", 32)  # two candidates: 33, 66
+  rows, report = generate.pick_micro_batch(exp, params, np.arange(66) % 10)
+  assert rows in (33, 66) and "33:" in report and "66:" in report, report
+  assert generate.needs_micro_batch(exp, 64, {}) and not generate.needs_micro_batch(
+      exp, 63, {}) and not generate.needs_micro_batch(exp, 70, {"micro_batch": 35})

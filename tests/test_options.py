@@ -49,7 +49,7 @@ def test_overrides_are_converted_from_cli_strings_and_checked():
 
 def test_an_option_a_paradigm_does_not_have_names_the_paradigm_and_its_options():
   with pytest.raises(ConfigError, match=r"the 'flow' paradigm has no sampling option "
-                     r"'top_k'; its options are cfg_scale, steps, solver, shift\."):
+                     r"'top_k'; its options are micro_batch, cfg_scale, steps, solver, shift\."):
     _options("flow")().replace("flow", top_k=5)
   with pytest.raises(ConfigError, match="'diffusion' paradigm has no sampling option "
                      "'shift'"):

@@ -448,7 +448,10 @@ class Mlp(nn.Module):
     out = self.out_size or x.shape[-1]
     h = Dense(self.hidden_size, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
     h = nn.gelu(h, approximate=True)
-    h = constrain(h, ("batch", "length", "act_mlp"))
+    # tokens (B, L, M), or one vector per example (B, M) (a pooled-text projection)
+    axes = {2: ("batch", "act_mlp"), 3: ("batch", "length", "act_mlp")}.get(h.ndim)
+    if axes:
+      h = constrain(h, axes)
     return Dense(out, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
 
 
