@@ -99,6 +99,11 @@ class MaskGITTransformer(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @property
+  def factorized(self) -> bool:
+    """Whether positions are factorised over a video grid's space and time."""
+    return uses_factorized_positions(self.grid_shape, self.video_positions)
+
+  @property
   def mask_id(self) -> int:
     return self.codebook_size
 
@@ -124,7 +129,7 @@ class MaskGITTransformer(nn.Module):
     prefix, prefix_mask = layers.condition_prefix(labels_b, num_class_tokens=k,
                                                   text_length=self.text_length, **proj)
     x = jnp.concatenate([prefix.astype(x.dtype), x], axis=1)
-    if uses_factorized_positions(self.grid_shape, self.video_positions):
+    if self.factorized:
       spatial = layers.embedding_table(self, "position_embedding",
                                        k + math.prod(self.grid_shape[1:]), d)
       temporal = layers.embedding_table(self, "temporal_embedding", self.grid_shape[0], d)
