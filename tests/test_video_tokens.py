@@ -3,12 +3,13 @@ codes: MaskGIT decoding over a (t, h, w) grid equals the image decoder on the fl
 grid, the MaskGIT loss on video codes falls, samples (with given first frames and CFG)
 decode through the frozen tokenizer to (B, T, H, W, C) videos, KV-cached raster AR
 equals full recomputation on a video grid with factorised positions, and a 2-D
-grid_size on video codes is refused with what to set.
+grid_size on video codes is refused with what to set; MAGE takes video codes too.
 
-Cost: the tiny causal LFQ tokenizer of tests/helpers.py (5 x 16 x 16 clips -> (3, 8, 8)
-codes of 16) as a frozen `Tokenizer` with random weights (nothing trained, initialised
-or saved: its loading from a run is test_video_tokenizer.py's), codes written as
-`jaxgen tokenize` writes them, 2 x 32 transformers; one compile per program.
+Cost: one-block transformers (the image tests cover depth), the tiny causal LFQ
+tokenizer of tests/helpers.py (5 x 16 x 16 clips -> (3, 8, 8) codes of 16) as a frozen
+`Tokenizer` with random weights (nothing trained, initialised or saved: its loading
+from a run is test_video_tokenizer.py's), codes written as `jaxgen tokenize` writes
+them; one compile per program.
 """
 
 import json
@@ -91,7 +92,7 @@ def _shapes_only(paradigm, grid, **model):
 def maskgit_video(video_codes):
   """The MaskGIT experiment on the video codes (factorised positions, the default)
   and initial parameters (a host copy: the train step donates its state)."""
-  c = _video_config("maskgit", video_codes, depth=1)  # one block: half the compile
+  c = _video_config("maskgit", video_codes, depth=1)
   c.optim.update(lr=3e-3, warmup_steps=1)
   exp = loop.build(c, jax.devices()[:1])
   return exp, jax.device_get(exp.init_state().params)
@@ -101,8 +102,9 @@ def test_maskgit_decoding_over_thw_equals_the_image_decoder_on_the_flat_grid():
   """With one position table (video_positions="full") the video model is the image
   model of a flattened grid: the same parameters, labels, guidance and key decode the
   same tokens, which are the (t, h, w) grid in t-major order."""
-  video = _shapes_only("maskgit", VIDEO_LATENT, video_positions="full")
-  image = _shapes_only("maskgit", (VIDEO_LATENT[0] * VIDEO_LATENT[1], VIDEO_LATENT[2]))
+  video = _shapes_only("maskgit", VIDEO_LATENT, video_positions="full", depth=1)
+  image = _shapes_only("maskgit", (VIDEO_LATENT[0] * VIDEO_LATENT[1], VIDEO_LATENT[2]),
+                       depth=1)
   assert video.is_video and not image.is_video and video.num_tokens == image.num_tokens
   params = jax.eval_shape(image.init_params, jax.random.PRNGKey(0))
   chex.assert_trees_all_equal_shapes(
@@ -180,7 +182,7 @@ def test_kv_cached_raster_ar_equals_full_recomputation_on_a_video_grid():
   """t-major raster AR over a (3, 4, 4) grid with factorised positions: the KV-cached
   decoder (positions gathered at the cache index) draws what full recomputation draws,
   with filters and CFG."""
-  p = _shapes_only("autoregressive", (3, 4, 4))
+  p = _shapes_only("autoregressive", (3, 4, 4), depth=1)  # deeper caches: the image tests
   assert p.model.factorized
   rng = np.random.default_rng(0)  # any weights: sharp enough that draws follow context
   params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(s.dtype),
@@ -201,13 +203,30 @@ def test_kv_cached_raster_ar_equals_full_recomputation_on_a_video_grid():
   assert (a >= 0).all() and (a < V).all()
 
 
+def test_mage_takes_video_codes(video_codes, video_tokenizer):
+  """MAGE (one learned position per token) on the same codes: its loss and its
+  sampling (from given first frames too) trace to the right shapes (not compiled)."""
+  exp = loop.build(_video_config("mage", video_codes), jax.devices()[:1])
+  p = type(exp.paradigm)(exp.config, exp.dataset, tokenizer=video_tokenizer)
+  params = jax.eval_shape(p.init_params, jax.random.PRNGKey(0))
+  batch = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), p.example_batch(4))
+  assert batch["codes"].shape == (4,) + VIDEO_LATENT
+  loss, _ = jax.eval_shape(lambda w, r: p.loss(w, batch, r), params, jax.random.PRNGKey(0))
+  chex.assert_shape(loss, ())
+  frames = jnp.zeros((4, 1, VIDEO_SIZE, VIDEO_SIZE, 1))
+  out = jax.eval_shape(lambda w, r: p.sample_from_frames(w, r, jnp.arange(4), frames,
+                                                         cfg_scale=2.0),
+                       params, jax.random.PRNGKey(0))
+  chex.assert_shape(out, (4, VIDEO_FRAMES, VIDEO_SIZE, VIDEO_SIZE, 1))
+
+
 def test_a_2d_grid_size_on_video_codes_is_refused(video_codes):
   codes = video_codes
   validate(_video_config("maskgit", codes))  # the matching one
   for paradigm in ("maskgit", "autoregressive"):
     bad = tiny_token_config(paradigm, codes, grid=(8, 8), codebook_size=V)
-    with pytest.raises(ConfigError, match=r"\(3, 8, 8\) grid of 16 codes.*grid_size=\(8, 8\)"
-                       r".*set a 3-axis config.model.grid_size=\(T', h, w\)"):
+    with pytest.raises(ConfigError, match=r"\(3, 8, 8\) grid of 16 codes.*grid_size="
+                       r"\(8, 8\).*set a 3-axis config.model.grid_size=\(T', h, w\)"):
       validate(bad)
   with pytest.raises(ConfigError, match=r"grid_size=\(1, 3, 8, 8\) must be an image's"):
     validate(_video_config("maskgit", codes, grid_size=(1, 3, 8, 8)))
