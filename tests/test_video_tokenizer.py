@@ -17,7 +17,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from helpers import init_only_run, tiny_tokenizer_config
+from helpers import (VIDEO_FRAMES, VIDEO_LATENT, VIDEO_NETS, VIDEO_SIZE, init_only_run,
+                     tiny_tokenizer_config)
+from helpers import video_tokenizer_config as video_config
 from jaxgen.config import ConfigError, validate
 from jaxgen.data import datasets, pipeline
 from jaxgen.sharding import mesh as mesh_lib
@@ -26,35 +28,7 @@ from jaxgen.tokenizers import inflation, precompute
 from jaxgen.train import checkpoint, loop
 
 # f 2 in space, ft 2 in time: (5, 16, 16, 1) clips -> (3, 8, 8) codes of 2^4.
-NETS = dict(arch="causal3d", channels=8, channel_mult=(1, 2), num_res_blocks=0,
-            attn_resolutions=(), mid_attn=False, temporal_downsample=(True,),
-            z_channels=4)
-FRAMES, SIZE, LATENT = 5, 16, (3, 8, 8)
-
-
-def video_config(source_dir, data_dir, bottleneck="lfq", gan=False):
-  """A tiny causal 3D tokenizer on 16x16 Moving Fashion-MNIST clips of 5 frames."""
-  import common  # configs/common.py (on the path through helpers)
-  c = common.tokenizer_config()
-  c.data = ml_collections.ConfigDict(dict(
-      name="moving_fashion_mnist", source_dir=source_dir, data_dir=data_dir,
-      pp="scale(-1, 1)", train_split="train", eval_split="test", image_size=SIZE,
-      object_size=8, max_speed=2, num_frames=FRAMES, num_train=16, num_test=8))
-  model = dict(NETS, name="causal_vqgan", bottleneck=bottleneck, embed_dim=4)
-  if bottleneck == "lfq":
-    model.update(codebook_size=16, entropy_temperature=0.1, entropy_anneal_steps=4,
-                 lfq_norm="rms")
-  else:
-    model.update(name="causal_kl_vae")
-    c.paradigm.bottleneck_weight = 1e-4
-  c.model = ml_collections.ConfigDict(model)
-  if gan:  # a constant GAN weight (the adaptive one is the image path's, tested there)
-    c.paradigm.update(disc_weight=0.5, disc_channels=8, disc_layers=1, disc_start=0,
-                      adaptive_weight=False)
-  c.optim.update(lr=3e-3, warmup_steps=1, eps=1e-3)
-  c.train.update(batch_size=8, num_steps=10, log_every=5, ckpt_every=5, sample_every=0)
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
-  return c
+NETS, FRAMES, SIZE, LATENT = VIDEO_NETS, VIDEO_FRAMES, VIDEO_SIZE, VIDEO_LATENT
 
 
 @pytest.fixture(scope="module")

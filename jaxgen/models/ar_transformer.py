@@ -14,6 +14,12 @@ predicts code ``p - k + 1``, so the inputs are ``prefix + codes[:-1]`` (length
 (teacher forcing). Learned positions, embedding dropout, pre-LN causal blocks, a final
 LN, and a linear head (or one tied to the token embedding, ``tie_output``).
 
+Video grids (``grid_shape`` (T', h, w)): the codes in t-major raster order (frame by
+frame, VideoGPT's order), so a frame's codes see every earlier frame; with
+``video_positions`` "factorized" (the default) a spatial table over the prefix and h x w
+plus a temporal table over T' (`token_transformer.factorized_positions`), "full" one
+table over every position as for images.
+
 Cached decoding: ``init_cache(batch)`` gives one KV cache per block
 (``jaxgen.nn.layers.init_kv_cache``); ``decode(tokens, labels, cache)`` runs ``l`` new
 inputs at the cache's positions ``index .. index + l - 1`` and returns their logits and
@@ -25,6 +31,9 @@ Named sizes: ``base`` is GPT-2 small's shape (12 layers, 768 wide, 12 heads); th
 """
 
 from __future__ import annotations
+
+import math
+from typing import Tuple
 
 import flax.linen as nn
 import jax
@@ -58,7 +67,15 @@ class ARTransformer(nn.Module):
   tie_output: bool = False
   attn_impl: str = "xla"
   text_length: int = 0
+  grid_shape: Tuple[int, ...] = ()   # (T', h, w) for video grids; () or (h, w): image
+  video_positions: str = "factorized"
   dtype: jnp.dtype = jnp.float32
+
+  @property
+  def factorized(self) -> bool:
+    """Whether positions are factorised over a video grid's space and time."""
+    return token_transformer.uses_factorized_positions(self.grid_shape,
+                                                       self.video_positions)
 
   @property
   def prefix_len(self) -> int:
@@ -82,8 +99,14 @@ class ARTransformer(nn.Module):
       self.text_start = layers.embedding_table(self, "text_start", 1, d)
     else:
       self.class_embedding = layers.LabelEmbedder(self.num_classes, d * k)
-    self.position_embedding = layers.embedding_table(self, "position_embedding",
-                                                     self.seq_len, d)
+    if self.factorized:
+      self.position_embedding = layers.embedding_table(
+          self, "position_embedding", k + math.prod(self.grid_shape[1:]), d)
+      self.temporal_embedding = layers.embedding_table(self, "temporal_embedding",
+                                                       self.grid_shape[0], d)
+    else:
+      self.position_embedding = layers.embedding_table(self, "position_embedding",
+                                                       self.seq_len, d)
     self.embedding_dropout = nn.Dropout(self.dropout)
     self.transformer = layers.Transformer(self.depth, self.num_heads, self.mlp_dim,
                                           self.dropout, self.attn_impl, self.dtype)
@@ -112,7 +135,11 @@ class ARTransformer(nn.Module):
     tok_bld = jnp.take(self.token_embedding, jnp.clip(tokens_bl, 0, self.codebook_size - 1),
                        axis=0)
     x = jnp.where((pos < k)[None, :, None], cls_bld, tok_bld)
-    x = x + jax.lax.dynamic_slice_in_dim(self.position_embedding, start, l)[None]
+    if self.factorized:
+      x = x + token_transformer.factorized_positions(
+          self.position_embedding, self.temporal_embedding, pos, k, self.grid_shape)[None]
+    else:
+      x = x + jax.lax.dynamic_slice_in_dim(self.position_embedding, start, l)[None]
     return layers.constrain(x.astype(self.dtype), ("batch", "length", "act_embed"))
 
   def _logits(self, x_bld):
@@ -174,11 +201,16 @@ class ARTransformer(nn.Module):
 @registry.MODELS.register("ar_transformer")
 def build_ar_transformer(cfg: ml_collections.ConfigDict, *, num_tokens: int,
                          codebook_size: int, num_classes: int, dtype=jnp.float32,
-                         text_length: int = 0) -> ARTransformer:
+                         text_length: int = 0, grid_shape: Tuple[int, ...] = ()
+                         ) -> ARTransformer:
   """From ``config.model``: ``variant`` (a SIZES name) fills depth/width/heads/MLP;
-  explicit fields override it. ``text_length`` > 0: a text prefix of that length."""
+  explicit fields override it. ``text_length`` > 0: a text prefix of that length.
+  ``grid_shape``: a video grid (T', h, w), whose positions
+  ``config.model.video_positions`` embeds."""
   kw = token_transformer.sized_kwargs(
       cfg, SIZES, ("depth", "hidden_size", "num_heads", "mlp_dim"),
-      ("num_class_tokens", "dropout", "tie_output", "attn_impl"), "AR transformer")
+      ("num_class_tokens", "dropout", "tie_output", "attn_impl", "video_positions"),
+      "AR transformer")
   return ARTransformer(num_tokens=num_tokens, codebook_size=codebook_size,
-                       num_classes=num_classes, dtype=dtype, text_length=text_length, **kw)
+                       num_classes=num_classes, dtype=dtype, text_length=text_length,
+                       grid_shape=tuple(grid_shape), **kw)

@@ -171,9 +171,12 @@ class MAGE(nn.Module):
 
 @registry.MODELS.register("mage")
 def build_mage(cfg: ml_collections.ConfigDict, *, num_tokens: int, codebook_size: int,
-               num_classes: int, dtype=jnp.float32, text_length: int = 0) -> MAGE:
+               num_classes: int, dtype=jnp.float32, text_length: int = 0,
+               grid_shape=()) -> MAGE:
   """From ``config.model``: ``variant`` (a SIZES name) fills the sizes; explicit fields
-  override it. ``text_length`` > 0: text-conditioned."""
+  override it. ``text_length`` > 0: text-conditioned. ``grid_shape`` (a video grid
+  (T', h, w)) changes nothing: MAGE learns one position per token of any grid."""
+  del grid_shape
   names = ("depth", "hidden_size", "num_heads", "decoder_depth", "decoder_hidden_size",
            "decoder_num_heads")
   kw = token_transformer.sized_kwargs(

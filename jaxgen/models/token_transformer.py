@@ -13,11 +13,22 @@ embedding layer), pre-LN blocks, and BERT's masked-token head whose output weigh
 are tied to the token embedding (``tie_output``), as in the official model.
 Output: logits (B, N, codebook_size) over the codes (never over [MASK]).
 
+Video token grids (``grid_shape`` (T', h, w), the codes of a causal video tokenizer,
+flattened t-major: frame by frame, each in raster order): with ``video_positions``
+"factorized" (the default) the learned positions are factorised, a spatial table
+over the prefix and the h x w grid (``position_embedding``, shared by every latent
+frame) plus a temporal table over the T' frames (``temporal_embedding``); "full" keeps
+one learned table over all T' h w positions, which makes the model the image model
+of a flattened grid. Image grids (2 axes) always have the one table, unchanged.
+
 Named sizes: ``maskgit_imagenet`` is the paper's ImageNet model (24 layers, 768 wide,
 3072 MLP, 16 heads in the official config) with 16x16 tokens and 1024 codes.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -34,6 +45,40 @@ SIZES = {
 }
 registry.register_variants(["maskgit_transformer"], SIZES)
 
+# How a video grid's (T', h, w) positions are embedded (`factorized_positions`).
+VIDEO_POSITIONS = ("factorized", "full")
+registry.register_model_fields(["maskgit_transformer", "ar_transformer"], dict(
+    video_positions="factorized",  # (T', h, w) grids: factorized (space + time) | full
+))
+
+
+def uses_factorized_positions(grid_shape: Tuple[int, ...], video_positions: str) -> bool:
+  """Whether a model over ``grid_shape`` embeds positions factorised (space + time):
+  video grids (3 axes) with ``video_positions="factorized"``; never image grids.
+  An unknown ``video_positions`` is a ValueError."""
+  if video_positions not in VIDEO_POSITIONS:
+    raise ValueError(f"video_positions={video_positions!r}; use one of "
+                     f"{', '.join(VIDEO_POSITIONS)}.")
+  return len(grid_shape) == 3 and video_positions == "factorized"
+
+
+def factorized_positions(spatial, temporal, positions, num_prefix: int,
+                         grid_shape: Tuple[int, ...]):
+  """(L, D) position embeddings of the sequence ``positions`` (L,): a prefix of
+  ``num_prefix`` positions, then the codes of a (T', h, w) grid in t-major raster
+  order. Prefix position ``p`` gets ``spatial[p]``; the code at frame ``t`` and
+  spatial index ``s`` (position ``num_prefix + t h w + s``) gets
+  ``spatial[num_prefix + s] + temporal[t]``. ``spatial``: (num_prefix + h w, D),
+  ``temporal``: (T', D)."""
+  hw = math.prod(grid_shape[1:])
+  positions = jnp.asarray(positions, jnp.int32)
+  code = jnp.maximum(positions - num_prefix, 0)
+  is_code = (positions >= num_prefix)[:, None]
+  space = jnp.take(spatial, jnp.where(positions >= num_prefix, num_prefix + code % hw,
+                                      positions), axis=0)
+  time = jnp.take(temporal, jnp.minimum(code // hw, grid_shape[0] - 1), axis=0)
+  return space + jnp.where(is_code, time, jnp.zeros_like(time))
+
 
 class MaskGITTransformer(nn.Module):
   """See the module docstring."""
@@ -49,7 +94,14 @@ class MaskGITTransformer(nn.Module):
   tie_output: bool = True
   attn_impl: str = "xla"
   text_length: int = 0
+  grid_shape: Tuple[int, ...] = ()   # (T', h, w) for video grids; () or (h, w): image
+  video_positions: str = "factorized"
   dtype: jnp.dtype = jnp.float32
+
+  @property
+  def factorized(self) -> bool:
+    """Whether positions are factorised over a video grid's space and time."""
+    return uses_factorized_positions(self.grid_shape, self.video_positions)
 
   @property
   def mask_id(self) -> int:
@@ -77,7 +129,14 @@ class MaskGITTransformer(nn.Module):
     prefix, prefix_mask = layers.condition_prefix(labels_b, num_class_tokens=k,
                                                   text_length=self.text_length, **proj)
     x = jnp.concatenate([prefix.astype(x.dtype), x], axis=1)
-    x = x + layers.embedding_table(self, "position_embedding", k + n, d)[None]
+    if self.factorized:
+      spatial = layers.embedding_table(self, "position_embedding",
+                                       k + math.prod(self.grid_shape[1:]), d)
+      temporal = layers.embedding_table(self, "temporal_embedding", self.grid_shape[0], d)
+      x = x + factorized_positions(spatial, temporal, jnp.arange(k + n), k,
+                                   self.grid_shape)[None]
+    else:
+      x = x + layers.embedding_table(self, "position_embedding", k + n, d)[None]
     x = layers.LayerNorm(name="embedding_norm")(x).astype(self.dtype)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     x = layers.constrain(x, ("batch", "length", "act_embed"))
@@ -111,12 +170,15 @@ def sized_kwargs(cfg: ml_collections.ConfigDict, sizes: dict, size_fields, extra
 @registry.MODELS.register("maskgit_transformer")
 def build_maskgit_transformer(cfg: ml_collections.ConfigDict, *, num_tokens: int,
                               codebook_size: int, num_classes: int, dtype=jnp.float32,
-                              text_length: int = 0) -> MaskGITTransformer:
+                              text_length: int = 0, grid_shape: Tuple[int, ...] = ()
+                              ) -> MaskGITTransformer:
   """From ``config.model``: ``variant`` (a SIZES name) fills depth/width/heads/MLP;
   explicit fields override it. ``text_length`` > 0: text-conditioned (prefix of that
-  many encoder tokens)."""
+  many encoder tokens). ``grid_shape``: a video grid (T', h, w), whose positions
+  ``config.model.video_positions`` embeds."""
   kw = sized_kwargs(cfg, SIZES, ("depth", "hidden_size", "num_heads", "mlp_dim"),
-                    ("num_class_tokens", "dropout", "tie_output", "attn_impl"), "MaskGIT")
+                    ("num_class_tokens", "dropout", "tie_output", "attn_impl",
+                     "video_positions"), "MaskGIT")
   return MaskGITTransformer(num_tokens=num_tokens, codebook_size=codebook_size,
                             num_classes=num_classes, dtype=dtype, text_length=text_length,
-                            **kw)
+                            grid_shape=tuple(grid_shape), **kw)

@@ -63,6 +63,7 @@ class MAGEParadigm(TokenParadigm):
 
   capabilities = frozenset({"samples", "features"})
   Options = MAGEOptions
+  decodes_given_tokens = True
   FIELDS = dict(
       maskgit_lib.MaskGITParadigm.FIELDS,
       mask_ratio_mode=0.55,    # masking ratio ~ N(0.55, 0.25) truncated to [min, 1]
@@ -129,13 +130,14 @@ class MAGEParadigm(TokenParadigm):
     drop = tokens == self.mask_id if drop_masked else None
     return self._apply(params, tokens, labels, drop, self.num_tokens)[0]
 
-  def sample_tokens(self, params, rng, labels, options=None, **overrides):
+  def sample_tokens(self, params, rng, labels, options=None, known=None, **overrides):
+    """(B, N) codes; ``known``: (B, N) given codes, ``mask_id`` where unknown."""
     o = self.sample_options(options, **overrides)
     return maskgit_lib.iterative_decode(
         lambda t, y: self.logits(params, t, y, o.drop_masked),
         self.conditioner.sampling_input(labels), self.conditioner.null_input(), o,
         num_tokens=self.num_tokens, mask_id=self.mask_id, rng=rng,
-        schedule=self.config.paradigm.mask_schedule)
+        schedule=self.config.paradigm.mask_schedule, known=known)
 
   def features(self, params, codes):
     """(B, D) representation of (B, h, w) or (B, N) codes: nothing masked, the null

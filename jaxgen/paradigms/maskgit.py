@@ -7,7 +7,10 @@ prefix token, tied MLM head). Loss: per example draw r ~ U[0, 1), mask
 cross-entropy on the masked positions only (optional label smoothing); label dropout to
 the null class trains the unconditional model for classifier-free guidance.
 Sampler: ``jaxgen.samplers.maskgit.decode_step`` in the shared ``lax.scan`` loop, 8 steps
-by default, CFG (constant or linearly growing scale) through the shared wrapper.
+by default, CFG (constant or linearly growing scale) through the shared wrapper, from
+all-[MASK] tokens or with some codes ``known`` (inpainting; a video's given first
+frames, `TokenParadigm.sample_from_frames`). Video grids (T', h, w) are decoded as the
+flattened t-major sequence, exactly as an image grid of as many tokens.
 """
 
 from __future__ import annotations
@@ -55,14 +58,19 @@ def check_decoding_config(config) -> None:
 
 
 def iterative_decode(model_logits, cond, null, o: MaskGITOptions, *, num_tokens: int,
-                     mask_id: int, rng, schedule: str):
-  """MaskGIT decoding from all-[MASK] tokens with ``model_logits(tokens, cond)``,
-  guided against ``null`` on logits as ``o`` says. Returns (B, N) int32 codes."""
+                     mask_id: int, rng, schedule: str, known=None):
+  """MaskGIT decoding with ``model_logits(tokens, cond)``, guided against ``null`` on
+  logits as ``o`` says, from all-[MASK] tokens, or from ``known`` (B, N) codes with
+  ``mask_id`` where unknown (kept as given; the schedule runs over the unknown ones).
+  Returns (B, N) int32 codes."""
   step_fn = decoding.decode_step(
       guided_logits(model_logits, cond, null, o), mask_id=mask_id, num_steps=o.steps,
       schedule=schedule, temperature=o.temperature,
       choice_temperature=o.choice_temperature, top_k=o.top_k)
-  start = jnp.full((cfg_lib.batch_size(cond), num_tokens), mask_id, jnp.int32)
+  if known is None:
+    start = jnp.full((cfg_lib.batch_size(cond), num_tokens), mask_id, jnp.int32)
+  else:
+    start = jnp.asarray(known, jnp.int32).reshape(cfg_lib.batch_size(cond), num_tokens)
   return loop.run_loop(step_fn, decoding.init_state(start, mask_id, rng), o.steps).tokens
 
 
@@ -86,6 +94,7 @@ class MaskGITParadigm(TokenParadigm):
   `MaskGITOptions`."""
 
   Options = MaskGITOptions
+  decodes_given_tokens = True
   FIELDS = dict(
       mask_schedule="cosine",    # cosine | uniform | powX | log | exp, as the official (decoding too)
       label_smoothing=0.1,
@@ -111,9 +120,10 @@ class MaskGITParadigm(TokenParadigm):
                          r_model)
     return self.masked_token_loss(logits, codes, mask)
 
-  def sample_tokens(self, params, rng, labels, options=None, **overrides):
+  def sample_tokens(self, params, rng, labels, options=None, known=None, **overrides):
+    """(B, N) codes; ``known``: (B, N) given codes, ``mask_id`` where unknown."""
     return iterative_decode(
         lambda t, y: self.logits(params, t, y), self.conditioner.sampling_input(labels),
         self.conditioner.null_input(), self.sample_options(options, **overrides),
         num_tokens=self.num_tokens, mask_id=self.mask_id, rng=rng,
-        schedule=self.config.paradigm.mask_schedule)
+        schedule=self.config.paradigm.mask_schedule, known=known)

@@ -55,7 +55,7 @@ class VARParadigm(TokenParadigm):
       label_dropout=0.1,         # VAR's cond_drop_rate: trains the unconditional model
   )
 
-  tokenizer_kind = "msvq"
+  tokenizer_kinds = ("msvq",)
   grid_field = "scales"
 
   @classmethod

@@ -1,0 +1,53 @@
+"""MaskGIT over the causal video tokenizer's codes of Moving Fashion-MNIST (MAGVIT's
+masked video transformer), class-conditional, CPU-sized.
+
+  jaxgen train --config configs/mfmnist_video_tokenizer.py --workdir runs/vtok
+  jaxgen tokenize --workdir runs/vtok --out runs/vtok_codes      # (N, 5, 8, 8) codes
+  jaxgen train --config configs/mfmnist_video_maskgit.py --workdir runs/vmaskgit
+  jaxgen sample --workdir runs/vmaskgit --num 1000 --out runs/vmaskgit/samples.npz
+
+A bidirectional transformer (``fmnist_tiny``: 4 blocks, 128 wide) over the 5 x 8 x 8 =
+320 LFQ codes (2^10) of a 9-frame clip, flattened t-major, with factorised positions (a
+spatial table over the class token and the 8 x 8 grid, plus a temporal table over the
+5 latent frames). Decoding: MaskGIT's 8 parallel steps over all 320 codes, classifier-free
+guidance 2.0 growing linearly; samples decode through the frozen tokenizer (recorded
+in the codes' tokens.json) to (N, 9, 32, 32, 1) videos, saved as .npz with a GIF grid.
+Frame prediction / image-to-video from Python: ``paradigm.sample_from_frames(params,
+rng, labels, first_frames)`` (one given frame = the first latent frame's codes, known
+from the start of decoding).
+
+Cost: see ``NUM_STEPS`` (measured on random codes of this shape on the shared 2-core
+CPU). ``:runlocal`` shrinks it to a smoke test.
+"""
+
+import common
+from jaxgen.config import parse_arg
+
+# Measured on random (5, 8, 8) codes of 1024 through the tokens pipeline (XLA as users
+# compile; /tmp bench, not a test) on the shared 2-core CPU at load 5: batch 16 1.04-1.10
+# s a step (0.91-0.96 steps/s; compile + 3 steps 14 s); batch 32 2.37 s. 1500 steps of
+# 16: 26-27.5 min, plus the two preview GIFs and checkpoints (~1 min): <= 30 min.
+NUM_STEPS = 1500
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg)
+  c = common.token_config("maskgit")
+  c.data.data_dir = "runs/vtok_codes"
+  c.data.source_dataset = "moving_fashion_mnist"  # the classes when no tokens.json
+  c.data.code_shape = (5, 8, 8)
+  c.model.variant = "fmnist_tiny"
+  c.model.grid_size = (5, 8, 8)     # mfmnist_video_tokenizer.py: 9 frames -> 5 x 8 x 8
+  c.model.codebook_size = 2 ** 10   # LFQ with 10 bits
+  c.model.video_positions = "factorized"
+  c.train.batch_size = 16
+  c.train.num_steps = 20 if arg.get("runlocal") else NUM_STEPS
+  c.train.sample_every = NUM_STEPS // 2
+  c.train.sample_grid = 20          # two clips per class (a GIF grid)
+  c.train.ckpt_every = 500
+  c.train.log_every = 50
+  c.optim.warmup_steps = 100
+  c.sample.steps = 8
+  c.sample.cfg_scale = 2.0
+  c.sample.cfg_schedule = "linear"
+  return c
