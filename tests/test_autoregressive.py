@@ -276,6 +276,7 @@ def test_loss_is_next_token_cross_entropy_and_images_decode(built):
   assert float(jnp.abs(images).max()) <= 1.0
 
 
+@pytest.mark.slow  # the default tier's budget: the token step on 8 devices: test_maskgit.py (default)
 def test_sharded_step_on_8_devices_equals_one_device(vq_run):
   _, codes = vq_run
   check_sharded_step_equals_one_device(lambda: tiny_token_config("autoregressive", codes))

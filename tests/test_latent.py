@@ -57,7 +57,7 @@ def latent_config(fake_fmnist_dir, data_dir, latents_dir, objective="flow", **tr
   return c
 
 
-@pytest.mark.parametrize("objective", ["flow", "ddpm"])
+@pytest.mark.parametrize("objective", ["flow", pytest.param("ddpm", marks=pytest.mark.slow)])
 def test_latent_loss_is_the_same_on_precomputed_and_in_step_latents(
     kl_run, fake_fmnist_dir, data_dir, objective):
   tok_dir, latents = kl_run

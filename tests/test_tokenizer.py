@@ -83,6 +83,7 @@ def _get(tree, path):
   return tree
 
 
+@pytest.mark.slow  # the default tier's budget: two optimizers on a 2x4 mesh: test_gan.py (default)
 def test_two_optimizer_step_on_2x4_mesh_equals_one_device(tok_config):
   c1, c8 = tok_config("vq"), tok_config("vq")
   for c in (c1, c8):

@@ -223,6 +223,7 @@ def test_training_reduces_the_loss_on_a_fixed_batch(msvq_run):
   assert losses[-1] < 0.9 * losses[0] and losses[-1] < min(losses[:5]) - 0.1, losses
 
 
+@pytest.mark.slow  # the default tier's budget: the token step on 8 devices: test_maskgit.py (default)
 def test_sharded_step_on_8_devices_equals_one_device(msvq_run):
   _, codes = msvq_run
   check_sharded_step_equals_one_device(lambda: tiny_token_config("var", codes))
