@@ -102,6 +102,8 @@ def test_frozen_weights_are_placed_with_the_mesh_rules(big_tokenizer, fake_fmnis
     assert v.sharding == s
 
 
+@pytest.mark.slow  # the default tier's budget: the refusal end to end (sampling and a
+# resumed run refuse a tokenizer with another fingerprint): test_latent.py (default)
 def test_a_run_refuses_another_tokenizer_than_its_own(fake_fmnist_dir, data_dir, tmp_path):
   """Two tiny tokenizers of the same shapes, other weights."""
   c = tiny_tokenizer_config(fake_fmnist_dir, data_dir, "vq", gan=False)

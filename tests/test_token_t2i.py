@@ -136,7 +136,9 @@ def test_class_labels_of_a_text_run_are_their_short_captions(built):
 
 
 @pytest.mark.parametrize("paradigm", [
-    "maskgit", "var",  # a prefix model and the cross-attention one; the other two share
+    "maskgit",  # a prefix model; VAR's cross-attention forward is checked by default in
+    # test_cached_text_decoding_equals_full_recomputation[var], its training here is slow
+    pytest.param("var", marks=pytest.mark.slow),
     pytest.param("mage", marks=pytest.mark.slow),  # MaskGIT's data path and loss shape
     pytest.param("autoregressive", marks=pytest.mark.slow)])
 def test_text_runs_train_on_captioned_images(make, paradigm):
