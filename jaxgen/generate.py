@@ -216,10 +216,16 @@ def pick_micro_batch(exp, params, cond, **sample_kwargs):
   """``(rows, report)``: the rows per network call (`samplers.microbatch`) that run one
   sampler step over the chunk ``cond`` fastest here, among `candidate_rows` (ascending;
   stopping once two in a row are slower than the best) whose compiled program fits in
-  the free device memory (the smallest if none is known to fit). The samples do not depend on it (up to float rounding). All processes of a
-  multi-host run take process 0's choice."""
+  the free device memory (the smallest if none is known to fit). The samples do not
+  depend on it up to float rounding (bitwise: the same ``micro_batch``; the choice is
+  printed, ``--sample.micro_batch`` fixes it). A multi-process run does not measure
+  (one call on the whole chunk: each process would stop at its own candidates)."""
   from jaxgen.samplers import microbatch  # pylint: disable=g-import-not-at-top
   batch = jax.tree.leaves(cond)[0].shape[0]
+  if jax.process_count() > 1:
+    # Each process would time (and stop at) its own candidates: a sharded program one
+    # process runs and another does not would hang. One call on the whole chunk.
+    return batch, "several processes: not measured"
   base = exp.paradigm.sample_options(**sample_kwargs)
   key = jax.random.PRNGKey(0)
   free = _available_bytes(jax.local_devices()[0])
@@ -242,9 +248,6 @@ def pick_micro_batch(exp, params, cond, **sample_kwargs):
       times[rows] = time.perf_counter() - t0
       worse = worse + 1 if times[rows] > 1.05 * min(times.values()) else 0
   rows = min(times, key=times.get)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    rows = int(multihost_utils.broadcast_one_to_all(np.int32(rows)))
   report = ", ".join(f"{r}: {1e3 * t:.0f} ms" for r, t in sorted(times.items()))
   return rows, f"one step takes {report}"
 

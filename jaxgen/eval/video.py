@@ -252,8 +252,14 @@ def fit_video_classifier(x, y, d, test, num_classes: int, *, epochs: int = 4,
 
 
 def _cache_base(directory: str, spec, data_cfg) -> str:
+  """The cache name: the dataset and every setting that changes its videos (Moving
+  Fashion-MNIST's builder-config name: canvas, frames, objects, size, speed, counts,
+  seed), so a classifier of other data is never reused."""
   shape = "x".join(str(s) for s in spec.image_shape)
   tag = f"{spec.name}_{shape}_seed{data_cfg.get('seed', 0)}"
+  if spec.name == "moving_fashion_mnist":
+    from jaxgen.data import moving_fmnist  # pylint: disable=g-import-not-at-top
+    tag = f"{spec.name}_{moving_fmnist.Settings.from_config(data_cfg).name}"
   return os.path.join(directory, f"video_{tag}_v{VIDEO_CLASSIFIER_VERSION}")
 
 
