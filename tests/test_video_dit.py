@@ -79,11 +79,12 @@ def test_factorised_attention_equals_a_per_frame_and_per_position_loop():
   tok = np.array(tok)
   for f in range(gt):  # spatial block: the tokens of frame f only
     tok[:, f] = block("blocks_0", tok[:, f], c)
-  tok = tok + layers.sincos_1d(d, np.arange(gt, dtype=np.float64))[None, :, None]
+  tok = tok + np.asarray(layers.sincos_1d(d, np.arange(gt, dtype=np.float64)))[None, :, None]
   for s in range(gh * gw):  # temporal block: position s across the frames only
     tok[:, :, s] = block("blocks_1", tok[:, :, s], c)
-  out = apply(dit.FinalLayer((1, 4, 4), 1), "final_layer", tok.reshape(b, -1, d), c)
-  want = vd.unpatchify(out, (gt, gh, gw), (1, 4, 4), 1)
+  final = jax.jit(lambda tok, c: vd.unpatchify(  # one program, not op by op
+      apply(dit.FinalLayer((1, 4, 4), 1), "final_layer", tok, c), (gt, gh, gw), (1, 4, 4), 1))
+  want = final(tok.reshape(b, -1, d), c)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   # The pattern: one spatial block never mixes frames; full attention does.
   for attention, mixes in (("factorised", False), ("full", True)):
