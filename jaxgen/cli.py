@@ -124,8 +124,8 @@ def cmd_sample(args, overrides):
   out = args.out or os.path.join(args.workdir, f"samples_step{step}_seed{args.seed}.npz")
   png = generate.save_samples(out, images, labels, prompts=prompts,
                               ncols=generate.grid_columns(args.num, nc, prompts))
-  h, w, c = images.shape[1:]
-  print(f"Wrote {len(images)} samples ({args.format} layout, {h}x{w}x{c}) from step {step} "
+  shape = "x".join(map(str, images.shape[1:]))  # HxWxC, a video's TxHxWxC
+  print(f"Wrote {len(images)} samples ({args.format} layout, {shape}) from step {step} "
         f"({args.params or 'ema'} weights) in {time.time() - t0:.1f}s to {out} and a grid "
         f"to {png}")
 
