@@ -113,6 +113,11 @@ def cmd_sample(args, overrides):
                                  f"({nc} = unconditional).")
   labels = None if args.label is None else [args.label] * args.num
   prompts = _sample_prompts(args, exp)
+  if args.format == "adm" and len(exp.paradigm.image_shape) == 4:
+    raise config_lib.ConfigError(
+        f"--format adm writes images for the ADM evaluator, but {args.workdir} makes videos "
+        f"{tuple(exp.paradigm.image_shape)} (T, H, W, C): drop --format adm (video runs are "
+        "evaluated with `jaxgen eval`, FVD with --fvd).")
   adm_target = generate.adm_target(exp.config) if args.format == "adm" else None
   t0 = time.time()
   images, labels = generate.generate(
