@@ -1,6 +1,8 @@
 """Rectified-flow losses and time sampling against NumPy; the loss falls on a fixed
 batch; the paradigm's sampler equals an explicit Euler integration."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from scipy import integrate, special
 
 from jaxgen.losses import flow as fl
+from jaxgen.samplers import microbatch
 
 
 def test_interpolation_and_velocity_loss_match_numpy():
@@ -120,8 +123,11 @@ def test_micro_batched_sampling_gives_the_same_samples(make_config, monkeypatch)
                                               solver="heun", micro_batch=mb))(
       jax.random.PRNGKey(2))
   np.testing.assert_allclose(run(2), run(0), rtol=1e-5, atol=1e-6)
-  monkeypatch.setattr(generate, "MICRO_BATCH_SMALLEST", 32)  # two candidates: 33, 66
+  monkeypatch.setattr(generate, "MICRO_BATCH_SMALLEST", 32)
+  assert microbatch.candidate_rows(66, 32) == [22, 33, 66]  # 66's divisors <= 32, <= 64
   rows, report = generate.pick_micro_batch(exp, params, np.arange(66) % 10)
-  assert rows in (33, 66) and "33:" in report and "66:" in report, report
+  times = dict(re.findall(r"(\d+): (\d+) ms", report))
+  assert sorted(map(int, times)) == [22, 33, 66], report  # too few to stop early
+  assert float(times[str(rows)]) == min(map(float, times.values())), report  # the fastest
   assert generate.needs_micro_batch(exp, 64, {}) and not generate.needs_micro_batch(
       exp, 63, {}) and not generate.needs_micro_batch(exp, 70, {"micro_batch": 35})
