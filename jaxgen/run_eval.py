@@ -81,6 +81,25 @@ def _load_video_samples(samples_path: str, spec, data_cfg):
   return frames.reshape((n, t) + frames.shape[1:]), labels, directions
 
 
+def _video_evaluator(data_cfg, classifier_dir: str):
+  """``(evaluator, spec, data_cfg)`` of the in-domain video figures of ``data_cfg``'s
+  dataset (loaded with its motion labels)."""
+  from jaxgen.eval import video  # pylint: disable=g-import-not-at-top
+  if data_cfg.name not in video.FRAME_DATASETS:
+    raise DataError(f"The in-domain video figures are defined for "
+                    f"{', '.join(video.FRAME_DATASETS)}, not {data_cfg.name}; use "
+                    "`jaxgen eval --suite fvd --samples S.npz --ref REAL.npz`.")
+  data_cfg = data_cfg.copy_and_resolve_references()
+  data_cfg.motion_labels = True
+  spec = datasets.get_dataset(data_cfg)
+  image_spec = datasets.get_dataset(datasets.image_dataset_config(
+      video.FRAME_DATASETS[data_cfg.name], data_cfg.data_dir, data_cfg.source_dir))
+  ev = video.VideoEvaluator(spec, data_cfg, clf_lib.load_or_train(image_spec,
+                                                                   classifier_dir),
+                            classifier_dir)
+  return ev, spec, data_cfg
+
+
 def video_sample_figures(data_cfg, classifier_dir: str, samples_path: str, *,
                          reference: bool = True, fvd: bool = False,
                          i3d_weights: Optional[str] = None) -> Dict[str, Any]:
@@ -89,19 +108,8 @@ def video_sample_figures(data_cfg, classifier_dir: str, samples_path: str, *,
   ``reference``, of as many held-out real videos (``real_<eval split>``, the floor).
   With ``fvd``, FVD (`jaxgen.eval.i3d`) of each against as many train videos."""
   from jaxgen.eval import i3d, video  # pylint: disable=g-import-not-at-top
-  if data_cfg.name not in video.FRAME_DATASETS:
-    raise DataError(f"The in-domain video figures are defined for "
-                    f"{', '.join(video.FRAME_DATASETS)}, not {data_cfg.name}; use "
-                    "`jaxgen eval --suite fvd --samples S.npz --ref REAL.npz`.")
-  data_cfg = data_cfg.copy_and_resolve_references()
-  data_cfg.motion_labels = True
-  spec = datasets.get_dataset(data_cfg)
+  ev, spec, data_cfg = _video_evaluator(data_cfg, classifier_dir)
   videos, labels, directions = _load_video_samples(samples_path, spec, data_cfg)
-  image_spec = datasets.get_dataset(datasets.image_dataset_config(
-      video.FRAME_DATASETS[data_cfg.name], data_cfg.data_dir, data_cfg.source_dir))
-  ev = video.VideoEvaluator(spec, data_cfg, clf_lib.load_or_train(image_spec,
-                                                                   classifier_dir),
-                            classifier_dir)
   result: Dict[str, Any] = {"samples": ev.figures(videos, labels, directions)}
   split = data_cfg.eval_split
   real = None
@@ -151,11 +159,17 @@ def adm_figures(ref_path: str, samples_path: str, inception_weights: str, *,
 
 def reconstruction_figures(tok, config, num: Optional[int] = None) -> Dict[str, Any]:
   """PSNR, SSIM, rFD and code usage of the frozen tokenizer ``tok`` on ``config``'s
-  eval split (``num`` images; None = all)."""
+  eval split (``num`` images; None = all); a video tokenizer's rFD in the video
+  figures' classifiers (``rfd_video``, ``rfd_frame``)."""
   spec = datasets.get_dataset(config.data)
   split = config.data.eval_split
+  frechet_fn = None
+  if spec.is_video:  # FD in the video classifier and, per frame, the image classifier
+    ev, _, _ = _video_evaluator(config.data, config.eval.classifier_dir)
+    frechet_fn = lambda v: {k: ev.figures(v)[k] for k in ("fd_video", "fd_frame")}  # noqa: E731
   figs = reconstruction.evaluate_tokenizer(tok, spec, split=split, pp=config.data.pp,
-                                           num=num, classifier_dir=config.eval.classifier_dir)
+                                           num=num, classifier_dir=config.eval.classifier_dir,
+                                           frechet_fn=frechet_fn)
   return {"reconstructions_" + split: figs}
 
 

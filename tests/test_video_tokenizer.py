@@ -21,7 +21,9 @@ from helpers import (VIDEO_FRAMES, VIDEO_LATENT, VIDEO_NETS, VIDEO_SIZE, init_on
                      tiny_tokenizer_config)
 from helpers import video_tokenizer_config as video_config
 from jaxgen.config import ConfigError, validate
+from jaxgen import images as images_lib
 from jaxgen.data import datasets, pipeline
+from jaxgen.eval import frechet, reconstruction
 from jaxgen.sharding import mesh as mesh_lib
 from jaxgen.tokenizers import base as tok_base
 from jaxgen.tokenizers import inflation, precompute
@@ -129,6 +131,28 @@ def test_video_tokenizer_interface_and_tokenize(runs, tmp_path):
   batch = next(iter(pipeline.train_dataset(tokens, split="test", pp="", batch_size=4,
                                            seed=0)))
   assert batch["codes"].shape == (4,) + LATENT
+  # `jaxgen eval`'s reconstruction figures of videos: PSNR over each whole video, SSIM
+  # of every frame averaged per video, the Frechet figures given (here: FD of the
+  # per-frame mean grey levels) of reconstructions and originals.
+  def frechet_fn(v):
+    f = v.reshape(len(v), FRAMES, -1).mean(-1).astype(np.float64)
+    return {"fd_means": frechet.frechet_distance(*frechet.stats(f), *frechet.stats(
+        videos.reshape(len(videos), FRAMES, -1).mean(-1).astype(np.float64)))}
+  figs = reconstruction.evaluate_tokenizer(tok, spec, split="test", pp=config.data.pp,
+                                           num=8, batch_size=8, frechet_fn=frechet_fn,
+                                           progress=False)
+  rec = np.asarray(images_lib.to_uint8(tok.decode(tok.encode(
+      videos.astype(np.float32) / 127.5 - 1))))
+  frame = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731
+  assert figs["psnr"] == pytest.approx(reconstruction.psnr_uint8(videos, rec).mean())
+  assert figs["ssim"] == pytest.approx(reconstruction.ssim_uint8(
+      frame(videos), frame(rec)).mean())
+  assert figs["fd_means_originals"] == pytest.approx(0, abs=1e-6)
+  assert figs["rfd_means"] == pytest.approx(frechet_fn(rec)["fd_means"])
+  assert 0 < figs["codebook_usage"] <= 1 and figs["num"] == 8
+  with pytest.raises(ValueError, match="needs frechet_fn"):
+    reconstruction.evaluate_tokenizer(tok, spec, split="test", pp=config.data.pp, num=8,
+                                      batch_size=8, progress=False)
 
 
 def test_video_kl_tokenizer_latents_and_scale(fake_fmnist_dir, data_dir, tmp_path):

@@ -2,11 +2,14 @@
 rFD (Frechet distance of reconstructions to the train split, in the same
 dataset-classifier features as ``jaxgen eval`` of samples) beside the FD of the
 original images themselves (its floor), and codebook usage / perplexity over the split.
+Video tokenizers: PSNR over whole videos, SSIM per frame (averaged per video), and the
+Frechet distances of the video figures (``fd_video`` in the video classifier,
+``fd_frame`` in the image classifier: `jaxgen.eval.video`) through ``frechet_fn``.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -72,8 +75,13 @@ def ssim_uint8(x: np.ndarray, y: np.ndarray, sigma: float = 1.5,
 
 def evaluate_tokenizer(tok, spec: datasets.DatasetSpec, *, split: str, pp: str,
                        num: Optional[int] = None, batch_size: int = 250,
-                       classifier_dir: str = "", progress: bool = True) -> Dict[str, float]:
-  """Reconstructs ``num`` (default: all) images of ``split`` and returns the figures."""
+                       classifier_dir: str = "", progress: bool = True,
+                       frechet_fn: Optional[Callable[[np.ndarray], Dict[str, float]]] = None
+                       ) -> Dict[str, float]:
+  """Reconstructs ``num`` (default: all) images (videos) of ``split`` and returns the
+  figures. ``frechet_fn(uint8 array) -> {name: FD}`` scores reconstructions
+  (``r<name>``) and originals (``<name>_originals``); default: FD in the dataset's
+  image classifier (``rfd``, ``fd_originals``); video datasets must give one."""
   n_total = spec.splits[split] if num is None else min(num, spec.splits[split])
   ds = pipeline.eval_dataset(spec, split=split, pp=pp, batch_size=batch_size)
   originals, recons, codes = [], [], []
@@ -95,16 +103,32 @@ def evaluate_tokenizer(tok, spec: datasets.DatasetSpec, *, split: str, pp: str,
     done += n
     if done >= n_total:
       break
-  orig = evaluate_lib.to_native(np.concatenate(originals), spec.image_shape, pp)
-  rec = evaluate_lib.to_native(np.concatenate(recons), spec.image_shape, pp)
-  out = {"psnr": float(psnr_uint8(orig, rec).mean()), "ssim": float(ssim_uint8(orig, rec).mean()),
+  orig, rec = (_native(np.concatenate(a), spec, pp) for a in (originals, recons))
+  frames = lambda v: v.reshape((-1,) + v.shape[-3:])  # noqa: E731  (N*T, H, W, C)
+  ssim = ssim_uint8(frames(orig), frames(rec)).reshape(len(orig), -1).mean(axis=1)
+  out = {"psnr": float(psnr_uint8(orig, rec).mean()), "ssim": float(ssim.mean()),
          "num": float(len(orig))}
-  ev = evaluate_lib.Evaluator(spec, classifier_dir, progress=progress)
-  out["rfd"] = ev.figures(rec)["fd"]
-  out["fd_originals"] = ev.figures(orig)["fd"]  # the floor: the same real images
+  if frechet_fn is None:
+    if spec.is_video:
+      raise ValueError("evaluate_tokenizer of videos needs frechet_fn (the video figures).")
+    ev = evaluate_lib.Evaluator(spec, classifier_dir, progress=progress)
+    frechet_fn = lambda x: {"fd": ev.figures(x)["fd"]}  # noqa: E731
+  for name, value in frechet_fn(rec).items():
+    out["r" + name] = value
+  for name, value in frechet_fn(orig).items():
+    out[name + "_originals"] = value  # the floor: the same real images
   if codes:
     out.update(code_usage(np.concatenate(codes), tok.vocab_size))
   return out
+
+
+def _native(x: np.ndarray, spec: datasets.DatasetSpec, pp: str) -> np.ndarray:
+  """uint8 images (videos: every frame) at the dataset's stored size."""
+  if not spec.is_video:
+    return evaluate_lib.to_native(x, spec.image_shape, pp)
+  n, t = x.shape[:2]
+  f = evaluate_lib.to_native(x.reshape((n * t,) + x.shape[2:]), spec.image_shape[1:], pp)
+  return f.reshape((n, t) + f.shape[1:])
 
 
 def code_usage(codes: np.ndarray, vocab_size: int) -> Dict[str, float]:
