@@ -113,6 +113,16 @@ def cmd_sample(args, overrides):
                                  f"({nc} = unconditional).")
   labels = None if args.label is None else [args.label] * args.num
   prompts = _sample_prompts(args, exp)
+  frames = None
+  if args.given_frames:  # continue the first frames of real (or given) videos
+    if prompts is not None:
+      raise config_lib.ConfigError("--given-frames with prompts is not supported yet; "
+                                   "give the videos' labels (--label) instead.")
+    frames, frame_labels = generate.given_frames(exp, args.given_frames, args.num)
+    if labels is None and frame_labels is not None:
+      labels = frame_labels  # each continuation conditioned on its own video's class
+    print(f"Continuing the first {frames.shape[1]} frame(s) of {args.num} videos of "
+          f"{args.given_frames}.")
   if args.format == "adm" and len(exp.paradigm.image_shape) == 4:
     raise config_lib.ConfigError(
         f"--format adm writes images for the ADM evaluator, but {args.workdir} makes videos "
@@ -123,7 +133,7 @@ def cmd_sample(args, overrides):
   images, labels = generate.generate(
       exp, _params(state, args, "ema"), num=args.num, seed=args.seed, labels=labels,
       batch_size=args.batch_size or exp.config.sample.batch_size, prompts=prompts,
-      step=step, **dataclasses.asdict(options))
+      step=step, frames=frames, **dataclasses.asdict(options))
   if adm_target is not None:
     images = generate.adm_images(images, *adm_target)
   out = args.out or os.path.join(args.workdir, f"samples_step{step}_seed{args.seed}.npz")
@@ -441,6 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
                  help="text-to-image runs: one prompt for all --num samples")
   s.add_argument("--prompts", default=None,
                  help="text-to-image runs: a file of prompts, one per line (cycled to --num)")
+  s.add_argument("--given-frames", default=None, metavar="SPLIT|FILE.npz",
+                 help="video runs that continue given frames (trained with "
+                      "config.paradigm.context_frames, or maskgit/mage on video codes): "
+                      "continue the first frames of the first --num videos of a split of "
+                      "the run's dataset (e.g. test), or of an .npz of uint8 (N, T, H, "
+                      "W, C) videos; conditioned on their labels unless --label is given")
   s.add_argument("--params", choices=("ema", "raw"), default=None,
                  help="weights to sample with (default: ema)")
   s.add_argument("--batch-size", type=int, default=None,

@@ -79,14 +79,17 @@ def load_run(workdir: str, overrides=(), step: Optional[int] = None, devices=Non
 
 def generate(exp, params, *, num: int, seed: int, labels: Optional[np.ndarray] = None,
              batch_size: int = 500, progress: bool = True, prompts=None,
-             step: Optional[int] = None, **sample_kwargs):
+             step: Optional[int] = None, frames: Optional[np.ndarray] = None,
+             **sample_kwargs):
   """``num`` samples as uint8 NHWC and their labels; deterministic in ``seed``.
 
   Labels default to a balanced cycle over the classes. Chunk ``i`` uses the key
   ``fold_in(PRNGKey(seed), i)``, so the same seed and batch size give the same samples.
   ``prompts`` (text-conditioned runs): one prompt per sample, encoded with the run's
   text encoder; the returned labels are then ``labels`` or, if None, the null label.
-  ``step``: the checkpoint step of ``params``, named in errors.
+  ``step``: the checkpoint step of ``params``, named in errors. ``frames`` (video
+  runs that continue given frames, `Paradigm.given_frames`): (num, F, H, W, C) first
+  frames in [-1, 1] (`given_frames`), kept at the start of every sample.
 
   Raises:
     NonFiniteSamplesError: a chunk of samples holds NaN or inf (checked on the host
@@ -102,10 +105,59 @@ def generate(exp, params, *, num: int, seed: int, labels: Optional[np.ndarray] =
     raise ValueError(f"{len(labels)} labels for {num} samples.")
   if labels.max(initial=0) > nc or labels.min(initial=0) < 0:
     raise ValueError(f"labels must be in [0, {nc}] ({nc} = unconditional).")
-  images = _sample_in_chunks(exp, params, labels, num=num, seed=seed,
+  cond = labels
+  if frames is not None:
+    if len(frames) != num:
+      raise ValueError(f"{len(frames)} given first frames for {num} samples.")
+    cond = {"label": labels, "frames": np.asarray(frames, np.float32)}
+  images = _sample_in_chunks(exp, params, cond, num=num, seed=seed,
                              batch_size=batch_size, progress=progress, step=step,
                              **sample_kwargs)
   return images, labels
+
+
+def given_frames(exp, source: str, num: int, data_config=None):
+  """``(frames, labels)``: the first `Paradigm.given_frames` frames (in [-1, 1]) of
+  ``num`` videos to continue, and their labels. ``source``: a split of the run's
+  dataset (e.g. ``test``: its first ``num`` videos, preprocessed as in training), or an
+  .npz of uint8 (N, T, H, W, C) videos (``arr_0``, optional ``labels``; cycled to
+  ``num``) at the run's frame size."""
+  p = exp.paradigm
+  count = p.given_frames()
+  if not count:
+    raise config_lib.ConfigError(
+        f"This {p.name!r} run cannot continue given frames: it needs a video run trained "
+        "with config.paradigm.context_frames > 0 (flow, diffusion), or a maskgit / mage "
+        "run on a video tokenizer's codes.")
+  shape = tuple(p.image_shape)
+  if source.endswith(".npz"):
+    from jaxgen.eval import evaluate  # pylint: disable=g-import-not-at-top
+    videos, labels = evaluate.load_samples(source, video=True)
+    if videos.shape[2:] != shape[1:] or videos.shape[1] < count:
+      raise errors.DataError(f"{source}: videos of {videos.shape[1:]}; this run continues "
+                             f"the first {count} frames of {shape[1:]} videos.")
+    idx = np.arange(num) % len(videos)
+    x = videos[idx, :count].astype(np.float32) / 127.5 - 1.0
+    return x, (None if labels is None else np.asarray(labels)[idx].astype(np.int32))
+  data_cfg = data_config if data_config is not None else tok_base.image_data_config(
+      exp.config)
+  spec = datasets.get_dataset(data_cfg)
+  if source not in spec.splits:
+    raise config_lib.ConfigError(f"--given-frames {source}: give a split of {spec.name} "
+                                 f"({', '.join(sorted(spec.splits))}) or an .npz of videos.")
+  if num > spec.splits[source]:
+    raise config_lib.ConfigError(f"--given-frames {source}: {num} videos asked, the split "
+                                 f"has {spec.splits[source]}.")
+  from jaxgen.data import pipeline  # pylint: disable=g-import-not-at-top
+  xs, ys, done = [], [], 0
+  for batch in pipeline.eval_dataset(spec, split=source, pp=data_cfg.pp,
+                                     batch_size=min(num, 256)):
+    xs.append(np.asarray(batch["image"][:num - done, :count], np.float32))
+    ys.append(np.asarray(batch["label"][:num - done], np.int32))
+    done += len(xs[-1])
+    if done >= num:
+      break
+  return np.concatenate(xs), np.concatenate(ys)
 
 
 def check_finite(x: np.ndarray, *, done: int, num: int, step: Optional[int] = None
@@ -130,7 +182,14 @@ def sample_fn(exp, **sample_options):
   paradigm's sampling options overridden by ``sample_options`` (checked here, before
   anything compiles)."""
   options = exp.paradigm.sample_options(**sample_options)
-  return exp.frozen.jit(lambda p, r, c: exp.paradigm.sample(p, r, c, options))
+  p = exp.paradigm
+
+  def fn(params, rng, cond):
+    if isinstance(cond, dict) and "frames" in cond:  # given first frames (`generate`)
+      return p.sample_from_frames(params, rng, cond["label"], cond["frames"], options)
+    return p.sample(params, rng, cond, options)
+
+  return exp.frozen.jit(fn)
 
 
 def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,
@@ -152,7 +211,7 @@ def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,
   key = jax.random.PRNGKey(seed)
   out = []
   with tqdm(total=None, desc="sample", unit="step", disable=not progress) as bar:
-    if needs_micro_batch(exp, batch_size, sample_kwargs):
+    if needs_micro_batch(exp, batch_size, sample_kwargs, cond):
       first = jax.tree.map(lambda v: np.asarray(v[:batch_size]), cond)
       bar.set_postfix_str("measuring the fastest rows per network call")
       rows, report = pick_micro_batch(exp, params, first, **sample_kwargs)
@@ -181,12 +240,14 @@ def _sample_in_chunks(exp, params, cond, *, num, seed, batch_size, progress,
   return np.concatenate(out)
 
 
-def needs_micro_batch(exp, batch_size: int, sample_kwargs) -> bool:
+def needs_micro_batch(exp, batch_size: int, sample_kwargs, cond=None) -> bool:
   """Whether `pick_micro_batch` should choose the rows per network call: the sampler
   takes ``micro_batch`` (`samplers.microbatch`), it is 0 (not chosen) and the chunk has
   more rows than the smallest candidate."""
   options_cls = getattr(exp.paradigm, "Options", None)
   if options_cls is None or "micro_batch" not in options_cls.names():
+    return False
+  if isinstance(cond, dict) and "frames" in cond:  # one call: the frames' closure
     return False
   options = exp.paradigm.sample_options(**sample_kwargs)
   return options.micro_batch == 0 and batch_size >= MICRO_BATCH_MIN_CHUNK

@@ -160,20 +160,47 @@ def test_given_frames_are_clean_in_training_and_exact_in_samples(flow_exp):
   np.testing.assert_array_equal(keep, labels != 10)
   np.testing.assert_array_equal(got[:, 0, 0, 0, 0], keep.astype(np.float32))
   assert 0 < int(keep.sum()) < 64
-  # Sampling with CFG: (N, T, H, W, C) in [-1, 1], the given frames exactly.
+  # Sampling with CFG and given frames (kept exactly): test_jaxgen_sample_continues_...
   params = jax.tree.map(lambda a: a + 0.01, flow_exp.init_state().params)
-  context = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (3, 2) + SHAPE[1:]),
-                        jnp.float32)
-  sample = jax.jit(lambda r, ctx: p.sample(params, r, jnp.array([0, 3, 10]), steps=2,
-                                           cfg_scale=2.0, context=ctx))
-  out = sample(jax.random.PRNGKey(5), context)
-  chex.assert_shape(out, (3,) + SHAPE)
-  np.testing.assert_array_equal(out[:, :2], context)
-  assert float(jnp.abs(out).max()) <= 1.0
   free = jax.jit(lambda r: p.sample(params, r, jnp.array([0, 3]), steps=2,
                                     cfg_scale=2.0))(jax.random.PRNGKey(5))
   chex.assert_shape(free, (2,) + SHAPE)  # context_dropout: also without given frames
 
+
+def test_jaxgen_sample_continues_given_frames(fake_fmnist_dir, data_dir, tmp_path, capsys):
+  """`jaxgen sample --given-frames test` continues the first 2 frames of the test videos
+  (exactly kept, conditioned on their labels); a file of videos is cycled to --num;
+  --format adm on a video run and given frames on a run without context_frames are one
+  `jaxgen: error:` line each, before anything samples."""
+  from helpers import init_only_run
+  from jaxgen import cli, generate
+  from jaxgen.data import datasets
+  from jaxgen.eval import evaluate
+  c = _video_config(fake_fmnist_dir, data_dir, context_frames=2, context_dropout=True)
+  c.sample.update(steps=2, batch_size=3)
+  wd = init_only_run(c, str(tmp_path / "run"))
+  out = str(tmp_path / "s.npz")
+  assert cli.main(["sample", "--workdir", wd, "--num", "3", "--given-frames", "test",
+                   "--cfg-scale", "2", "--out", out]) == 0
+  videos, labels = evaluate.load_samples(out, video=True)
+  real, real_labels = datasets.load_arrays(datasets.get_dataset(c.data), "test", limit=3)
+  chex.assert_shape(videos, (3,) + SHAPE)
+  np.testing.assert_array_equal(videos[:, :2], real[:, :2])
+  np.testing.assert_array_equal(labels, real_labels)
+  assert videos[:, 2:].std() > 0
+  np.savez(tmp_path / "v.npz", arr_0=real[:2], labels=np.array([4, 5]))
+  exp, _, _ = generate.load_run(wd, data=False)
+  frames, y = generate.given_frames(exp, str(tmp_path / "v.npz"), 3)
+  np.testing.assert_allclose(frames, real[[0, 1, 0], :2] / 127.5 - 1, atol=1e-6)
+  np.testing.assert_array_equal(y, [4, 5, 4])
+  capsys.readouterr()
+  for argv, said in ((["--format", "adm"], "--format adm writes images"),
+                     (["--given-frames", "test", "--config.paradigm.context_frames=0",
+                       "--config.paradigm.context_dropout=False"], "cannot continue given"),
+                     (["--given-frames", "valid"], "give a split of")):
+    assert cli.main(["sample", "--workdir", wd, "--num", "2"] + argv) == 2, argv
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jaxgen: error:") and said in err[0], err
 
 def test_diffusion_samples_videos_with_cfg(fake_fmnist_dir, data_dir):
   exp = loop.build(_video_config(fake_fmnist_dir, data_dir, "diffusion"),

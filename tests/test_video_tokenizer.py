@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from helpers import (VIDEO_FRAMES, VIDEO_LATENT, VIDEO_NETS, VIDEO_SIZE, init_only_run,
-                     tiny_tokenizer_config)
+                     tiny_config, tiny_tokenizer_config)
 from helpers import video_tokenizer_config as video_config
 from jaxgen.config import ConfigError, validate
 from jaxgen import images as images_lib
@@ -169,6 +169,16 @@ def test_video_kl_tokenizer_latents_and_scale(fake_fmnist_dir, data_dir, tmp_pat
   z = tok.encode(x)
   chex.assert_shape(z, (2,) + LATENT + (4,))
   chex.assert_shape(tok.decode(z), x.shape)
+  # A latent video DiT given 2 latent frames continues the 3 pixel frames that encode
+  # alone into them (by causality the whole clip's first 2 latent frames, as the
+  # causality tests of test_video_tokenizer_nets.py check).
+  c = tiny_config(fake_fmnist_dir, data_dir)  # a flow run
+  c.data, c.paradigm.context_frames = config.data, 2
+  c.tokenizer = ml_collections.ConfigDict(dict(workdir=wd))
+  c.model = ml_collections.ConfigDict(dict(name="video_dit", depth=1, hidden_size=8,
+                                           num_heads=1, patch_size=4))
+  p = loop.build(c, jax.devices()[:1], load_data=False).paradigm
+  assert p.given_frames() == 3 and p.model_shape[0] == 3 and p.image_shape[0] == FRAMES
 
 
 @pytest.mark.slow  # the default tier's budget: inflation itself: test_video_tokenizer_nets.py (default)

@@ -147,6 +147,19 @@ class Paradigm:
     ``sample_options(options, **overrides)``."""
     raise NotImplementedError
 
+  def given_frames(self) -> int:
+    """How many first frames (pixel space) `sample_from_frames` continues by default;
+    0: this run cannot continue given frames (an image run, a video run trained
+    without ``context_frames``, a paradigm that cannot decode from given tokens)."""
+    return 0
+
+  def sample_from_frames(self, params: Any, rng: jax.Array, labels: jax.Array,
+                         frames: jax.Array, options=None, **overrides) -> jax.Array:
+    """Videos (N, T, H, W, C) in [-1, 1] that continue the given first ``frames`` (N, F,
+    H, W, C) in [-1, 1] (frame prediction; F = 1: image-to-video), for ``labels``,
+    guided as `sample`. Paradigms with `given_frames` > 0 implement it."""
+    raise config_lib.ConfigError(f"The {self.name!r} run cannot continue given frames.")
+
   def sample_options(self, options=None, **overrides):
     """``options`` (default: ``config.sample``'s) with ``overrides`` by name (None =
     keep); an option this paradigm does not have, or a bad value, is a `ConfigError`

@@ -195,6 +195,31 @@ class DenoiserParadigm(Paradigm):
     null_keep = jnp.bool_(context is not None and not self.context_dropout)
     return call, (cond, keep), (null, null_keep)
 
+  def given_frames(self) -> int:
+    """The pixel frames that make the ``context_frames`` given (model-space) frames:
+    as many on pixels; on a causal video VAE's latents, the 1 + ft (k - 1) frames that
+    encode alone into the first k latent frames (causality: the same latents as the
+    whole clip's first k)."""
+    k = self.context_frames
+    if not k or self.tokenizer is None:
+      return k
+    t, t_lat = self.image_shape[0], self.model_shape[0]
+    return 1 + (t - 1) // max(t_lat - 1, 1) * (k - 1)
+
+  def sample_from_frames(self, params, rng, labels, frames, options=None, **overrides):
+    """`sample` with given first frames: ``frames`` (N, `given_frames`, H, W, C) in
+    [-1, 1], taken to the network's space (encoded by the tokenizer on latents) as
+    ``context``; the samples keep them (exactly on pixels; on latents, their latents)."""
+    if not self.context_frames:
+      raise ConfigError(f"The {self.name!r} run was trained without given frames "
+                        "(config.paradigm.context_frames=0): it cannot continue them.")
+    context = self.to_model_space({"image": jnp.asarray(frames, jnp.float32)})
+    if context.shape[1] != self.context_frames:
+      raise ValueError(f"{frames.shape[1]} given frames make {context.shape[1]} frames in "
+                       f"the network's space; the run takes {self.context_frames} "
+                       f"(give {self.given_frames()} frames).")
+    return self.sample(params, rng, labels, options, context=context, **overrides)
+
   def micro_batch(self, options, context) -> int:
     """Rows per network call in the sampler (`samplers.microbatch`): the option, or 0
     (the whole chunk) when first frames are given (their closure holds all the rows)."""

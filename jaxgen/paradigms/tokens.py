@@ -231,6 +231,12 @@ class TokenParadigm(Paradigm):
     rest = jnp.full((b, self.num_tokens - flat.shape[1]), self.mask_id, jnp.int32)
     return jnp.concatenate([flat, rest], axis=1)
 
+  def given_frames(self) -> int:
+    """1 (image-to-video: the first frame alone makes the first latent frame of a causal
+    tokenizer) for a masked paradigm on a video grid; 0 otherwise. Any 1 + k ft < T
+    frames can be given to `sample_from_frames`."""
+    return int(self.decodes_given_tokens and self.is_video and self.tokenizer is not None)
+
   def sample_from_frames(self, params, rng, labels, frames, options=None, **overrides):
     """Videos (B, T, H, W, C) that continue the given first ``frames`` (B, F, H, W, C)
     in [-1, 1] (frame prediction; F = 1: image-to-video): their codes are known from
