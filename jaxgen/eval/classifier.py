@@ -74,36 +74,64 @@ def train_classifier(spec: datasets.DatasetSpec, *, epochs: int = 3, batch: int 
   """
   x_train, y_train = datasets.load_arrays(spec, "train")
   x_test, y_test = datasets.load_arrays(spec, "test")
-  module = FeatureCNN(spec.num_classes)
+
+  def loss_fn(outputs, y):
+    logits, _ = outputs
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def flip(np_rng, x):  # random horizontal flips
+    f = np_rng.random(len(x)) < 0.5
+    return np.where(f[:, None, None, None], x[:, :, ::-1], x)
+
+  params = fit(FeatureCNN(spec.num_classes), x_train, (y_train,), loss_fn, epochs=epochs,
+               batch=batch, seed=seed, augment=flip, desc="classifier", log=log,
+               progress=progress)
+  clf = DatasetClassifier(params, spec.num_classes, {})
+  _, logits = clf.features_and_logits(x_test)
+  acc = float((logits.argmax(-1) == y_test).mean())
+  clf.info = dict(dataset=spec.name, version=CLASSIFIER_VERSION, test_accuracy=acc,
+                  epochs=epochs, seed=seed, image_shape=list(spec.image_shape))
+  log(f"classifier test accuracy {acc:.4f}")
+  return clf
+
+
+def fit(module, x: np.ndarray, targets: Tuple[np.ndarray, ...], loss_fn, *, epochs: int,
+        batch: int, seed: int = 0, augment=None, desc: str = "classifier", log=print,
+        progress: bool = True):
+  """Parameters of ``module`` fitted to uint8 inputs ``x`` and ``targets`` (arrays
+  aligned with ``x``): Adam with a cosine decay from 2e-3 over ``epochs`` passes in
+  shuffled batches of ``batch`` (at most ``len(x)``), dropout on, the loss
+  ``loss_fn(module outputs, *targets)``; ``augment(np_rng, x_batch)`` changes each
+  batch on the host. Seeded by ``seed`` (initialisation, order, dropout, augmentation).
+  A progress bar over all steps (steps/s, epoch, the loss every ``_LOSS_EVERY``
+  steps) unless ``progress`` is False, and a ``log`` line per epoch. The image
+  classifier and the video classifier (`jaxgen.eval.video`) train with it."""
   rng = jax.random.PRNGKey(seed)
-  params = jax.jit(module.init)(rng, jnp.zeros((1,) + x_train.shape[1:], jnp.uint8))["params"]
-  batch = min(batch, len(x_train))  # a small dataset (a folder of a few images): one batch
-  steps_per_epoch = len(x_train) // batch
-  sched = optax.cosine_decay_schedule(2e-3, epochs * steps_per_epoch)
-  tx = optax.adam(sched)
+  params = jax.jit(module.init)(rng, jnp.zeros((1,) + x.shape[1:], jnp.uint8))["params"]
+  batch = min(batch, len(x))  # a small dataset (a folder of a few images): one batch
+  steps_per_epoch = len(x) // batch
+  tx = optax.adam(optax.cosine_decay_schedule(2e-3, epochs * steps_per_epoch))
   opt_state = tx.init(params)
 
   @jax.jit
-  def step(params, opt_state, x, y, r):
-    def loss_fn(p):
-      logits, _ = module.apply({"params": p}, x, train=True, rngs={"dropout": r})
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+  def step(params, opt_state, xb, ys, r):
+    def objective(p):
+      out = module.apply({"params": p}, xb, train=True, rngs={"dropout": r})
+      return loss_fn(out, *ys)
+    loss, grads = jax.value_and_grad(objective)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
   np_rng = np.random.default_rng(seed)
   t0 = time.time()
-  with tqdm(total=epochs * steps_per_epoch, desc="classifier", unit="step",
+  with tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step",
             disable=not progress) as bar:
     for epoch in range(epochs):
-      perm = np_rng.permutation(len(x_train))
+      perm = np_rng.permutation(len(x))
       for i in range(steps_per_epoch):
         idx = perm[i * batch:(i + 1) * batch]
-        x = x_train[idx]
-        flip = np_rng.random(len(idx)) < 0.5
-        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-        params, opt_state, loss = step(params, opt_state, x, y_train[idx],
+        xb = x[idx] if augment is None else augment(np_rng, x[idx])
+        params, opt_state, loss = step(params, opt_state, xb, tuple(t[idx] for t in targets),
                                        jax.random.fold_in(rng, epoch * steps_per_epoch + i))
         if progress and (i % _LOSS_EVERY == 0 or i == steps_per_epoch - 1):
           # Reading the loss waits for the step, so the bar (which counts dispatched
@@ -112,15 +140,9 @@ def train_classifier(spec: datasets.DatasetSpec, *, epochs: int = 3, batch: int 
                               refresh=False)
         bar.update(1)
       with tqdm.external_write_mode():
-        log(f"classifier epoch {epoch + 1}/{epochs}: loss {float(loss):.3f} "
+        log(f"{desc} epoch {epoch + 1}/{epochs}: loss {float(loss):.3f} "
             f"({time.time() - t0:.0f}s)")
-  clf = DatasetClassifier(params, spec.num_classes, {})
-  _, logits = clf.features_and_logits(x_test)
-  acc = float((logits.argmax(-1) == y_test).mean())
-  clf.info = dict(dataset=spec.name, version=CLASSIFIER_VERSION, test_accuracy=acc,
-                  epochs=epochs, seed=seed, image_shape=list(spec.image_shape))
-  log(f"classifier test accuracy {acc:.4f}")
-  return clf
+  return params
 
 
 def load_or_train(spec: datasets.DatasetSpec, directory: str = "", log=print, seed: int = 0,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Dict, Optional, Tuple
 
 import flax.linen as nn
@@ -37,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
-from tqdm import tqdm
 
 from jaxgen.data import datasets
 from jaxgen.eval import classifier as clf_lib
@@ -210,38 +208,14 @@ def fit_video_classifier(x, y, d, test, num_classes: int, *, epochs: int = 4,
   """Fits a `VideoClassifier` to uint8 videos ``x`` with classes ``y`` and directions
   ``d`` (Adam, cosine decay from 2e-3, the summed cross-entropy of both heads);
   ``test = (videos, classes, directions)`` gives ``info``'s test accuracies."""
-  module = VideoClassifier(num_classes)
-  rng = jax.random.PRNGKey(seed)
-  params = jax.jit(module.init)(rng, jnp.zeros((1,) + x.shape[1:], jnp.uint8))["params"]
-  batch = min(batch, len(x))
-  steps_per_epoch = len(x) // batch
-  tx = optax.adam(optax.cosine_decay_schedule(2e-3, epochs * steps_per_epoch))
-  opt_state = tx.init(params)
+  def loss_fn(outputs, yb, db):
+    lc, ld, _ = outputs
+    ce = optax.softmax_cross_entropy_with_integer_labels
+    return ce(lc, yb).mean() + ce(ld, db).mean()
 
-  @jax.jit
-  def step(params, opt_state, xb, yb, db, r):
-    def loss_fn(p):
-      lc, ld, _ = module.apply({"params": p}, xb, train=True, rngs={"dropout": r})
-      ce = optax.softmax_cross_entropy_with_integer_labels
-      return ce(lc, yb).mean() + ce(ld, db).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  np_rng = np.random.default_rng(seed)
-  t0 = time.time()
-  with tqdm(total=epochs * steps_per_epoch, desc="video classifier", unit="step",
-            disable=not progress) as bar:
-    for epoch in range(epochs):
-      perm = np_rng.permutation(len(x))
-      for i in range(steps_per_epoch):
-        idx = perm[i * batch:(i + 1) * batch]
-        params, opt_state, loss = step(params, opt_state, x[idx], y[idx], d[idx],
-                                       jax.random.fold_in(rng, epoch * steps_per_epoch + i))
-        bar.update(1)
-      with tqdm.external_write_mode():
-        log(f"video classifier epoch {epoch + 1}/{epochs}: loss {float(loss):.3f} "
-            f"({time.time() - t0:.0f}s)")
+  params = clf_lib.fit(VideoClassifier(num_classes), x, (y, d), loss_fn, epochs=epochs,
+                       batch=batch, seed=seed, desc="video classifier", log=log,
+                       progress=progress)
   clf = TrainedVideoClassifier(params, num_classes, {})
   xt, yt, dt = test
   _, pc, pd = clf.predict(xt)
