@@ -82,6 +82,26 @@ def test_wrong_missing_or_extra_tensors_are_named(tmp_path):
     mage_convert.load_mage(_write(tmp_path, {"w": np.zeros(3, np.float32)}))
 
 
+def test_official_sizes_need_no_head_count():
+  """The published ViT-B / ViT-L (inferred from shapes only) get their heads (12 / 16,
+  decoder 16) and their variant names; the checkpoint's (1, N, D) decoder positions are
+  read as the official code stores them."""
+  def state(width, depth):
+    return {"token_emb.word_embeddings.weight": np.zeros((2025, width), np.float32),
+            "decoder_embed.weight": np.zeros((width, width), np.float32),
+            "decoder_pos_embed_learned": np.zeros((1, 257, width), np.float32),
+            **{f"blocks.{i}.mlp.fc1.weight": np.zeros((4 * width, width), np.float32)
+               for i in range(depth)},
+            **{f"decoder_blocks.{i}.mlp.fc1.weight": np.zeros((4 * width, width),
+                                                              np.float32)
+               for i in range(8)}}
+  for width, depth, name, heads in ((768, 12, "vit_base", 12), (1024, 24, "vit_large", 16)):
+    f = mage_convert.infer_fields(state(width, depth), name)
+    assert (f["variant"], f["num_heads"], f["decoder_num_heads"], f["depth"],
+            f["codebook_size"], f["grid_size"], f["vocab_classes"]) == (
+                name, heads, 16, depth, 1024, (16, 16), 1000)
+
+
 def _vq_tokenizer(root, fake_fmnist_dir, data_dir):
   """A tiny VQ tokenizer run of the reference's 16x16 codes from 16 entries
   (initialised only; the real one is MAGE's VQGAN, converted separately)."""

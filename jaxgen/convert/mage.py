@@ -93,7 +93,8 @@ def infer_fields(state: Dict[str, np.ndarray], source: str, num_heads: Optional[
                  decoder_num_heads: Optional[int] = None) -> Dict[str, Any]:
   """``config.model`` of the MAGE a state dict holds: sizes from the tensors' shapes
   (the codebook from the vocabulary's rows, the token grid from the decoder's
-  positions), the heads from the official sizes unless given."""
+  positions), the heads from the official sizes unless given; ``variant`` names the
+  official size it is (else None), every field is given explicitly."""
   need = ("token_emb.word_embeddings.weight", "decoder_embed.weight",
           "decoder_pos_embed_learned", "blocks.0.mlp.fc1.weight",
           "decoder_blocks.0.mlp.fc1.weight")
@@ -126,10 +127,13 @@ def infer_fields(state: Dict[str, np.ndarray], source: str, num_heads: Optional[
     heads, dec_heads = OFFICIAL_HEADS[int(width)]
     num_heads = heads if num_heads is None else num_heads
     decoder_num_heads = dec_heads if decoder_num_heads is None else decoder_num_heads
-  return dict(name="mage", variant=None, depth=_depth(state, "blocks"),
-              hidden_size=int(width), num_heads=int(num_heads),
-              decoder_depth=_depth(state, "decoder_blocks"), decoder_hidden_size=dec_width,
-              decoder_num_heads=int(decoder_num_heads), mlp_ratio=float(mlp),
+  sizes = (_depth(state, "blocks"), int(width), int(num_heads),
+           _depth(state, "decoder_blocks"), dec_width, int(decoder_num_heads))
+  variant = next((name for name in mage_model.VARIANT_LAYOUT
+                  if mage_model.SIZES[name] == sizes and mlp == 4.0), None)
+  return dict(name="mage", variant=variant, depth=sizes[0], hidden_size=sizes[1],
+              num_heads=sizes[2], decoder_depth=sizes[3], decoder_hidden_size=sizes[4],
+              decoder_num_heads=sizes[5], mlp_ratio=float(mlp),
               grid_size=(side, side), codebook_size=codebook, buffer_size=1, dropout=0.1,
               attn_impl="xla", **mage_model.OFFICIAL_LAYOUT)
 
