@@ -7,9 +7,13 @@ VQGAN; masking ratio ~ truncated N(0.55, 0.25) on [0.5, 1], half the tokens drop
       --config.data.data_dir=gs://B/vq_codes
 
 Optimisation as the paper (AdamW(0.9, 0.95), base lr 1.5e-4 x batch / 256, weight decay
-0.05, batch 4096, 1600 epochs, 80 warm-up epochs, cosine); unconditional in the paper:
-``label_dropout=1.0`` is not allowed, so set config.paradigm.label_dropout=0.99 or keep
-the class-conditional default below.
+0.05, batch 4096, 1600 epochs, 80 warm-up epochs, cosine). The named size takes the
+official layout (`jaxgen.models.mage.OFFICIAL_LAYOUT`; the published weights load with
+``jaxgen convert --from mage``): unconditional as the paper, the buffer token is the
+official "fake class" row and the labels do not reach the model. For a class-conditional
+MAGE set config.model.vocab_classes=0 (a class table, CFG through label dropout).
+Sampling: the official unconditional generator's FID setting (20 steps, choice
+temperature 6.0).
 """
 
 import common

@@ -10,6 +10,7 @@ Examples:
   jaxgen info --config configs/imagenet256_dit_xl2.py
   jaxgen convert --from dit --ckpt DiT-XL-2-256x256.pt --tokenizer runs/vae --out runs/dit
   jaxgen convert --from sd-vae --ckpt sd-vae-ft-mse/ --out runs/sd_vae
+  jaxgen convert --from mage --ckpt mage-vitb-1600.pth --tokenizer runs/vq --out runs/mage
   jaxgen train --config configs/fmnist_vqgan.py --workdir runs/vqgan      # a tokenizer
   jaxgen eval --workdir runs/video --samples runs/video/samples.npz [--fvd]  # video figures
   jaxgen eval --suite fvd --ref real.npz --samples s.npz         # FVD of two video files
@@ -385,11 +386,12 @@ def cmd_convert(args, overrides):
   if overrides:
     raise config_lib.ConfigError("`jaxgen convert` takes no --config.* overrides; change "
                                  "the written run with them when you sample or train it.")
-  only = {"dit": ("tokenizer", "num_heads"), "sd-vae": ("latent_scale",)}
-  for source, names in only.items():
-    for name in names:
-      if source != args.source and getattr(args, name) not in (None, ""):
-        raise config_lib.ConfigError(f"--{name.replace('_', '-')} is for --from {source}.")
+  only = {"tokenizer": ("dit", "mage"), "num_heads": ("dit", "mage"),
+          "decoder_num_heads": ("mage",), "latent_scale": ("sd-vae",)}
+  for name, sources in only.items():
+    if args.source not in sources and getattr(args, name) not in (None, ""):
+      raise config_lib.ConfigError(f"--{name.replace('_', '-')} is for --from "
+                                   f"{' / '.join(sources)}.")
   exists = os.path.exists if args.source == "sd-vae" else os.path.isfile
   if not exists(args.ckpt):
     raise FileNotFoundError(f"--ckpt {args.ckpt}: no such file.")
@@ -398,6 +400,11 @@ def cmd_convert(args, overrides):
     if args.source == "dit":
       out = importer.convert_dit(args.ckpt, args.out, tokenizer=args.tokenizer,
                                  source_dataset=args.source_dataset, num_heads=args.num_heads)
+    elif args.source == "mage":
+      out = importer.convert_mage(args.ckpt, args.out, tokenizer=args.tokenizer,
+                                  source_dataset=args.source_dataset,
+                                  num_heads=args.num_heads,
+                                  decoder_num_heads=args.decoder_num_heads)
     else:
       out = importer.convert_sd_vae(args.ckpt, args.out, source_dataset=args.source_dataset,
                                     latent_scale=args.latent_scale)
@@ -411,8 +418,9 @@ def cmd_convert(args, overrides):
           f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or decode a "
           f"latent model's samples with config.tokenizer.workdir={out}.")
     return
+  kind = "VQGAN_RUN (MAGE's VQGAN)" if args.source == "mage" else "KL_VAE_RUN"
   decodes = (f"decoding through {args.tokenizer}" if args.tokenizer else
-             "no tokenizer given: pass --tokenizer KL_VAE_RUN to sample images")
+             f"no tokenizer given: pass --tokenizer {kind} to sample images")
   print(f"{took} ({decodes}). Sample it with `jaxgen sample --workdir {out}`.")
 
 
@@ -580,21 +588,26 @@ def build_parser() -> argparse.ArgumentParser:
 
   v = sub.add_parser("convert", help="write a published checkpoint as a jaxgen run "
                                      "(sample / eval / load it like a trained one)")
-  v.add_argument("--from", dest="source", required=True, choices=("dit", "sd-vae"),
+  v.add_argument("--from", dest="source", required=True, choices=("dit", "sd-vae", "mage"),
                  help="dit: facebookresearch/DiT (DiT-XL-2-256x256.pt, -512x512.pt, or "
                       "a state dict of any size; the paper's DDPM recipe); sd-vae: the "
                       "Stable Diffusion VAE (stabilityai/sd-vae-ft-mse or -ft-ema "
-                      "directory, or an LDM kl-f8 file) as a KL tokenizer run")
+                      "directory, or an LDM kl-f8 file) as a KL tokenizer run; mage: "
+                      "LTH14/mage (mage-vitb-1600.pth, mage-vitl-1600.pth; the paper's "
+                      "unconditional generator)")
   v.add_argument("--ckpt", required=True,
                  help="the checkpoint file (read without torch); sd-vae: or its directory")
   v.add_argument("--out", required=True, help="the new workdir")
   v.add_argument("--tokenizer", default="",
-                 help="dit: the KL-VAE tokenizer run that decodes the model's latents")
+                 help="dit: the KL-VAE tokenizer run that decodes the model's latents; "
+                      "mage: the VQGAN run of its codes (MAGE's VQGAN, converted)")
   v.add_argument("--source-dataset", default="imagenet2012",
                  help="the dataset the model was trained on (dit: its classes; sd-vae: "
                       "RGB images)")
   v.add_argument("--num-heads", type=int, default=None,
-                 help="dit: attention heads (the official sizes S/B/L/XL need none)")
+                 help="dit, mage: (encoder) attention heads (the official sizes need none)")
+  v.add_argument("--decoder-num-heads", type=int, default=None,
+                 help="mage: the decoder's attention heads (ViT-B/L need none)")
   v.add_argument("--latent-scale", type=float, default=None,
                  help="sd-vae: the latents' scale factor (default: config.json's "
                       "scaling_factor, else 0.18215)")

@@ -11,6 +11,16 @@ run decodes them through the tokenizer run ``tokenizer`` names (recorded in
 ``frozen_networks.json``); without one the workdir is written, ``jaxgen info`` works,
 and sampling says which tokenizer it needs.
 
+`convert_mage` writes an official MAGE checkpoint (`jaxgen.convert.mage`: LTH14/mage's
+``mage-vitb-1600.pth`` / ``mage-vitl-1600.pth``) as a MAGE run the same way: step 0's
+parameters and EMA, the paper's recipe (``imagenet256_mage_vitb``: its masking, and the
+official unconditional generator's 20 steps at choice temperature 6.0, the README's FID
+setting) with the checkpoint's sizes and the official layout, in float32, on
+``source_dataset``'s codes. Its frozen tokenizer is the VQGAN run ``tokenizer`` names
+(MAGE's is a port of MaskGIT's VQGAN: ``jaxgen convert --from maskgit-vq``), recorded
+in ``frozen_networks.json``; without one the workdir is written, ``jaxgen info`` works,
+and sampling says which tokenizer it needs.
+
 `convert_sd_vae` writes the Stable Diffusion VAE (`jaxgen.convert.sd_vae`: diffusers'
 sd-vae-ft-mse / -ft-ema, or the LDM kl-f8 layout) as a KL tokenizer run: step 0's
 autoencoder parameters and EMA are its weights, the config is LDM's kl-f8 recipe
@@ -38,6 +48,7 @@ from jaxgen import config as config_lib
 from jaxgen import fileio
 from jaxgen import frozen as frozen_lib
 from jaxgen.convert import dit as dit_convert
+from jaxgen.convert import mage as mage_convert
 from jaxgen.convert import sd_vae
 from jaxgen.data import datasets
 from jaxgen.paradigms import base as paradigm_base
@@ -46,6 +57,7 @@ from jaxgen.train import checkpoint, loop
 from jaxgen.train import state as state_lib
 
 DIT_RECIPE = "imagenet256_dit_xl2:objective=ddpm"
+MAGE_RECIPE = "imagenet256_mage_vitb"
 SD_VAE_RECIPE = "imagenet256_tokenizer:variant=kl"
 
 
@@ -93,6 +105,44 @@ def convert_dit(ckpt: str, out: str, *, tokenizer: str = "",
   state = exp.init_state()
   if jax.tree.structure(state.params) != jax.tree.structure(params):
     raise ValueError("The converted parameters do not fit the run's DiT (a jaxgen bug).")
+  _write_run(out, exp, state.replace(params=params, ema_params=params), config, spec)
+  return out
+
+
+def mage_config(fields, *, tokenizer: str = "", source_dataset: str = "imagenet2012"
+                ) -> ml_collections.ConfigDict:
+  """The config of a converted MAGE: the paper's recipe with the checkpoint's sizes and
+  the official layout, in float32, on the codes of ``source_dataset``'s images that
+  ``tokenizer`` writes and decodes."""
+  config = config_lib.load_config_file(MAGE_RECIPE)
+  config.model = ml_collections.ConfigDict(dict(fields))
+  config.data.source_dataset = source_dataset
+  config.tokenizer.workdir = tokenizer
+  config.train.compute_dtype = "float32"
+  return config_lib.fill_defaults(config)
+
+
+def convert_mage(ckpt: str, out: str, *, tokenizer: str = "",
+                 source_dataset: str = "imagenet2012", num_heads: Optional[int] = None,
+                 decoder_num_heads: Optional[int] = None,
+                 devices: Optional[Sequence[jax.Device]] = None) -> str:
+  """Writes the run of the official MAGE checkpoint ``ckpt`` to ``out``; returns it."""
+  if os.path.exists(os.path.join(out, "checkpoints")):
+    raise config_lib.ConfigError(f"{out} already holds checkpoints; convert into a new "
+                                 "workdir.")
+  fields, params = mage_convert.load_mage(ckpt, num_heads, decoder_num_heads)
+  config = mage_config(fields, tokenizer=tokenizer, source_dataset=source_dataset)
+  spec = datasets.describe(config.data)
+  devices = list(devices or jax.devices())[:1]
+  if tokenizer:  # checks the tokenizer's grid and codebook against the model's
+    exp = loop.build(config, devices, load_data=False, dataset=spec)
+  else:
+    with paradigm_base.shapes_only():
+      exp = loop.build(config, devices, load_data=False, dataset=spec)
+  shapes = lambda tree: jax.tree.map(lambda a: a.shape, tree)
+  if shapes(exp.abstract_state.params) != shapes(params):
+    raise ValueError("The converted parameters do not fit the run's MAGE (a jaxgen bug).")
+  state = exp.init_state()
   _write_run(out, exp, state.replace(params=params, ema_params=params), config, spec)
   return out
 

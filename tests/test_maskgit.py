@@ -333,12 +333,13 @@ def test_imagenet_mage_vitb_matches_the_official_model():
   n = _count(_abstract_params("imagenet256_mage_vitb"))
   # models_mage.py, mage_vit_base_patch16: encoder 12 x 768, decoder 8 x 768 (MLP 4x),
   # token table 1024 + 1000 + 1 rows, 257 learned encoder and decoder positions, the
-  # decoder projection and the MLM head (its unused MAE leftovers not counted).
+  # decoder projection and the MLM head (its unused MAE leftovers not counted). The
+  # named size takes the official layout (one 2025-row table, the head's bias over it):
+  # equal, as the official model's used parameters counted in PyTorch (144,896,745).
   per_layer = 4 * 768 * 768 + 4 * 768 + 2 * 768 * 3072 + 3072 + 768 + 4 * 768
   official = (20 * per_layer + 2025 * 768 + 2 * 257 * 768 + 2 * 768 + 2 * 2 * 768
               + 768 * 768 + 768 + 768 * 768 + 768 + 2 * 768 + 2025)
-  assert abs(n - official) < 2000, (n, official)
-  assert abs(n / 1e6 - 144.9) < 0.1
+  assert n == official == 144_896_745, (n, official)
 
 
 def test_linear_probe_fit_reaches_the_scipy_optimum():

@@ -438,16 +438,18 @@ def _l2_normalize(x, eps: float = 1e-12):
 
 
 class Mlp(nn.Module):
-  """Transformer MLP: Linear -> GELU (tanh) -> Linear."""
+  """Transformer MLP: Linear -> GELU (tanh; ``approximate_gelu=False``: the exact erf
+  GELU of PyTorch's ``nn.GELU``, as timm's ViT blocks use) -> Linear."""
   hidden_size: int
   out_size: Optional[int] = None
   dtype: Dtype = jnp.float32
+  approximate_gelu: bool = True
 
   @nn.compact
   def __call__(self, x):
     out = self.out_size or x.shape[-1]
     h = Dense(self.hidden_size, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
-    h = nn.gelu(h, approximate=True)
+    h = nn.gelu(h, approximate=self.approximate_gelu)
     # tokens (B, L, M), or one vector per example (B, M) (a pooled-text projection)
     axes = {2: ("batch", "act_mlp"), 3: ("batch", "length", "act_mlp")}.get(h.ndim)
     if axes:
@@ -505,13 +507,14 @@ class TransformerBlock(nn.Module):
 
   ``mask``: boolean attention mask broadcastable to (batch, heads, q_len, kv_len).
   ``cache``: a KV cache (``init_kv_cache``) for cached causal decoding; the block then
-  returns ``(x, new_cache)``.
+  returns ``(x, new_cache)``. ``approximate_gelu``: the MLP's GELU (`Mlp`).
   """
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
   attn_impl: str = "xla"
   dtype: Dtype = jnp.float32
+  approximate_gelu: bool = True
 
   @nn.compact
   def __call__(self, x_bld, mask=None, train: bool = False, cache=None):
@@ -520,7 +523,8 @@ class TransformerBlock(nn.Module):
     if cache is not None:
       h, cache = h
     x_bld = x_bld + nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(LayerNorm(name="norm2")(x_bld))
+    h = Mlp(self.mlp_dim, dtype=self.dtype, approximate_gelu=self.approximate_gelu,
+            name="mlp")(LayerNorm(name="norm2")(x_bld))
     x_bld = x_bld + nn.Dropout(self.dropout)(h, deterministic=not train)
     x_bld = constrain(x_bld, ("batch", "length", "act_embed"))
     return x_bld if cache is None else (x_bld, cache)
@@ -531,6 +535,8 @@ class Transformer(nn.Module):
 
   ``cache``: a sequence of ``depth`` KV caches (one per block, ``init_kv_cache``) for
   cached causal decoding; the call then returns ``(x, new_caches)`` (a tuple).
+  ``final_norm=False`` returns the last block's output without the final LayerNorm
+  (MAE-style linear probing pools it). ``approximate_gelu``: the MLPs' GELU (`Mlp`).
   """
   depth: int
   num_heads: int
@@ -538,21 +544,24 @@ class Transformer(nn.Module):
   dropout: float = 0.0
   attn_impl: str = "xla"
   dtype: Dtype = jnp.float32
+  approximate_gelu: bool = True
 
   @nn.compact
-  def __call__(self, x_bld, mask=None, train: bool = False, cache=None):
+  def __call__(self, x_bld, mask=None, train: bool = False, cache=None,
+               final_norm: bool = True):
     if cache is not None and len(cache) != self.depth:
       raise ValueError(f"{len(cache)} KV caches for a transformer of depth {self.depth}.")
     new_cache = []
     for i in range(self.depth):
       block = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout, self.attn_impl,
-                               self.dtype, name=f"block_{i}")
+                               self.dtype, self.approximate_gelu, name=f"block_{i}")
       if cache is None:
         x_bld = block(x_bld, mask, train)
       else:
         x_bld, c = block(x_bld, mask, train, cache[i])
         new_cache.append(c)
-    x_bld = LayerNorm(name="norm")(x_bld)
+    if final_norm:
+      x_bld = LayerNorm(name="norm")(x_bld)
     return x_bld if cache is None else (x_bld, tuple(new_cache))
 
 
@@ -696,13 +705,15 @@ def embedding_table(module: nn.Module, name: str, rows: int, width: int,
 
 class MlmHead(nn.Module):
   """BERT's masked-token head, as in MaskGIT and MAGE: Dense -> GELU -> LayerNorm, then
-  logits against the (tied) token embedding ``table`` (V, D) plus a per-token bias."""
+  logits against the (tied) token embedding ``table`` (V, D) plus a per-token bias.
+  ``epsilon``: the LayerNorm's (official MAGE's ``MlmLayer``: PyTorch's default 1e-5)."""
   dtype: Dtype = jnp.float32
+  epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x_bld, table_vd):
     h = Dense(table_vd.shape[-1], ("embed", "mlp"), dtype=self.dtype, name="dense")(x_bld)
-    h = LayerNorm(name="norm")(nn.gelu(h, approximate=False))
+    h = LayerNorm(epsilon=self.epsilon, name="norm")(nn.gelu(h, approximate=False))
     bias = self.param("bias", nn.with_logical_partitioning(zeros, ("vocab",)),
                       (table_vd.shape[0],))
     logits = jnp.einsum("bld,vd->blv", h, table_vd.astype(h.dtype))

@@ -195,9 +195,13 @@ class TokenParadigm(Paradigm):
   def decode_images(self, tokens_bn) -> jax.Array:
     """Images (B, H, W, C), or videos (B, T, H, W, C) of a video grid, in [-1, 1] from
     (B, N) codes, through the frozen tokenizer."""
-    if self.tokenizer is None:
-      raise ValueError("No tokenizer to decode codes into images: set "
-                       "config.tokenizer.workdir (or sample with sample_tokens).")
+    if self.tokenizer is None:  # e.g. a converted run given no --tokenizer
+      grid = "x".join(map(str, self.grid_shape))
+      raise ConfigError(f"No tokenizer to decode codes into images: set "
+                        f"config.tokenizer.workdir to the VQ tokenizer run of this "
+                        f"model's codes ({grid} codes of a {self.codebook_size}-entry "
+                        "codebook), e.g. --config.tokenizer.workdir=VQ_RUN (or sample "
+                        "codes with sample_tokens).")
     codes = tokens_bn.reshape((-1,) + self.grid_shape)
     return self.tokenizer.decode_fn(self.tokenizer.variables, codes)
 
