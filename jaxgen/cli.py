@@ -10,6 +10,7 @@ Examples:
   jaxgen info --config configs/imagenet256_dit_xl2.py
   jaxgen convert --from dit --ckpt DiT-XL-2-256x256.pt --tokenizer runs/vae --out runs/dit
   jaxgen convert --from sd-vae --ckpt sd-vae-ft-mse/ --out runs/sd_vae
+  jaxgen convert --from maskgit-vq --ckpt tokenizer_imagenet256_checkpoint --out runs/mg_vq
   jaxgen train --config configs/fmnist_vqgan.py --workdir runs/vqgan      # a tokenizer
   jaxgen eval --workdir runs/video --samples runs/video/samples.npz [--fvd]  # video figures
   jaxgen eval --suite fvd --ref real.npz --samples s.npz         # FVD of two video files
@@ -388,6 +389,9 @@ def cmd_convert(args, overrides):
     if args.source == "dit":
       out = importer.convert_dit(args.ckpt, args.out, tokenizer=args.tokenizer,
                                  source_dataset=args.source_dataset, num_heads=args.num_heads)
+    elif args.source == "maskgit-vq":
+      out = importer.convert_maskgit_vq(args.ckpt, args.out,
+                                        source_dataset=args.source_dataset)
     else:
       out = importer.convert_sd_vae(args.ckpt, args.out, source_dataset=args.source_dataset,
                                     latent_scale=args.latent_scale)
@@ -400,6 +404,11 @@ def cmd_convert(args, overrides):
     print(f"{took}, a KL tokenizer run. Reconstruct with `jaxgen eval --workdir {out}`, "
           f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or decode a "
           f"latent model's samples with config.tokenizer.workdir={out}.")
+    return
+  if args.source == "maskgit-vq":
+    print(f"{took}, a VQ tokenizer run. Reconstruct with `jaxgen eval --workdir {out}`, "
+          f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or use it "
+          f"as a token paradigm's frozen tokenizer (config.tokenizer.workdir={out}).")
     return
   decodes = (f"decoding through {args.tokenizer}" if args.tokenizer else
              "no tokenizer given: pass --tokenizer KL_VAE_RUN to sample images")
@@ -564,11 +573,14 @@ def build_parser() -> argparse.ArgumentParser:
 
   v = sub.add_parser("convert", help="write a published checkpoint as a jaxgen run "
                                      "(sample / eval / load it like a trained one)")
-  v.add_argument("--from", dest="source", required=True, choices=("dit", "sd-vae"),
+  v.add_argument("--from", dest="source", required=True,
+                 choices=("dit", "sd-vae", "maskgit-vq"),
                  help="dit: facebookresearch/DiT (DiT-XL-2-256x256.pt, -512x512.pt, or "
                       "a state dict of any size; the paper's DDPM recipe); sd-vae: the "
                       "Stable Diffusion VAE (stabilityai/sd-vae-ft-mse or -ft-ema "
-                      "directory, or an LDM kl-f8 file) as a KL tokenizer run")
+                      "directory, or an LDM kl-f8 file) as a KL tokenizer run; "
+                      "maskgit-vq: google-research/maskgit's tokenizer "
+                      "(tokenizer_imagenet256_checkpoint) as a VQ tokenizer run")
   v.add_argument("--ckpt", required=True,
                  help="the checkpoint file (read without torch); sd-vae: or its directory")
   v.add_argument("--out", required=True, help="the new workdir")
