@@ -28,7 +28,12 @@ run the same way: the VQGAN recipe (``imagenet256_tokenizer:variant=vqgan``) wit
 checkpoint's MaskGIT-layout net (no quant projections, images in [0, 1] inside), in
 float32, without LPIPS, a fresh discriminator and codebook-usage statistics at zero;
 ``jaxgen tokenize`` and a token paradigm's ``config.tokenizer.workdir`` use it as the
-frozen tokenizer of MaskGIT.
+frozen tokenizer of MaskGIT. `convert_maskgit` writes its class-conditional
+transformer (``maskgit_imagenet{256,512}_checkpoint``) as a MaskGIT run: the paper's
+recipe (``imagenet256_maskgit``: cosine schedule, 8 steps, choice temperature 4.5) with
+the checkpoint's model in the official BERT layout, decoding through the MaskGIT
+tokenizer run ``tokenizer`` names (as `convert_dit`: without one the run is written and
+sampling says which tokenizer it needs).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from jaxgen.train import state as state_lib
 DIT_RECIPE = "imagenet256_dit_xl2:objective=ddpm"
 SD_VAE_RECIPE = "imagenet256_tokenizer:variant=kl"
 MASKGIT_VQ_RECIPE = "imagenet256_tokenizer:variant=vqgan"
+MASKGIT_RECIPE = "imagenet256_maskgit"
 
 
 def dit_config(fields, *, tokenizer: str = "", source_dataset: str = "imagenet2012"
@@ -196,6 +202,43 @@ def convert_maskgit_vq(ckpt: str, out: str, *, source_dataset: str = "imagenet20
   devices = list(devices or jax.devices())[:1]
   exp = loop.build(config, devices, load_data=False, dataset=spec)
   _write_run(out, exp, _tokenizer_state(exp, params), config, spec)
+  return out
+
+
+def maskgit_config(fields, *, tokenizer: str = "", source_dataset: str = "imagenet2012"
+                   ) -> ml_collections.ConfigDict:
+  """The config of a converted MaskGIT transformer: the paper's recipe with the
+  checkpoint's model, on ``source_dataset``'s codes, decoded by ``tokenizer``."""
+  config = config_lib.load_config_file(MASKGIT_RECIPE)
+  config.model = maskgit_convert.transformer_model_config(fields)
+  config.data.source_dataset = source_dataset
+  config.tokenizer.workdir = tokenizer
+  config.train.compute_dtype = "float32"
+  return config_lib.fill_defaults(config)
+
+
+def convert_maskgit(ckpt: str, out: str, *, tokenizer: str = "",
+                    source_dataset: str = "imagenet2012",
+                    devices: Optional[Sequence[jax.Device]] = None) -> str:
+  """Writes the run of MaskGIT's transformer checkpoint ``ckpt`` to ``out``; returns
+  it. Its classes are ``source_dataset``'s."""
+  if os.path.exists(os.path.join(out, "checkpoints")):
+    raise config_lib.ConfigError(f"{out} already holds checkpoints; convert into a new "
+                                 "workdir.")
+  spec = datasets.describe(ml_collections.ConfigDict(dict(name=source_dataset)))
+  fields, params = maskgit_convert.load_transformer(ckpt, spec.num_classes)
+  config = maskgit_config(fields, tokenizer=tokenizer, source_dataset=source_dataset)
+  spec = datasets.describe(config.data)
+  devices = list(devices or jax.devices())[:1]
+  if tokenizer:
+    exp = loop.build(config, devices, load_data=False, dataset=spec)
+  else:  # no tokenizer to check the codes against: shapes from the config alone
+    with paradigm_base.shapes_only():
+      exp = loop.build(config, devices, load_data=False, dataset=spec)
+  state = exp.init_state()
+  if jax.tree.structure(state.params) != jax.tree.structure(params):
+    raise ValueError("The converted parameters do not fit the run's MaskGIT (a jaxgen bug).")
+  _write_run(out, exp, state.replace(params=params, ema_params=params), config, spec)
   return out
 
 

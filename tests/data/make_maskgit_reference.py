@@ -1,9 +1,10 @@
-"""Makes the MaskGIT tokenizer parity data of tests/test_convert_maskgit.py by running
-the OFFICIAL google-research/maskgit Flax code once (never imported by the tests).
+"""Makes the MaskGIT tokenizer and transformer parity data of
+tests/test_convert_maskgit.py by running the OFFICIAL google-research/maskgit Flax code
+once (never imported by the tests).
 
 Ran with: google-research/maskgit at commit 1db23594e1bd328ee78eadcd148a19281cd0f5b8
 (2022-11-18; `maskgit/nets/vqgan_tokenizer.py`, `maskgit/nets/layers.py`,
-`maskgit/libml/losses.py` unmodified), jax 0.10.2, flax 0.12.8, numpy on CPU (jaxgen's
+`maskgit/libml/losses.py`, `maskgit/nets/maskgit_transformer.py` unmodified), jax 0.10.2, flax 0.12.8, numpy on CPU (jaxgen's
 /work/main/.venv), as
 
   python tests/data/make_maskgit_reference.py /path/to/maskgit   # its checkout (root)
@@ -25,6 +26,20 @@ is set to encoder outputs of random images plus noise, so codes are spread. It w
   tests/data/maskgit_tokenizer_tiny_outputs.npz  ``x`` (2, 16, 16, 3) images in
       [0, 1] (MaskGIT's pixel range), ``indices`` (official ``encode_to_indices``),
       ``decoded`` (official ``decode_from_indices`` of those indices).
+
+and the official ``maskgit_transformer.Transformer`` (BERT: post-LN blocks, LayerNorm
+eps 1e-12, tanh GELU, MLM head tied to the word embeddings plus a bias) as
+``maskgit/inference.py`` builds it, for those 8 codes and 10 classes (vocabulary 8 +
+10 + 1: codes, class tokens ``codebook_size + label``, the [MASK] token id -1, i.e. the
+last row), over a 7x7 code grid (50 positions with the class token; the grid of an
+f4 tokenizer on 28x28 Fashion-MNIST, 10 classes, for the end-to-end test): hidden 16, 2
+layers, 2 heads, MLP 32, every parameter random. It writes
+
+  tests/data/maskgit_transformer_tiny.msgpack  ``flax.serialization.to_bytes`` of its
+      variables, as ``maskgit_imagenet256_checkpoint``;
+  tests/data/maskgit_transformer_tiny_outputs.npz  ``input_ids`` (2, 50) (class token,
+      then codes with about half of them -1 = [MASK]) and ``logits`` (2, 50, 19), the
+      official ``apply(variables, input_ids, deterministic=True)``.
 """
 
 import functools
@@ -96,6 +111,29 @@ def main(maskgit_root):
            indices=np.asarray(indices, np.int32), decoded=np.asarray(decoded, np.float32))
   print(jax.tree.map(np.shape, variables))
   print("decoded mean |.|:", float(np.abs(np.asarray(decoded)).mean()))
+
+  from maskgit.nets import maskgit_transformer  # pylint: disable=import-outside-toplevel
+  codebook_size, num_classes, n = 8, 10, 49
+  transformer = maskgit_transformer.Transformer(
+      vocab_size=codebook_size + num_classes + 1, hidden_size=16, num_hidden_layers=2,
+      num_attention_heads=2, intermediate_size=32, hidden_dropout_prob=0.1,
+      attention_probs_dropout_prob=0.1, max_position_embeddings=n + 1)
+  labels = np.array([3, 7])
+  codes = rng.integers(0, codebook_size, (2, n))
+  codes = np.where(rng.uniform(size=(2, n)) < 0.5, -1, codes)  # the official [MASK] id
+  input_ids = np.concatenate([codebook_size + labels[:, None], codes], 1).astype(np.int32)
+  t_vars = flax.core.unfreeze(transformer.init(jax.random.PRNGKey(1), input_ids))
+  t_vars = jax.tree_util.tree_map_with_path(noised, t_vars)
+  logits = transformer.apply(t_vars, input_ids, deterministic=True)
+  # -1 is the last row of the word embeddings (numpy-style indexing in nn.Embed)
+  last = np.where(input_ids < 0, codebook_size + num_classes, input_ids)
+  np.testing.assert_array_equal(logits, transformer.apply(t_vars, last, deterministic=True))
+  with open(os.path.join(HERE, "maskgit_transformer_tiny.msgpack"), "wb") as f:
+    f.write(flax.serialization.to_bytes(t_vars))
+  np.savez(os.path.join(HERE, "maskgit_transformer_tiny_outputs.npz"), input_ids=input_ids,
+           logits=np.asarray(logits, np.float32))
+  print(jax.tree.map(np.shape, t_vars))
+  print("logits std:", float(np.asarray(logits).std()))
 
 
 if __name__ == "__main__":
