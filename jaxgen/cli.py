@@ -11,6 +11,9 @@ Examples:
   jaxgen convert --from dit --ckpt DiT-XL-2-256x256.pt --tokenizer runs/vae --out runs/dit
   jaxgen convert --from sd-vae --ckpt sd-vae-ft-mse/ --out runs/sd_vae
   jaxgen convert --from mage --ckpt mage-vitb-1600.pth --tokenizer runs/vq --out runs/mage
+  jaxgen convert --from maskgit-vq --ckpt tokenizer_imagenet256_checkpoint --out runs/mg_vq
+  jaxgen convert --from maskgit --ckpt maskgit_imagenet256_checkpoint --tokenizer runs/mg_vq \
+      --out runs/maskgit
   jaxgen train --config configs/fmnist_vqgan.py --workdir runs/vqgan      # a tokenizer
   jaxgen eval --workdir runs/video --samples runs/video/samples.npz [--fvd]  # video figures
   jaxgen eval --suite fvd --ref real.npz --samples s.npz         # FVD of two video files
@@ -386,7 +389,7 @@ def cmd_convert(args, overrides):
   if overrides:
     raise config_lib.ConfigError("`jaxgen convert` takes no --config.* overrides; change "
                                  "the written run with them when you sample or train it.")
-  only = {"tokenizer": ("dit", "mage"), "num_heads": ("dit", "mage"),
+  only = {"tokenizer": ("dit", "mage", "maskgit"), "num_heads": ("dit", "mage"),
           "decoder_num_heads": ("mage",), "latent_scale": ("sd-vae",)}
   for name, sources in only.items():
     if args.source not in sources and getattr(args, name) not in (None, ""):
@@ -405,6 +408,12 @@ def cmd_convert(args, overrides):
                                   source_dataset=args.source_dataset,
                                   num_heads=args.num_heads,
                                   decoder_num_heads=args.decoder_num_heads)
+    elif args.source == "maskgit":
+      out = importer.convert_maskgit(args.ckpt, args.out, tokenizer=args.tokenizer,
+                                     source_dataset=args.source_dataset)
+    elif args.source == "maskgit-vq":
+      out = importer.convert_maskgit_vq(args.ckpt, args.out,
+                                        source_dataset=args.source_dataset)
     else:
       out = importer.convert_sd_vae(args.ckpt, args.out, source_dataset=args.source_dataset,
                                     latent_scale=args.latent_scale)
@@ -418,7 +427,13 @@ def cmd_convert(args, overrides):
           f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or decode a "
           f"latent model's samples with config.tokenizer.workdir={out}.")
     return
-  kind = "VQGAN_RUN (MAGE's VQGAN)" if args.source == "mage" else "KL_VAE_RUN"
+  if args.source == "maskgit-vq":
+    print(f"{took}, a VQ tokenizer run. Reconstruct with `jaxgen eval --workdir {out}`, "
+          f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or use it "
+          f"as a token paradigm's frozen tokenizer (config.tokenizer.workdir={out}).")
+    return
+  kind = {"dit": "KL_VAE_RUN", "mage": "VQGAN_RUN (MAGE's VQGAN)"}.get(args.source,
+                                                                      "MASKGIT_VQ_RUN")
   decodes = (f"decoding through {args.tokenizer}" if args.tokenizer else
              f"no tokenizer given: pass --tokenizer {kind} to sample images")
   print(f"{took} ({decodes}). Sample it with `jaxgen sample --workdir {out}`.")
@@ -588,19 +603,24 @@ def build_parser() -> argparse.ArgumentParser:
 
   v = sub.add_parser("convert", help="write a published checkpoint as a jaxgen run "
                                      "(sample / eval / load it like a trained one)")
-  v.add_argument("--from", dest="source", required=True, choices=("dit", "sd-vae", "mage"),
+  v.add_argument("--from", dest="source", required=True,
+                 choices=("dit", "sd-vae", "mage", "maskgit-vq", "maskgit"),
                  help="dit: facebookresearch/DiT (DiT-XL-2-256x256.pt, -512x512.pt, or "
                       "a state dict of any size; the paper's DDPM recipe); sd-vae: the "
                       "Stable Diffusion VAE (stabilityai/sd-vae-ft-mse or -ft-ema "
                       "directory, or an LDM kl-f8 file) as a KL tokenizer run; mage: "
                       "LTH14/mage (mage-vitb-1600.pth, mage-vitl-1600.pth; the paper's "
-                      "unconditional generator)")
+                      "unconditional generator); maskgit-vq: google-research/maskgit's "
+                      "tokenizer (tokenizer_imagenet256_checkpoint) as a VQ tokenizer run; "
+                      "maskgit: its transformer (maskgit_imagenet256_checkpoint) as a "
+                      "MaskGIT run")
   v.add_argument("--ckpt", required=True,
                  help="the checkpoint file (read without torch); sd-vae: or its directory")
   v.add_argument("--out", required=True, help="the new workdir")
   v.add_argument("--tokenizer", default="",
                  help="dit: the KL-VAE tokenizer run that decodes the model's latents; "
-                      "mage: the VQGAN run of its codes (MAGE's VQGAN, converted)")
+                      "mage: the VQGAN run of its codes (MAGE's VQGAN, converted); "
+                      "maskgit: the converted MaskGIT tokenizer run (--from maskgit-vq)")
   v.add_argument("--source-dataset", default="imagenet2012",
                  help="the dataset the model was trained on (dit: its classes; sd-vae: "
                       "RGB images)")

@@ -31,6 +31,19 @@ latent paradigm's ``config.tokenizer.workdir`` use it as a trained KL tokenizer.
 published, and only trained in a fine-tuning run: the discriminator (freshly
 initialised) and the LPIPS weights (``config.paradigm.perceptual`` is "none"; give
 ``perceptual=lpips`` and ``perceptual_weights`` to fine-tune with them).
+
+`convert_maskgit_vq` writes google-research/maskgit's tokenizer
+(``tokenizer_imagenet{256,512}_checkpoint``; `jaxgen.convert.maskgit`) as a VQ tokenizer
+run the same way: the VQGAN recipe (``imagenet256_tokenizer:variant=vqgan``) with the
+checkpoint's MaskGIT-layout net (no quant projections, images in [0, 1] inside), in
+float32, without LPIPS, a fresh discriminator and codebook-usage statistics at zero;
+``jaxgen tokenize`` and a token paradigm's ``config.tokenizer.workdir`` use it as the
+frozen tokenizer of MaskGIT. `convert_maskgit` writes its class-conditional
+transformer (``maskgit_imagenet{256,512}_checkpoint``) as a MaskGIT run: the paper's
+recipe (``imagenet256_maskgit``: cosine schedule, 8 steps, choice temperature 4.5) with
+the checkpoint's model in the official BERT layout, decoding through the MaskGIT
+tokenizer run ``tokenizer`` names (as `convert_dit`: without one the run is written and
+sampling says which tokenizer it needs).
 """
 
 from __future__ import annotations
@@ -49,6 +62,7 @@ from jaxgen import fileio
 from jaxgen import frozen as frozen_lib
 from jaxgen.convert import dit as dit_convert
 from jaxgen.convert import mage as mage_convert
+from jaxgen.convert import maskgit as maskgit_convert
 from jaxgen.convert import sd_vae
 from jaxgen.data import datasets
 from jaxgen.paradigms import base as paradigm_base
@@ -59,6 +73,8 @@ from jaxgen.train import state as state_lib
 DIT_RECIPE = "imagenet256_dit_xl2:objective=ddpm"
 MAGE_RECIPE = "imagenet256_mage_vitb"
 SD_VAE_RECIPE = "imagenet256_tokenizer:variant=kl"
+MASKGIT_VQ_RECIPE = "imagenet256_tokenizer:variant=vqgan"
+MASKGIT_RECIPE = "imagenet256_maskgit"
 
 
 def dit_config(fields, *, tokenizer: str = "", source_dataset: str = "imagenet2012"
@@ -204,20 +220,96 @@ def convert_sd_vae(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
   return out
 
 
+def maskgit_vq_config(fields, *, source_dataset: str = "imagenet2012"
+                      ) -> ml_collections.ConfigDict:
+  """The config of a converted MaskGIT tokenizer: the VQGAN recipe with the checkpoint's
+  net, in float32, without LPIPS, on ``source_dataset`` (as `sd_vae_config`)."""
+  config = config_lib.load_config_file(MASKGIT_VQ_RECIPE)
+  config.model = maskgit_convert.tokenizer_model_config(fields)
+  if source_dataset != config.data.name:
+    config.data = ml_collections.ConfigDict(dict(name=source_dataset,
+                                                 pp="scale(-1, 1)|flip_lr"))
+  config.paradigm.perceptual = "none"
+  config.train.compute_dtype = "float32"
+  return config_lib.fill_defaults(config)
+
+
+def convert_maskgit_vq(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
+                       devices: Optional[Sequence[jax.Device]] = None) -> str:
+  """Writes the VQ tokenizer run of MaskGIT's tokenizer checkpoint ``ckpt`` to ``out``;
+  returns it."""
+  if os.path.exists(os.path.join(out, "checkpoints")):
+    raise config_lib.ConfigError(f"{out} already holds checkpoints; convert into a new "
+                                 "workdir.")
+  fields, params = maskgit_convert.load_tokenizer(ckpt)
+  config = maskgit_vq_config(fields, source_dataset=source_dataset)
+  spec = datasets.describe(config.data)
+  channels = spec.image_shape[-1]
+  if channels != fields["in_channels"]:
+    raise config_lib.ConfigError(
+        f"{ckpt} encodes {fields['in_channels']}-channel images, {source_dataset} has "
+        f"{channels}; pass an RGB dataset (--source-dataset).")
+  devices = list(devices or jax.devices())[:1]
+  exp = loop.build(config, devices, load_data=False, dataset=spec)
+  _write_run(out, exp, _tokenizer_state(exp, params), config, spec)
+  return out
+
+
+def maskgit_config(fields, *, tokenizer: str = "", source_dataset: str = "imagenet2012"
+                   ) -> ml_collections.ConfigDict:
+  """The config of a converted MaskGIT transformer: the paper's recipe with the
+  checkpoint's model, on ``source_dataset``'s codes, decoded by ``tokenizer``."""
+  config = config_lib.load_config_file(MASKGIT_RECIPE)
+  config.model = maskgit_convert.transformer_model_config(fields)
+  config.data.source_dataset = source_dataset
+  config.tokenizer.workdir = tokenizer
+  config.train.compute_dtype = "float32"
+  return config_lib.fill_defaults(config)
+
+
+def convert_maskgit(ckpt: str, out: str, *, tokenizer: str = "",
+                    source_dataset: str = "imagenet2012",
+                    devices: Optional[Sequence[jax.Device]] = None) -> str:
+  """Writes the run of MaskGIT's transformer checkpoint ``ckpt`` to ``out``; returns
+  it. Its classes are ``source_dataset``'s."""
+  if os.path.exists(os.path.join(out, "checkpoints")):
+    raise config_lib.ConfigError(f"{out} already holds checkpoints; convert into a new "
+                                 "workdir.")
+  spec = datasets.describe(ml_collections.ConfigDict(dict(name=source_dataset)))
+  fields, params = maskgit_convert.load_transformer(ckpt, spec.num_classes)
+  config = maskgit_config(fields, tokenizer=tokenizer, source_dataset=source_dataset)
+  spec = datasets.describe(config.data)
+  devices = list(devices or jax.devices())[:1]
+  if tokenizer:
+    exp = loop.build(config, devices, load_data=False, dataset=spec)
+  else:  # no tokenizer to check the codes against: shapes from the config alone
+    with paradigm_base.shapes_only():
+      exp = loop.build(config, devices, load_data=False, dataset=spec)
+  state = exp.init_state()
+  if jax.tree.structure(state.params) != jax.tree.structure(params):
+    raise ValueError("The converted parameters do not fit the run's MaskGIT (a jaxgen bug).")
+  _write_run(out, exp, state.replace(params=params, ema_params=params), config, spec)
+  return out
+
+
 def _tokenizer_state(exp, ae_params):
   """Step 0 of the tokenizer run ``exp`` with the autoencoder parameters ``ae_params``
   (also its EMA) and a freshly initialised discriminator. Built without the run's
   ``init_state``, whose program initialises the autoencoder on full-size images (16 s
   of compilation on 2 CPU cores for the 34k-parameter test VAE at 256x256); the
   discriminator's parameters do not depend on the image size, so it is initialised on
-  32x32 images. Checked against the run's state."""
+  32x32 images. The model state (a VQ quantizer's codebook-usage statistics) starts at
+  zero, as in a fresh run. Checked against the run's state."""
   p = exp.paradigm
   x = jnp.zeros((1, 32, 32, p.image_shape[-1]), jnp.float32)
+  model_state = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                             exp.abstract_state.model_state)
 
   def make(ae, rng):
     return state_lib.create_state(
         lambda r: {"autoencoder": ae,
-                   "discriminator": nn.meta.unbox(p.disc.init(r, x)["params"])}, exp.tx, rng)
+                   "discriminator": nn.meta.unbox(p.disc.init(r, x)["params"])}, exp.tx, rng,
+        lambda r: model_state)
 
   state = jax.jit(make)(ae_params, jax.random.PRNGKey(exp.config.train.seed))
   shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)

@@ -111,6 +111,35 @@ def taming_decoder_count(ch, ch_mult, num_res_blocks, attn_resolutions, resoluti
   return n + 2 * block_in + _conv(3, block_in, out_channels)
 
 
+def _maskgit_res(cin, cout):  # maskgit ResBlock: bias-free convs, 1x1 shortcut on the output
+  return 2 * cin + _conv(3, cin, cout, False) + 2 * cout + _conv(3, cout, cout, False) + (
+      _conv(1, cout, cout, False) if cin != cout else 0)
+
+
+def maskgit_encoder_count(ch, ch_mult, num_res_blocks, in_channels, embedding_dim):
+  """maskgit/nets/vqgan_tokenizer.py Encoder (avg-pool downsampling: no parameters)."""
+  n, block_in = _conv(3, in_channels, ch, False), ch
+  for mult in ch_mult:
+    for _ in range(num_res_blocks):
+      n += _maskgit_res(block_in, ch * mult)
+      block_in = ch * mult
+  n += num_res_blocks * _maskgit_res(block_in, block_in)
+  return n + 2 * block_in + _conv(1, block_in, embedding_dim)
+
+
+def maskgit_decoder_count(ch, ch_mult, num_res_blocks, out_channels, embedding_dim):
+  """maskgit/nets/vqgan_tokenizer.py Decoder."""
+  block_in = ch * ch_mult[-1]
+  n = _conv(3, embedding_dim, block_in) + num_res_blocks * _maskgit_res(block_in, block_in)
+  for level in reversed(range(len(ch_mult))):
+    for _ in range(num_res_blocks):
+      n += _maskgit_res(block_in, ch * ch_mult[level])
+      block_in = ch * ch_mult[level]
+    if level > 0:
+      n += _conv(3, block_in, block_in)
+  return n + 2 * block_in + _conv(3, block_in, out_channels)
+
+
 def _vit_blocks(d, depth, mlp):  # 2 LN, qkv, proj, fc1, fc2; then LN + tanh FFN
   block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * mlp + mlp) + (mlp * d + d)
   return depth * block + 2 * d + (d * mlp + mlp) + (mlp * d + d)
@@ -141,6 +170,10 @@ def _reference_counts(name, size, channels):
     args = (kw["patch_size"], kw["hidden_size"], kw["depth"], mlp, channels,
             kw["z_channels"])
     return vit_encoder_count(*args), vit_decoder_count(*args)
+  if kw.get("layout") == "maskgit":
+    args = (kw["channels"], kw["channel_mult"], kw["num_res_blocks"], channels,
+            kw["z_channels"])
+    return maskgit_encoder_count(*args), maskgit_decoder_count(*args)
   common = (kw["channels"], kw["channel_mult"], kw["num_res_blocks"],
             kw["attn_resolutions"], size)
   mid = kw.get("mid_attn", True)
@@ -170,7 +203,9 @@ def test_parameter_counts_match_reference_formula(name, size, channels):
 def test_paper_size_counts():
   # Encoder + decoder (no quantizer, quant convs or loss nets), derived by the formula
   # above (no published number for these exact networks); pinned against regressions.
-  expected = {"vqgan_f16": 71_747_971, "maskgit_f16": 64_386_435, "kl_f8": 83_653_771,
+  # maskgit_f16 + its 1024 x 256 codebook = 54,515,587, the count of the official
+  # VQVAE (jax.eval_shape of maskgit/nets/vqgan_tokenizer.py at vqgan_config.py's sizes).
+  expected = {"vqgan_f16": 71_747_971, "maskgit_f16": 54_253_443, "kl_f8": 83_653_771,
               "vitvq_small": 54_870_240, "vitvq_base": 179_902_688}
   got = {n: sum(_nets_and_counts(n, 256, 3)[-2:]) for n in expected}
   assert got == expected

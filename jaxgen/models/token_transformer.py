@@ -21,8 +21,18 @@ frame) plus a temporal table over the T' frames (``temporal_embedding``); "full"
 one learned table over all T' h w positions, which makes the model the image model
 of a flattened grid. Image grids (2 axes) always have the one table, unchanged.
 
+``layout`` "bert" is the official model's block layout (google-research/maskgit
+``maskgit/nets/maskgit_transformer.py``, a BERT): post-LN blocks without a final
+LayerNorm, every LayerNorm with eps 1e-12, a tanh-GELU head; with it, the weights of the
+released checkpoints give the official logits (`jaxgen.convert.maskgit`, which puts the
+official single vocabulary, codes + class tokens + [MASK], into ``token_embedding`` and
+``class_embedding``). The default "pre_ln" is jaxgen's (pre-LN blocks, a final
+LayerNorm, eps 1e-6, exact-GELU head). The official model also drops attention
+probabilities in training (jaxgen does not).
+
 Named sizes: ``maskgit_imagenet`` is the paper's ImageNet model (24 layers, 768 wide,
-3072 MLP, 16 heads in the official config) with 16x16 tokens and 1024 codes.
+3072 MLP, 16 heads in the official config) with 16x16 tokens and 1024 codes; the
+converted official checkpoint is it with ``layout="bert"``.
 """
 
 from __future__ import annotations
@@ -49,6 +59,11 @@ registry.register_variants(["maskgit_transformer"], SIZES)
 VIDEO_POSITIONS = ("factorized", "full")
 registry.register_model_fields(["maskgit_transformer", "ar_transformer"], dict(
     video_positions="factorized",  # (T', h, w) grids: factorized (space + time) | full
+))
+# Block layouts of the MaskGIT transformer (see the module docstring).
+LAYOUTS = ("pre_ln", "bert")
+registry.register_model_fields(["maskgit_transformer"], dict(
+    layout="pre_ln",  # pre_ln (jaxgen) | bert (the official MaskGIT's post-LN BERT)
 ))
 
 
@@ -96,6 +111,7 @@ class MaskGITTransformer(nn.Module):
   text_length: int = 0
   grid_shape: Tuple[int, ...] = ()   # (T', h, w) for video grids; () or (h, w): image
   video_positions: str = "factorized"
+  layout: str = "pre_ln"
   dtype: jnp.dtype = jnp.float32
 
   @property
@@ -118,6 +134,10 @@ class MaskGITTransformer(nn.Module):
     if n != self.num_tokens:
       raise ValueError(f"MaskGIT: {n} tokens per example, the model was built for "
                        f"{self.num_tokens}.")
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"MaskGIT: layout={self.layout!r}; use one of {', '.join(LAYOUTS)}.")
+    bert = self.layout == "bert"
+    eps = 1e-12 if bert else 1e-6
     d, k = self.hidden_size, self.prefix_len
     table = layers.embedding_table(self, "token_embedding", self.codebook_size + 1, d)
     x = jnp.take(table, tokens_bn, axis=0)
@@ -137,15 +157,16 @@ class MaskGITTransformer(nn.Module):
                                    self.grid_shape)[None]
     else:
       x = x + layers.embedding_table(self, "position_embedding", k + n, d)[None]
-    x = layers.LayerNorm(name="embedding_norm")(x).astype(self.dtype)
+    x = layers.LayerNorm(epsilon=eps, name="embedding_norm")(x).astype(self.dtype)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     x = layers.constrain(x, ("batch", "length", "act_embed"))
     x = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, self.dropout,
-                           self.attn_impl, self.dtype, name="transformer")(
-        x, layers.key_mask(prefix_mask, n), train)
+                           self.attn_impl, self.dtype, post_ln=bert, ln_eps=eps,
+                           name="transformer")(x, layers.key_mask(prefix_mask, n), train)
     x = x[:, k:]
     if self.tie_output:
-      return layers.MlmHead(self.dtype, name="head")(x, table[:self.codebook_size])
+      return layers.MlmHead(self.dtype, epsilon=eps, approximate_gelu=bert, name="head")(
+          x, table[:self.codebook_size])
     return layers.Dense(self.codebook_size, ("embed", "vocab"), dtype=self.dtype,
                         name="head")(x).astype(jnp.float32)
 
@@ -178,7 +199,7 @@ def build_maskgit_transformer(cfg: ml_collections.ConfigDict, *, num_tokens: int
   ``config.model.video_positions`` embeds."""
   kw = sized_kwargs(cfg, SIZES, ("depth", "hidden_size", "num_heads", "mlp_dim"),
                     ("num_class_tokens", "dropout", "tie_output", "attn_impl",
-                     "video_positions"), "MaskGIT")
+                     "video_positions", "layout"), "MaskGIT")
   return MaskGITTransformer(num_tokens=num_tokens, codebook_size=codebook_size,
                             num_classes=num_classes, dtype=dtype, text_length=text_length,
                             grid_shape=tuple(grid_shape), **kw)

@@ -505,6 +505,10 @@ class TransformerBlock(nn.Module):
   """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)), with
   dropout on both residual branches (ViT / MAE / MAGE layout).
 
+  ``post_ln``: BERT's post-LayerNorm block instead (the official MaskGIT transformer):
+  x = LN(x + Attn(x)), then x = LN(x + MLP(x)); same parameters. ``ln_eps``: the
+  LayerNorms' epsilon (BERT's is 1e-12).
+
   ``mask``: boolean attention mask broadcastable to (batch, heads, q_len, kv_len).
   ``cache``: a KV cache (``init_kv_cache``) for cached causal decoding; the block then
   returns ``(x, new_cache)``. ``approximate_gelu``: the MLP's GELU (`Mlp`).
@@ -515,23 +519,30 @@ class TransformerBlock(nn.Module):
   attn_impl: str = "xla"
   dtype: Dtype = jnp.float32
   approximate_gelu: bool = True
+  post_ln: bool = False
+  ln_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x_bld, mask=None, train: bool = False, cache=None):
+    norm1 = LayerNorm(epsilon=self.ln_eps, name="norm1")
+    norm2 = LayerNorm(epsilon=self.ln_eps, name="norm2")
+    pre = (lambda n, x: x) if self.post_ln else (lambda n, x: n(x))
+    post = (lambda n, x: n(x)) if self.post_ln else (lambda n, x: x)
     h = Attention(self.num_heads, impl=self.attn_impl, dtype=self.dtype, name="attn")(
-        LayerNorm(name="norm1")(x_bld), mask, cache)
+        pre(norm1, x_bld), mask, cache)
     if cache is not None:
       h, cache = h
-    x_bld = x_bld + nn.Dropout(self.dropout)(h, deterministic=not train)
+    x_bld = post(norm1, x_bld + nn.Dropout(self.dropout)(h, deterministic=not train))
     h = Mlp(self.mlp_dim, dtype=self.dtype, approximate_gelu=self.approximate_gelu,
-            name="mlp")(LayerNorm(name="norm2")(x_bld))
-    x_bld = x_bld + nn.Dropout(self.dropout)(h, deterministic=not train)
+            name="mlp")(pre(norm2, x_bld))
+    x_bld = post(norm2, x_bld + nn.Dropout(self.dropout)(h, deterministic=not train))
     x_bld = constrain(x_bld, ("batch", "length", "act_embed"))
     return x_bld if cache is None else (x_bld, cache)
 
 
 class Transformer(nn.Module):
-  """``depth`` pre-LN blocks and a final LayerNorm.
+  """``depth`` pre-LN blocks and a final LayerNorm; with ``post_ln``, ``depth`` BERT
+  post-LN blocks and no final LayerNorm (`TransformerBlock`).
 
   ``cache``: a sequence of ``depth`` KV caches (one per block, ``init_kv_cache``) for
   cached causal decoding; the call then returns ``(x, new_caches)`` (a tuple).
@@ -545,6 +556,8 @@ class Transformer(nn.Module):
   attn_impl: str = "xla"
   dtype: Dtype = jnp.float32
   approximate_gelu: bool = True
+  post_ln: bool = False
+  ln_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x_bld, mask=None, train: bool = False, cache=None,
@@ -554,14 +567,15 @@ class Transformer(nn.Module):
     new_cache = []
     for i in range(self.depth):
       block = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout, self.attn_impl,
-                               self.dtype, self.approximate_gelu, name=f"block_{i}")
+                               self.dtype, approximate_gelu=self.approximate_gelu,
+                               post_ln=self.post_ln, ln_eps=self.ln_eps, name=f"block_{i}")
       if cache is None:
         x_bld = block(x_bld, mask, train)
       else:
         x_bld, c = block(x_bld, mask, train, cache[i])
         new_cache.append(c)
-    if final_norm:
-      x_bld = LayerNorm(name="norm")(x_bld)
+    if final_norm and not self.post_ln:
+      x_bld = LayerNorm(epsilon=self.ln_eps, name="norm")(x_bld)
     return x_bld if cache is None else (x_bld, tuple(new_cache))
 
 
@@ -706,14 +720,18 @@ def embedding_table(module: nn.Module, name: str, rows: int, width: int,
 class MlmHead(nn.Module):
   """BERT's masked-token head, as in MaskGIT and MAGE: Dense -> GELU -> LayerNorm, then
   logits against the (tied) token embedding ``table`` (V, D) plus a per-token bias.
-  ``epsilon``: the LayerNorm's (official MAGE's ``MlmLayer``: PyTorch's default 1e-5)."""
+  ``epsilon``: the LayerNorm's (official MAGE's ``MlmLayer``: PyTorch's default 1e-5;
+  the official MaskGIT's: 1e-12); ``approximate_gelu``: tanh GELU (the official
+  MaskGIT's ``jax.nn.gelu``) instead of the exact one."""
   dtype: Dtype = jnp.float32
   epsilon: float = 1e-6
+  approximate_gelu: bool = False
 
   @nn.compact
   def __call__(self, x_bld, table_vd):
     h = Dense(table_vd.shape[-1], ("embed", "mlp"), dtype=self.dtype, name="dense")(x_bld)
-    h = LayerNorm(epsilon=self.epsilon, name="norm")(nn.gelu(h, approximate=False))
+    h = LayerNorm(epsilon=self.epsilon, name="norm")(
+        nn.gelu(h, approximate=self.approximate_gelu))
     bias = self.param("bias", nn.with_logical_partitioning(zeros, ("vocab",)),
                       (table_vd.shape[0],))
     logits = jnp.einsum("bld,vd->blv", h, table_vd.astype(h.dtype))

@@ -16,6 +16,13 @@ axis: codes (N, T', h, w), latents (N, T', h, w, embed_dim).
 Linear 1x1 projections ("quant_conv" / "post_quant_conv" in taming) map the encoder's
 channels to the bottleneck and back; they act on the last axis only, so nothing here
 assumes two spatial dimensions (the quantizers do not either, except "msvq").
+``use_quant_proj=False`` (``config.model.quant_proj``) leaves them out (MaskGIT's
+VQGAN quantizes the encoder's output itself): ``embed_dim`` must then equal
+``z_channels``.
+
+Images are in [-1, 1] at this module's interface. ``unit_range=True``: the nets compute
+on images in [0, 1], as MaskGIT's tokenizer was trained (the encoder sees (x + 1) / 2,
+the decoder's output y is returned as 2 y - 1).
 """
 
 from __future__ import annotations
@@ -45,22 +52,32 @@ class Autoencoder(nn.Module):
   embed_dim: int                          # width of the bottleneck (codes / latents)
   z_channels: int                         # encoder output / decoder input width
   quantizer: Optional[nn.Module] = None   # "vq" / "msvq" / "lfq"
+  use_quant_proj: bool = True             # the 1x1 projections around the bottleneck
+  unit_range: bool = False                # the nets compute on images in [0, 1]
   dtype: Any = jnp.float32
 
   def setup(self):
     width = 2 * self.embed_dim if self.bottleneck == "kl" else self.embed_dim
-    self.quant_proj = layers.Dense(width, ("embed", "embed_out"), dtype=self.dtype)
-    self.post_quant_proj = layers.Dense(self.z_channels, ("embed", "embed_out"),
-                                        dtype=self.dtype)
+    if self.use_quant_proj:
+      self.quant_proj = layers.Dense(width, ("embed", "embed_out"), dtype=self.dtype)
+      self.post_quant_proj = layers.Dense(self.z_channels, ("embed", "embed_out"),
+                                          dtype=self.dtype)
+    elif self.embed_dim != self.z_channels:
+      raise ValueError(f"Autoencoder: without quant projections embed_dim "
+                       f"({self.embed_dim}) must equal z_channels ({self.z_channels}).")
 
   # -- the two halves ---------------------------------------------------------------
   def encode_features(self, x):
     """Pre-bottleneck features (N, ..., width): for "kl" the Gaussian's moments."""
-    return self.quant_proj(self.encoder(x).astype(jnp.float32))
+    if self.unit_range:
+      x = (x + 1.0) / 2.0
+    h = self.encoder(x).astype(jnp.float32)
+    return self.quant_proj(h) if self.use_quant_proj else h
 
   def decode(self, z):
     """Images from bottleneck-space vectors (quantized codes or latents)."""
-    return self.decoder(self.post_quant_proj(z))
+    y = self.decoder(self.post_quant_proj(z) if self.use_quant_proj else z)
+    return 2.0 * y - 1.0 if self.unit_range else y
 
   def bottleneck_forward(self, h, train: bool, rng: Optional[jax.Array]
                          ) -> Tuple[jax.Array, Dict[str, jax.Array]]:

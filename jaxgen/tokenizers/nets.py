@@ -8,6 +8,13 @@
   taming), nearest upsampling + conv3x3. The decoder has ``num_res_blocks + 1`` blocks per
   level. With the same sizes the parameter count equals the reference's exactly (tested).
   Convolutions read the number of spatial axes from the input (``x.shape[1:-1]``).
+  ``layout="maskgit"`` (`LAYOUTS`) is the same net as google-research/maskgit's
+  ``vqgan_tokenizer`` Encoder / Decoder, parameter for parameter (converted by
+  `jaxgen.convert.maskgit`): bias-free convolutions in the ResNet blocks and the
+  encoder's input conv, 2x2 average-pool downsampling, ``num_res_blocks`` plain blocks
+  as the mid block, ``num_res_blocks`` decoder blocks per level, a 1x1 encoder output
+  conv, and the official block's shortcut, a 1x1 conv of the block's *output* (its
+  ``ResBlock`` reassigns ``x`` before ``residual = conv(x)``: ``h + W h``).
 * `CausalConvEncoder3D` / `CausalConvDecoder3D` (arch "causal3d"): the same layout on
   videos (N, T, H, W, C), MAGVIT-v2 style (Yu et al. 2023): causal 3x3x3 convolutions
   (frames padded before the clip only), per-frame GroupNorm and attention, the first
@@ -48,12 +55,13 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "vqgan_f16": dict(arch="conv", channels=128, channel_mult=(1, 1, 2, 2, 4),
                       num_res_blocks=2, attn_resolutions=(16,), z_channels=256,
                       embed_dim=256, codebook_size=1024),
-    # MaskGIT's VQGAN sizes (maskgit/configs/vqgan_config.py) on the taming block layout
-    # without any attention. Not weight-compatible with the MaskGIT checkpoint, whose net
-    # has bias-free convs, blur/avg-pool downsampling and plain mid res blocks.
-    "maskgit_f16": dict(arch="conv", channels=128, channel_mult=(1, 1, 2, 2, 4),
-                        num_res_blocks=2, attn_resolutions=(), mid_attn=False,
-                        z_channels=256, embed_dim=256, codebook_size=1024),
+    # MaskGIT's VQGAN (maskgit/configs/vqgan_config.py, maskgit/nets/vqgan_tokenizer.py):
+    # the official layout (weight-compatible with tokenizer_imagenet{256,512}_checkpoint;
+    # its autoencoder has no quant convs and takes images in [0, 1]: `jaxgen.convert.
+    # maskgit` sets quant_proj=False, unit_range=True).
+    "maskgit_f16": dict(arch="conv", layout="maskgit", channels=128,
+                        channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(),
+                        mid_attn=False, z_channels=256, embed_dim=256, codebook_size=1024),
     # latent-diffusion models/first_stage_models/kl-f8/config.yaml (= Stable Diffusion VAE).
     "kl_f8": dict(arch="conv", channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
                   attn_resolutions=(), z_channels=4, double_z=True, embed_dim=4),
@@ -109,8 +117,33 @@ _CONV_KEYS = ("channels", "channel_mult", "num_res_blocks", "attn_resolutions",
 _VIT_KEYS = ("patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "pos_emb",
              "tanh_head", "attn_impl")
 _CAUSAL_KEYS = _CONV_KEYS + ("temporal_downsample", "temporal_padding")
+_CONV_2D_KEYS = _CONV_KEYS + ("layout",)  # the MaskGIT layout is 2D only
 _SHARED_KEYS = ("arch", "z_channels", "double_z", "embed_dim", "codebook_size")
 ARCHES = ("conv", "vit", "causal3d")
+
+
+# How the conv encoder / decoder are laid out (``layout``): "taming" (taming-transformers
+# / LDM) or "maskgit" (google-research/maskgit's vqgan_tokenizer.py; see the module
+# docstring). conv_bias: biases in the ResNet blocks' convs and the encoder's conv_in;
+# downsample: "conv" (pad (0, 1), stride-2 3x3) or "avgpool" (2x2 mean, no parameters);
+# mid_blocks: ResNet blocks in the mid block (None: num_res_blocks); extra_up_block: the
+# decoder has num_res_blocks + 1 blocks per level; encoder_out_kernel: conv_out's size in
+# the encoder; shortcut: what the 1x1 shortcut conv reads, the block's "input" or
+# (MaskGIT) its "output".
+LAYOUTS: Dict[str, Dict[str, Any]] = {
+    "taming": dict(conv_bias=True, downsample="conv", mid_blocks=2, extra_up_block=True,
+                   encoder_out_kernel=3, shortcut="input"),
+    "maskgit": dict(conv_bias=False, downsample="avgpool", mid_blocks=None,
+                    extra_up_block=False, encoder_out_kernel=1, shortcut="output"),
+}
+
+
+def conv_layout(name: str) -> Dict[str, Any]:
+  """The `LAYOUTS` entry ``name``; an unknown one is a ValueError naming the known."""
+  if name not in LAYOUTS:
+    raise ValueError(f"Unknown conv autoencoder layout {name!r}; use one of "
+                     f"{', '.join(LAYOUTS)}.")
+  return LAYOUTS[name]
 
 
 def autoencoder_variant(name: str) -> Dict[str, Any]:
@@ -131,7 +164,7 @@ def build_nets(variant, image_channels: int = 3, dtype=jnp.float32, **overrides
   kw = autoencoder_variant(variant) if isinstance(variant, str) else dict(variant)
   kw.update(overrides)
   arch = kw.get("arch", "conv")
-  keys = {"conv": _CONV_KEYS, "vit": _VIT_KEYS, "causal3d": _CAUSAL_KEYS}.get(arch)
+  keys = {"conv": _CONV_2D_KEYS, "vit": _VIT_KEYS, "causal3d": _CAUSAL_KEYS}.get(arch)
   if keys is None:
     raise ValueError(f"Unknown autoencoder arch {arch!r}; use one of {ARCHES}.")
   unknown = sorted(set(kw) - set(keys) - set(_SHARED_KEYS))
@@ -318,22 +351,30 @@ class GroupNorm(nn.Module):
 class ResnetBlock(nn.Module):
   """GN-swish-conv3, GN-swish-dropout-conv3, plus x (1x1 conv on x if widths differ).
 
-  ``causal`` (video, see `ConvND`): causal convolutions and per-frame GroupNorm."""
+  ``causal`` (video, see `ConvND`): causal convolutions and per-frame GroupNorm.
+  ``use_bias``: biases in the convs (MaskGIT's have none). ``shortcut``: what the 1x1
+  shortcut conv reads where widths differ: the block's "input" x (taming), or its
+  "output" h (MaskGIT's ``ResBlock``, which returns h + conv1x1(h))."""
   out_channels: int
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
   causal: str = ""
+  use_bias: bool = True
+  shortcut: str = "input"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = lambda k, name: ConvND(self.out_channels, k, dtype=self.dtype,
-                                  causal=self.causal, name=name)
+    conv = lambda k, name: ConvND(self.out_channels, k, use_bias=self.use_bias,
+                                  dtype=self.dtype, causal=self.causal, name=name)
     norm = lambda name: GroupNorm(per_frame=bool(self.causal), name=name)
     h = conv(3, "conv1")(nn.swish(norm("norm1")(x)))
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(norm("norm2")(h)))
     h = conv(3, "conv2")(h)
     if x.shape[-1] != self.out_channels:
-      x = conv(1, "nin_shortcut")(x)
+      if self.shortcut not in ("input", "output"):
+        raise ValueError(f"ResnetBlock shortcut must be 'input' or 'output', got "
+                         f"{self.shortcut!r}")
+      x = conv(1, "nin_shortcut")(x if self.shortcut == "input" else h)
     return x + h
 
 
@@ -362,13 +403,26 @@ class Downsample(nn.Module):
   ``causal`` (video): H and W as above; time is padded causally (`ConvND`) and strided
   by 2 when ``temporal`` (frames 1 + 2k -> 1 + k: output frame 0 reads frame 0 only,
   output j >= 1 frames 2j-2..2j), else by 1.
+
+  ``mode="avgpool"`` (MaskGIT's ``layers.dsample``, images): the mean of each 2x2
+  window (TF-style "same" pooling, which on the even sizes the nets take has no
+  padding), no parameters.
   """
   dtype: jnp.dtype = jnp.float32
   causal: str = ""
   temporal: bool = False
+  mode: str = "conv"
 
   @nn.compact
   def __call__(self, x):
+    if self.mode == "avgpool":
+      if self.causal:
+        raise ValueError("Downsample: mode='avgpool' is for images, not causal video nets")
+      n, *spatial, c = x.shape
+      shape = [n] + [s for size in spatial for s in (size // 2, 2)] + [c]
+      return jnp.mean(x.reshape(shape), axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
+    if self.mode != "conv":
+      raise ValueError(f"Downsample mode must be 'conv' or 'avgpool', got {self.mode!r}")
     strides = (2 if self.temporal else 1, 2, 2) if self.causal else 2
     return ConvND(x.shape[-1], 3, strides=strides, padding=(0, 1), dtype=self.dtype,
                   causal=self.causal, name="conv")(x)
@@ -434,6 +488,7 @@ class ConvEncoder(_ImageHooks, nn.Module):
     mid_attn: Self-attention in the mid block (taming: always).
     dropout: Dropout inside the ResNet blocks (needs ``train=True`` and a "dropout" rng).
     attn_impl: ``layers.attention_core`` implementation.
+    layout: "taming" or "maskgit" (`LAYOUTS`; images only).
     dtype: Compute dtype; the output is float32.
   """
   channels: int = 128
@@ -445,6 +500,7 @@ class ConvEncoder(_ImageHooks, nn.Module):
   mid_attn: bool = True
   dropout: float = 0.0
   attn_impl: str = "xla"
+  layout: str = "taming"
   dtype: jnp.dtype = jnp.float32
 
   @property
@@ -460,23 +516,24 @@ class ConvEncoder(_ImageHooks, nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     self._check_input(x)
-    c = self._causal
-    res = lambda ch, name: ResnetBlock(ch, self.dropout, self.dtype, c, name=name)
+    c, lay = self._causal, conv_layout(self.layout)
+    res = _res_block(self, lay)
     attn = lambda name: AttnBlock(self.attn_impl, self.dtype, bool(c), name=name)
-    h = ConvND(self.channels, dtype=self.dtype, causal=c, name="conv_in")(
-        x.astype(self.dtype))
+    h = ConvND(self.channels, use_bias=lay["conv_bias"], dtype=self.dtype, causal=c,
+               name="conv_in")(x.astype(self.dtype))
     for level, mult in enumerate(self.channel_mult):
       for i in range(self.num_res_blocks):
         h = res(self.channels * mult, f"down_{level}_block_{i}")(h, train)
         if _feature_size(h) in self.attn_resolutions:
           h = attn(f"down_{level}_attn_{i}")(h)
       if level != len(self.channel_mult) - 1:
-        h = Downsample(self.dtype, c, self._temporal(level),
+        h = Downsample(self.dtype, c, self._temporal(level), lay["downsample"],
                        name=f"down_{level}_downsample")(h)
-    h = _mid(self, h, train, c)
+    h = _mid(self, h, train)
     h = nn.swish(GroupNorm(per_frame=bool(c), name="norm_out")(h))
     out = 2 * self.out_channels if self.double_z else self.out_channels
-    h = ConvND(out, dtype=self.dtype, causal=c, name="conv_out")(h)
+    h = ConvND(out, lay["encoder_out_kernel"], dtype=self.dtype, causal=c,
+               name="conv_out")(h)
     return h.astype(jnp.float32)
 
 
@@ -494,6 +551,7 @@ class ConvDecoder(_ImageHooks, nn.Module):
   mid_attn: bool = True
   dropout: float = 0.0
   attn_impl: str = "xla"
+  layout: str = "taming"
   dtype: jnp.dtype = jnp.float32
 
   @property
@@ -506,13 +564,13 @@ class ConvDecoder(_ImageHooks, nn.Module):
   @nn.compact
   def __call__(self, z, train: bool = False):
     self._check_input(z)
-    c = self._causal
-    res = lambda ch, name: ResnetBlock(ch, self.dropout, self.dtype, c, name=name)
+    c, lay = self._causal, conv_layout(self.layout)
+    res = _res_block(self, lay)
     h = ConvND(self.channels * self.channel_mult[-1], dtype=self.dtype, causal=c,
                name="conv_in")(z.astype(self.dtype))
-    h = _mid(self, h, train, c)
+    h = _mid(self, h, train)
     for level in reversed(range(len(self.channel_mult))):
-      for i in range(self.num_res_blocks + 1):
+      for i in range(self.num_res_blocks + int(lay["extra_up_block"])):
         h = res(self.channels * self.channel_mult[level], f"up_{level}_block_{i}")(h, train)
         if _feature_size(h) in self.attn_resolutions:
           h = AttnBlock(self.attn_impl, self.dtype, bool(c), name=f"up_{level}_attn_{i}")(h)
@@ -525,13 +583,26 @@ class ConvDecoder(_ImageHooks, nn.Module):
     return h.astype(jnp.float32)
 
 
-def _mid(m, h, train: bool, causal: str = ""):
-  """Mid block (res, attn, res) of an encoder or decoder ``m``; call inside its compact."""
+def _res_block(m, lay):
+  """``res(channels, name)``: a ResNet block of the conv encoder / decoder ``m`` in the
+  layout ``lay``."""
+  return lambda ch, name: ResnetBlock(ch, m.dropout, m.dtype, m._causal,  # pylint: disable=protected-access
+                                      lay["conv_bias"], lay["shortcut"], name=name)
+
+
+def _mid(m, h, train: bool):
+  """Mid block of an encoder or decoder ``m`` (call inside its compact): taming's (res,
+  attn, res), attention only with ``mid_attn``; in the MaskGIT layout
+  ``num_res_blocks`` blocks (``mid_block_1``, ...)."""
+  lay = conv_layout(m.layout)
+  res = _res_block(m, lay)
   ch = h.shape[-1]
-  h = ResnetBlock(ch, m.dropout, m.dtype, causal, name="mid_block_1")(h, train)
-  if m.mid_attn:
-    h = AttnBlock(m.attn_impl, m.dtype, bool(causal), name="mid_attn_1")(h)
-  return ResnetBlock(ch, m.dropout, m.dtype, causal, name="mid_block_2")(h, train)
+  blocks = lay["mid_blocks"] or m.num_res_blocks
+  for j in range(1, blocks + 1):
+    h = res(ch, f"mid_block_{j}")(h, train)
+    if j == 1 and m.mid_attn:
+      h = AttnBlock(m.attn_impl, m.dtype, bool(m._causal), name="mid_attn_1")(h)  # pylint: disable=protected-access
+  return h
 
 
 # ----------------------------------------------------------------------------- causal 3D
