@@ -29,9 +29,9 @@ from jaxgen.tokenizers import nets
 _VIDEO_ONLY = ("temporal_downsample", "temporal_padding")
 # The fields that fix the parameters' shapes (besides the image channels and double_z).
 _SHAPE_FIELDS = ("channels", "channel_mult", "num_res_blocks", "attn_resolutions",
-                 "mid_attn", "z_channels")
+                 "resolution", "mid_attn", "z_channels")
 _NET_DEFAULTS = dict(channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
-                     attn_resolutions=(16,), mid_attn=True)  # ConvEncoder's
+                     attn_resolutions=(16,), resolution=0, mid_attn=True)  # ConvEncoder's
 
 
 def image_fields(variant) -> Dict[str, Any]:
