@@ -10,6 +10,7 @@ Examples:
   jaxgen info --config configs/imagenet256_dit_xl2.py
   jaxgen convert --from dit --ckpt DiT-XL-2-256x256.pt --tokenizer runs/vae --out runs/dit
   jaxgen convert --from sd-vae --ckpt sd-vae-ft-mse/ --out runs/sd_vae
+  jaxgen convert --from taming --ckpt last.ckpt --config model.yaml --out runs/vqgan
   jaxgen train --config configs/fmnist_vqgan.py --workdir runs/vqgan      # a tokenizer
   jaxgen eval --workdir runs/video --samples runs/video/samples.npz [--fvd]  # video figures
   jaxgen eval --suite fvd --ref real.npz --samples s.npz         # FVD of two video files
@@ -375,17 +376,23 @@ def cmd_convert(args, overrides):
   if overrides:
     raise config_lib.ConfigError("`jaxgen convert` takes no --config.* overrides; change "
                                  "the written run with them when you sample or train it.")
-  only = {"dit": ("tokenizer", "num_heads"), "sd-vae": ("latent_scale",)}
+  only = {"dit": ("tokenizer", "num_heads"), "sd-vae": ("latent_scale",),
+          "taming": ("model_config",)}
   for source, names in only.items():
     for name in names:
       if source != args.source and getattr(args, name) not in (None, ""):
-        raise config_lib.ConfigError(f"--{name.replace('_', '-')} is for --from {source}.")
+        flag = "config" if name == "model_config" else name.replace("_", "-")
+        raise config_lib.ConfigError(f"--{flag} is for --from {source}.")
   exists = os.path.exists if args.source == "sd-vae" else os.path.isfile
   if not exists(args.ckpt):
     raise FileNotFoundError(f"--ckpt {args.ckpt}: no such file.")
   t0 = time.time()
+  notes = []
   try:
-    if args.source == "dit":
+    if args.source == "taming":
+      out = importer.convert_taming(args.ckpt, args.out, config=args.model_config,
+                                    source_dataset=args.source_dataset, notes=notes)
+    elif args.source == "dit":
       out = importer.convert_dit(args.ckpt, args.out, tokenizer=args.tokenizer,
                                  source_dataset=args.source_dataset, num_heads=args.num_heads)
     else:
@@ -396,6 +403,13 @@ def cmd_convert(args, overrides):
       raise
     raise config_lib.ConfigError(f"--ckpt {args.ckpt}: {e}") from None
   took = f"Converted {args.ckpt} ({args.source}) in {time.time() - t0:.0f}s to {out}"
+  for note in notes:
+    print(f"note: {note}")
+  if args.source == "taming":
+    print(f"{took}, a VQ tokenizer run. Reconstruct with `jaxgen eval --workdir {out}`, "
+          f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or train "
+          f"MaskGIT / AR on its codes with config.tokenizer.workdir={out}.")
+    return
   if args.source == "sd-vae":
     print(f"{took}, a KL tokenizer run. Reconstruct with `jaxgen eval --workdir {out}`, "
           f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or decode a "
@@ -564,11 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
 
   v = sub.add_parser("convert", help="write a published checkpoint as a jaxgen run "
                                      "(sample / eval / load it like a trained one)")
-  v.add_argument("--from", dest="source", required=True, choices=("dit", "sd-vae"),
+  v.add_argument("--from", dest="source", required=True, choices=("dit", "sd-vae", "taming"),
                  help="dit: facebookresearch/DiT (DiT-XL-2-256x256.pt, -512x512.pt, or "
                       "a state dict of any size; the paper's DDPM recipe); sd-vae: the "
                       "Stable Diffusion VAE (stabilityai/sd-vae-ft-mse or -ft-ema "
-                      "directory, or an LDM kl-f8 file) as a KL tokenizer run")
+                      "directory, or an LDM kl-f8 file) as a KL tokenizer run; taming: "
+                      "a taming-transformers VQGAN (vqgan_imagenet_f16_1024 or _16384 "
+                      "last.ckpt) as a VQ tokenizer run")
   v.add_argument("--ckpt", required=True,
                  help="the checkpoint file (read without torch); sd-vae: or its directory")
   v.add_argument("--out", required=True, help="the new workdir")
@@ -579,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "RGB images)")
   v.add_argument("--num-heads", type=int, default=None,
                  help="dit: attention heads (the official sizes S/B/L/XL need none)")
+  v.add_argument("--config", dest="model_config", default=None,
+                 help="taming: the checkpoint's configs/model.yaml (default: sizes from "
+                      "the tensors)")
   v.add_argument("--latent-scale", type=float, default=None,
                  help="sd-vae: the latents' scale factor (default: config.json's "
                       "scaling_factor, else 0.18215)")

@@ -21,6 +21,14 @@ latent paradigm's ``config.tokenizer.workdir`` use it as a trained KL tokenizer.
 published, and only trained in a fine-tuning run: the discriminator (freshly
 initialised) and the LPIPS weights (``config.paradigm.perceptual`` is "none"; give
 ``perceptual=lpips`` and ``perceptual_weights`` to fine-tune with them).
+
+`convert_taming` writes a taming-transformers VQGAN (`jaxgen.convert.taming`:
+vqgan_imagenet_f16_1024 / _16384, a Lightning ``last.ckpt`` with its ``model.yaml``) as
+a VQ tokenizer run the same way: taming's recipe (``imagenet256_tokenizer:variant=vqgan``)
+with the checkpoint's sizes (the ``taming_f16_*`` variants for the published ones), in
+float32, without LPIPS, and the quantizer's code-usage statistics as initialised (taming
+keeps none). ``jaxgen tokenize``, ``jaxgen eval`` and the token paradigms (MaskGIT, AR:
+``config.tokenizer.workdir``) use it as a trained VQ tokenizer.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from jaxgen import fileio
 from jaxgen import frozen as frozen_lib
 from jaxgen.convert import dit as dit_convert
 from jaxgen.convert import sd_vae
+from jaxgen.convert import taming as taming_convert
 from jaxgen.data import datasets
 from jaxgen.paradigms import base as paradigm_base
 from jaxgen.tokenizers import base as tokenizer_base
@@ -47,6 +56,7 @@ from jaxgen.train import state as state_lib
 
 DIT_RECIPE = "imagenet256_dit_xl2:objective=ddpm"
 SD_VAE_RECIPE = "imagenet256_tokenizer:variant=kl"
+TAMING_RECIPE = "imagenet256_tokenizer:variant=vqgan"
 
 
 def dit_config(fields, *, tokenizer: str = "", source_dataset: str = "imagenet2012"
@@ -109,14 +119,15 @@ def _write_run(out: str, exp, state, config, spec) -> None:
                     json.dumps(datasets.spec_to_dict(spec)))
 
 
-def sd_vae_config(fields, *, source_dataset: str = "imagenet2012"
-                  ) -> ml_collections.ConfigDict:
+def sd_vae_config(fields, *, source_dataset: str = "imagenet2012",
+                  recipe: str = SD_VAE_RECIPE, model=None) -> ml_collections.ConfigDict:
   """The config of a converted SD VAE: LDM's kl-f8 recipe with the checkpoint's sizes,
   in float32, without LPIPS (its weights are not published with the VAE), on
   ``source_dataset`` (the recipe's 256x256 crops of ImageNet; another dataset's images
-  as they are)."""
-  config = config_lib.load_config_file(SD_VAE_RECIPE)
-  config.model = sd_vae.model_config(fields)
+  as they are). ``recipe`` / ``model``: another tokenizer's recipe and config.model
+  (a taming VQGAN's)."""
+  config = config_lib.load_config_file(recipe)
+  config.model = model if model is not None else sd_vae.model_config(fields)
   if source_dataset != config.data.name:
     config.data = ml_collections.ConfigDict(dict(name=source_dataset,
                                                  pp="scale(-1, 1)|flip_lr"))
@@ -154,9 +165,36 @@ def convert_sd_vae(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
   return out
 
 
+def convert_taming(ckpt: str, out: str, *, config: Optional[str] = None,
+                   source_dataset: str = "imagenet2012", notes: Optional[list] = None,
+                   devices: Optional[Sequence[jax.Device]] = None) -> str:
+  """Writes the VQ tokenizer run of the taming VQGAN ``ckpt`` (``config``: its
+  model.yaml, else sizes from the tensors) to ``out``; returns it. ``notes`` (a list)
+  gets what was skipped or ignored in the checkpoint."""
+  if os.path.exists(os.path.join(out, "checkpoints")):
+    raise config_lib.ConfigError(f"{out} already holds checkpoints; convert into a new "
+                                 "workdir.")
+  fields, params, skipped = taming_convert.load_taming(ckpt, config)
+  if notes is not None:
+    notes.extend(skipped)
+  run_config = sd_vae_config(fields, source_dataset=source_dataset, recipe=TAMING_RECIPE,
+                             model=taming_convert.model_config(fields))
+  spec = datasets.describe(run_config.data)
+  channels = spec.image_shape[-1]
+  if channels != fields["in_channels"]:
+    raise config_lib.ConfigError(
+        f"{ckpt} encodes {fields['in_channels']}-channel images, {source_dataset} has "
+        f"{channels}; pass an RGB dataset (--source-dataset).")
+  devices = list(devices or jax.devices())[:1]
+  exp = loop.build(run_config, devices, load_data=False, dataset=spec)
+  _write_run(out, exp, _tokenizer_state(exp, params), run_config, spec)
+  return out
+
+
 def _tokenizer_state(exp, ae_params):
   """Step 0 of the tokenizer run ``exp`` with the autoencoder parameters ``ae_params``
-  (also its EMA) and a freshly initialised discriminator. Built without the run's
+  (also its EMA), a freshly initialised discriminator and the quantizer's statistics
+  (``model_state``: code usage) as initialised, zeros. Built without the run's
   ``init_state``, whose program initialises the autoencoder on full-size images (16 s
   of compilation on 2 CPU cores for the 34k-parameter test VAE at 256x256); the
   discriminator's parameters do not depend on the image size, so it is initialised on
@@ -164,10 +202,15 @@ def _tokenizer_state(exp, ae_params):
   p = exp.paradigm
   x = jnp.zeros((1, 32, 32, p.image_shape[-1]), jnp.float32)
 
+  if exp.config.model.get("ema_codebook"):
+    raise ValueError("a converted tokenizer has a plain codebook (a jaxgen bug).")
+  stats = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), exp.abstract_state.model_state)
+
   def make(ae, rng):
     return state_lib.create_state(
         lambda r: {"autoencoder": ae,
-                   "discriminator": nn.meta.unbox(p.disc.init(r, x)["params"])}, exp.tx, rng)
+                   "discriminator": nn.meta.unbox(p.disc.init(r, x)["params"])}, exp.tx, rng,
+        lambda r: stats)
 
   state = jax.jit(make)(ae_params, jax.random.PRNGKey(exp.config.train.seed))
   shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)

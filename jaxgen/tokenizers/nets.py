@@ -303,6 +303,9 @@ def _causal_time_pad(x, k: int, mode: str, pad, strides):
 class GroupNorm(nn.Module):
   """taming's ``Normalize``: GroupNorm(32 groups, eps 1e-6) in float32, logical axes
   ``norm`` (``layers.GroupNorm`` uses eps 1e-5). Fewer groups when 32 does not divide C.
+  The variance is taken about the mean (two passes, as torch), not as E[x^2] - E[x]^2
+  (flax's fast variance), which loses digits where a group's mean dwarfs its spread:
+  a converted taming VQGAN's reconstruction was 7e-5 off taming's with it, 8e-6 without.
 
   ``per_frame``: on (N, T, H, W, C) inputs, statistics per frame (over H, W and the
   group's channels), not over the whole clip: frames never see each other's statistics
@@ -319,6 +322,7 @@ class GroupNorm(nn.Module):
       x = x.reshape((-1,) + shape[2:])
     return nn.GroupNorm(
         num_groups=math.gcd(self.num_groups, x.shape[-1]), epsilon=self.epsilon,
+        use_fast_variance=False,
         dtype=jnp.float32,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
         bias_init=nn.with_logical_partitioning(layers.zeros, ("norm",)),
