@@ -5,7 +5,7 @@ optimizer states, ``loss.*`` tensors beside the ``state_dict``), is read without
 and converted; jaxgen's VQGAN then gives taming's code indices exactly (also on a 32x16
 image, where taming's fixed resolution still puts the attention at level 1: slow tier),
 and its reconstruction and the decoding of given codes to 1e-4 (fp32; measured
-7e-6, 6e-6; 8e-6 on the 32x16 image). A wrong
+7e-6, 6e-6; 9e-6 on the 32x16 image). A wrong
 shape, a missing or an extra tensor is an error naming the key and both shapes; a
 pickled object where a tensor should be is named. The converted run is a frozen VQ
 tokenizer (slow tier)."""

@@ -22,7 +22,7 @@ and in the mid block, a nin_shortcut, 2 channels per group, down/upsampling, qua
 convs of different widths).
 
 Weights: random, nothing left at its init (zero biases, unit norms would hide a wrong
-map). To keep the file small (~170 KB) every tensor is a view at its own random offset
+map). To keep the file small (190 KB) every tensor is a view at its own random offset
 into one of a few shared storages (torch.save writes a storage once): distinct values
 per tensor, and a test of the reader's views and offsets. The file is saved as
 Lightning writes one: ``state_dict`` beside ``epoch``, ``global_step``,
@@ -37,7 +37,10 @@ resolution, where the feature map is 16 high) -> ``indices_tall``, ``rec_tall``;
 ``codes`` (2, 8, 8) ->
 ``decoded`` (``decode(quantize.get_codebook_entry(codes))``). ``margin``: the smallest
 gap between the nearest and second-nearest code distance over all the positions
-encoded (how far the indices are from a tie).
+encoded (how far the indices are from a tie: 2.9e-4, ~100x what fp32 can move);
+``fp32_error``: ``rec_tall`` against the same model in float64 (4.5e-6: the outputs are
+well conditioned). ``--count``: the official VQModel at the published sizes has
+72,141,699 (f16_1024) and 76,073,859 (f16_16384) parameters without its loss.
 
 Used: taming-transformers 3ba01b241669f5ade541ce990f7650a3b8f65318 (2022-11-07),
 torch 2.14.1 (CPU), einops 0.8.2, numpy 2.4.6, Python 3.11.7.
