@@ -14,6 +14,7 @@ Examples:
   jaxgen convert --from maskgit-vq --ckpt tokenizer_imagenet256_checkpoint --out runs/mg_vq
   jaxgen convert --from maskgit --ckpt maskgit_imagenet256_checkpoint --tokenizer runs/mg_vq \
       --out runs/maskgit
+  jaxgen convert --from taming --ckpt last.ckpt --config model.yaml --out runs/vqgan
   jaxgen train --config configs/fmnist_vqgan.py --workdir runs/vqgan      # a tokenizer
   jaxgen eval --workdir runs/video --samples runs/video/samples.npz [--fvd]  # video figures
   jaxgen eval --suite fvd --ref real.npz --samples s.npz         # FVD of two video files
@@ -390,17 +391,22 @@ def cmd_convert(args, overrides):
     raise config_lib.ConfigError("`jaxgen convert` takes no --config.* overrides; change "
                                  "the written run with them when you sample or train it.")
   only = {"tokenizer": ("dit", "mage", "maskgit"), "num_heads": ("dit", "mage"),
-          "decoder_num_heads": ("mage",), "latent_scale": ("sd-vae",)}
+          "decoder_num_heads": ("mage",), "latent_scale": ("sd-vae",),
+          "model_config": ("taming",)}
   for name, sources in only.items():
     if args.source not in sources and getattr(args, name) not in (None, ""):
-      raise config_lib.ConfigError(f"--{name.replace('_', '-')} is for --from "
-                                   f"{' / '.join(sources)}.")
+      flag = "config" if name == "model_config" else name.replace("_", "-")
+      raise config_lib.ConfigError(f"--{flag} is for --from {' / '.join(sources)}.")
   exists = os.path.exists if args.source == "sd-vae" else os.path.isfile
   if not exists(args.ckpt):
     raise FileNotFoundError(f"--ckpt {args.ckpt}: no such file.")
   t0 = time.time()
+  notes = []
   try:
-    if args.source == "dit":
+    if args.source == "taming":
+      out = importer.convert_taming(args.ckpt, args.out, config=args.model_config,
+                                    source_dataset=args.source_dataset, notes=notes)
+    elif args.source == "dit":
       out = importer.convert_dit(args.ckpt, args.out, tokenizer=args.tokenizer,
                                  source_dataset=args.source_dataset, num_heads=args.num_heads)
     elif args.source == "mage":
@@ -422,15 +428,17 @@ def cmd_convert(args, overrides):
       raise
     raise config_lib.ConfigError(f"--ckpt {args.ckpt}: {e}") from None
   took = f"Converted {args.ckpt} ({args.source}) in {time.time() - t0:.0f}s to {out}"
+  for note in notes:
+    print(f"note: {note}")
+  if args.source in ("taming", "maskgit-vq"):
+    print(f"{took}, a VQ tokenizer run. Reconstruct with `jaxgen eval --workdir {out}`, "
+          f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or use it "
+          f"as a token paradigm's frozen tokenizer (config.tokenizer.workdir={out}).")
+    return
   if args.source == "sd-vae":
     print(f"{took}, a KL tokenizer run. Reconstruct with `jaxgen eval --workdir {out}`, "
           f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or decode a "
           f"latent model's samples with config.tokenizer.workdir={out}.")
-    return
-  if args.source == "maskgit-vq":
-    print(f"{took}, a VQ tokenizer run. Reconstruct with `jaxgen eval --workdir {out}`, "
-          f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or use it "
-          f"as a token paradigm's frozen tokenizer (config.tokenizer.workdir={out}).")
     return
   kind = {"dit": "KL_VAE_RUN", "mage": "VQGAN_RUN (MAGE's VQGAN)"}.get(args.source,
                                                                       "MASKGIT_VQ_RUN")
@@ -604,12 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
   v = sub.add_parser("convert", help="write a published checkpoint as a jaxgen run "
                                      "(sample / eval / load it like a trained one)")
   v.add_argument("--from", dest="source", required=True,
-                 choices=("dit", "sd-vae", "mage", "maskgit-vq", "maskgit"),
+                 choices=("dit", "sd-vae", "taming", "mage", "maskgit-vq", "maskgit"),
                  help="dit: facebookresearch/DiT (DiT-XL-2-256x256.pt, -512x512.pt, or "
                       "a state dict of any size; the paper's DDPM recipe); sd-vae: the "
                       "Stable Diffusion VAE (stabilityai/sd-vae-ft-mse or -ft-ema "
-                      "directory, or an LDM kl-f8 file) as a KL tokenizer run; mage: "
-                      "LTH14/mage (mage-vitb-1600.pth, mage-vitl-1600.pth; the paper's "
+                      "directory, or an LDM kl-f8 file) as a KL tokenizer run; taming: "
+                      "a taming-transformers VQGAN (vqgan_imagenet_f16_1024 or _16384 "
+                      "last.ckpt) as a VQ tokenizer run; mage: LTH14/mage "
+                      "(mage-vitb-1600.pth, mage-vitl-1600.pth; the paper's "
                       "unconditional generator); maskgit-vq: google-research/maskgit's "
                       "tokenizer (tokenizer_imagenet256_checkpoint) as a VQ tokenizer run; "
                       "maskgit: its transformer (maskgit_imagenet256_checkpoint) as a "
@@ -628,6 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="dit, mage: (encoder) attention heads (the official sizes need none)")
   v.add_argument("--decoder-num-heads", type=int, default=None,
                  help="mage: the decoder's attention heads (ViT-B/L need none)")
+  v.add_argument("--config", dest="model_config", default=None,
+                 help="taming: the checkpoint's configs/model.yaml (default: sizes from "
+                      "the tensors)")
   v.add_argument("--latent-scale", type=float, default=None,
                  help="sd-vae: the latents' scale factor (default: config.json's "
                       "scaling_factor, else 0.18215)")

@@ -44,6 +44,14 @@ recipe (``imagenet256_maskgit``: cosine schedule, 8 steps, choice temperature 4.
 the checkpoint's model in the official BERT layout, decoding through the MaskGIT
 tokenizer run ``tokenizer`` names (as `convert_dit`: without one the run is written and
 sampling says which tokenizer it needs).
+
+`convert_taming` writes a taming-transformers VQGAN (`jaxgen.convert.taming`:
+vqgan_imagenet_f16_1024 / _16384, a Lightning ``last.ckpt`` with its ``model.yaml``) as
+a VQ tokenizer run the same way: taming's recipe (``imagenet256_tokenizer:variant=vqgan``)
+with the checkpoint's sizes (the ``taming_f16_*`` variants for the published ones), in
+float32, without LPIPS, and the quantizer's code-usage statistics as initialised (taming
+keeps none). ``jaxgen tokenize``, ``jaxgen eval`` and the token paradigms (MaskGIT, AR:
+``config.tokenizer.workdir``) use it as a trained VQ tokenizer.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ from jaxgen.convert import dit as dit_convert
 from jaxgen.convert import mage as mage_convert
 from jaxgen.convert import maskgit as maskgit_convert
 from jaxgen.convert import sd_vae
+from jaxgen.convert import taming as taming_convert
 from jaxgen.data import datasets
 from jaxgen.paradigms import base as paradigm_base
 from jaxgen.tokenizers import base as tokenizer_base
@@ -75,6 +84,7 @@ MAGE_RECIPE = "imagenet256_mage_vitb"
 SD_VAE_RECIPE = "imagenet256_tokenizer:variant=kl"
 MASKGIT_VQ_RECIPE = "imagenet256_tokenizer:variant=vqgan"
 MASKGIT_RECIPE = "imagenet256_maskgit"
+TAMING_RECIPE = "imagenet256_tokenizer:variant=vqgan"
 
 
 def dit_config(fields, *, tokenizer: str = "", source_dataset: str = "imagenet2012"
@@ -175,14 +185,15 @@ def _write_run(out: str, exp, state, config, spec) -> None:
                     json.dumps(datasets.spec_to_dict(spec)))
 
 
-def sd_vae_config(fields, *, source_dataset: str = "imagenet2012"
-                  ) -> ml_collections.ConfigDict:
+def sd_vae_config(fields, *, source_dataset: str = "imagenet2012",
+                  recipe: str = SD_VAE_RECIPE, model=None) -> ml_collections.ConfigDict:
   """The config of a converted SD VAE: LDM's kl-f8 recipe with the checkpoint's sizes,
   in float32, without LPIPS (its weights are not published with the VAE), on
   ``source_dataset`` (the recipe's 256x256 crops of ImageNet; another dataset's images
-  as they are)."""
-  config = config_lib.load_config_file(SD_VAE_RECIPE)
-  config.model = sd_vae.model_config(fields)
+  as they are). ``recipe`` / ``model``: another tokenizer's recipe and config.model
+  (a taming VQGAN's)."""
+  config = config_lib.load_config_file(recipe)
+  config.model = model if model is not None else sd_vae.model_config(fields)
   if source_dataset != config.data.name:
     config.data = ml_collections.ConfigDict(dict(name=source_dataset,
                                                  pp="scale(-1, 1)|flip_lr"))
@@ -224,25 +235,46 @@ def maskgit_vq_config(fields, *, source_dataset: str = "imagenet2012"
                       ) -> ml_collections.ConfigDict:
   """The config of a converted MaskGIT tokenizer: the VQGAN recipe with the checkpoint's
   net, in float32, without LPIPS, on ``source_dataset`` (as `sd_vae_config`)."""
-  config = config_lib.load_config_file(MASKGIT_VQ_RECIPE)
-  config.model = maskgit_convert.tokenizer_model_config(fields)
-  if source_dataset != config.data.name:
-    config.data = ml_collections.ConfigDict(dict(name=source_dataset,
-                                                 pp="scale(-1, 1)|flip_lr"))
-  config.paradigm.perceptual = "none"
-  config.train.compute_dtype = "float32"
-  return config_lib.fill_defaults(config)
+  return sd_vae_config(fields, source_dataset=source_dataset, recipe=MASKGIT_VQ_RECIPE,
+                       model=maskgit_convert.tokenizer_model_config(fields))
 
 
 def convert_maskgit_vq(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
                        devices: Optional[Sequence[jax.Device]] = None) -> str:
   """Writes the VQ tokenizer run of MaskGIT's tokenizer checkpoint ``ckpt`` to ``out``;
   returns it."""
+  _check_new_workdir(out)
+  fields, params = maskgit_convert.load_tokenizer(ckpt)
+  return _write_tokenizer_run(ckpt, out, fields, params,
+                              maskgit_vq_config(fields, source_dataset=source_dataset),
+                              source_dataset, devices)
+
+
+def convert_taming(ckpt: str, out: str, *, config: Optional[str] = None,
+                   source_dataset: str = "imagenet2012", notes: Optional[list] = None,
+                   devices: Optional[Sequence[jax.Device]] = None) -> str:
+  """Writes the VQ tokenizer run of the taming VQGAN ``ckpt`` (``config``: its
+  model.yaml, else sizes from the tensors) to ``out``; returns it. ``notes`` (a list)
+  gets what was skipped or ignored in the checkpoint."""
+  _check_new_workdir(out)
+  fields, params, skipped = taming_convert.load_taming(ckpt, config)
+  if notes is not None:
+    notes.extend(skipped)
+  run_config = sd_vae_config(fields, source_dataset=source_dataset, recipe=TAMING_RECIPE,
+                             model=taming_convert.model_config(fields))
+  return _write_tokenizer_run(ckpt, out, fields, params, run_config, source_dataset,
+                              devices)
+
+
+def _check_new_workdir(out: str) -> None:
   if os.path.exists(os.path.join(out, "checkpoints")):
     raise config_lib.ConfigError(f"{out} already holds checkpoints; convert into a new "
                                  "workdir.")
-  fields, params = maskgit_convert.load_tokenizer(ckpt)
-  config = maskgit_vq_config(fields, source_dataset=source_dataset)
+
+
+def _write_tokenizer_run(ckpt, out, fields, params, config, source_dataset, devices) -> str:
+  """Writes the tokenizer run ``config`` with the autoencoder ``params`` (after checking
+  the dataset's channels against the checkpoint's); returns ``out``."""
   spec = datasets.describe(config.data)
   channels = spec.image_shape[-1]
   if channels != fields["in_channels"]:
@@ -272,9 +304,7 @@ def convert_maskgit(ckpt: str, out: str, *, tokenizer: str = "",
                     devices: Optional[Sequence[jax.Device]] = None) -> str:
   """Writes the run of MaskGIT's transformer checkpoint ``ckpt`` to ``out``; returns
   it. Its classes are ``source_dataset``'s."""
-  if os.path.exists(os.path.join(out, "checkpoints")):
-    raise config_lib.ConfigError(f"{out} already holds checkpoints; convert into a new "
-                                 "workdir.")
+  _check_new_workdir(out)
   spec = datasets.describe(ml_collections.ConfigDict(dict(name=source_dataset)))
   fields, params = maskgit_convert.load_transformer(ckpt, spec.num_classes)
   config = maskgit_config(fields, tokenizer=tokenizer, source_dataset=source_dataset)
@@ -294,22 +324,23 @@ def convert_maskgit(ckpt: str, out: str, *, tokenizer: str = "",
 
 def _tokenizer_state(exp, ae_params):
   """Step 0 of the tokenizer run ``exp`` with the autoencoder parameters ``ae_params``
-  (also its EMA) and a freshly initialised discriminator. Built without the run's
+  (also its EMA), a freshly initialised discriminator and the quantizer's statistics
+  (``model_state``: code usage) as initialised, zeros. Built without the run's
   ``init_state``, whose program initialises the autoencoder on full-size images (16 s
   of compilation on 2 CPU cores for the 34k-parameter test VAE at 256x256); the
   discriminator's parameters do not depend on the image size, so it is initialised on
-  32x32 images. The model state (a VQ quantizer's codebook-usage statistics) starts at
-  zero, as in a fresh run. Checked against the run's state."""
+  32x32 images. Checked against the run's state."""
   p = exp.paradigm
   x = jnp.zeros((1, 32, 32, p.image_shape[-1]), jnp.float32)
-  model_state = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                             exp.abstract_state.model_state)
+  if exp.config.model.get("ema_codebook"):
+    raise ValueError("a converted tokenizer has a plain codebook (a jaxgen bug).")
+  stats = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), exp.abstract_state.model_state)
 
   def make(ae, rng):
     return state_lib.create_state(
         lambda r: {"autoencoder": ae,
                    "discriminator": nn.meta.unbox(p.disc.init(r, x)["params"])}, exp.tx, rng,
-        lambda r: model_state)
+        lambda r: stats)
 
   state = jax.jit(make)(ae_params, jax.random.PRNGKey(exp.config.train.seed))
   shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)

@@ -52,19 +52,25 @@ _HOW_TO_GET = ("Download diffusion_pytorch_model.safetensors and config.json of 
 
 # Where each piece of the autoencoder lives in the two layouts ({l}: level from the
 # top, {r}: decoder block from the bottom, {i}: block in its level, {j}: mid block).
+# The LDM layout is taming-transformers' Encoder / Decoder (`jaxgen.convert.taming`
+# maps its VQGANs through `key_map` too), with attention inside the levels.
 LAYOUTS = {
     "diffusers": dict(
         down="encoder.down_blocks.{l}.resnets.{i}",
+        down_attn="encoder.down_blocks.{l}.attentions.{i}",
         downsample="encoder.down_blocks.{l}.downsamplers.0.conv",
         up="decoder.up_blocks.{r}.resnets.{i}",
+        up_attn="decoder.up_blocks.{r}.attentions.{i}",
         upsample="decoder.up_blocks.{r}.upsamplers.0.conv",
         mid_block="mid_block.resnets.{j}", mid_attn="mid_block.attentions.0",
         norm_out="conv_norm_out", shortcut="conv_shortcut", attn_norm="group_norm",
         attention=(("to_q", "to_k", "to_v", "to_out.0"),
                    ("query", "key", "value", "proj_attn"))),
     "ldm": dict(
-        down="encoder.down.{l}.block.{i}", downsample="encoder.down.{l}.downsample.conv",
-        up="decoder.up.{l}.block.{i}", upsample="decoder.up.{l}.upsample.conv",
+        down="encoder.down.{l}.block.{i}", down_attn="encoder.down.{l}.attn.{i}",
+        downsample="encoder.down.{l}.downsample.conv",
+        up="decoder.up.{l}.block.{i}", up_attn="decoder.up.{l}.attn.{i}",
+        upsample="decoder.up.{l}.upsample.conv",
         mid_block="mid.block_{j1}", mid_attn="mid.attn_1", norm_out="norm_out",
         shortcut="nin_shortcut", attn_norm="norm",
         attention=(("q", "k", "v", "proj_out"),)),
@@ -76,7 +82,8 @@ def key_map(fields: Dict[str, Any], layout: str = "diffusers", prefix: str = "",
   """jaxgen autoencoder parameter path -> (checkpoint key(s), layout).
 
   Args:
-    fields: the autoencoder's fields (`infer_fields`).
+    fields: the autoencoder's fields (`infer_fields`; with ``attn_resolutions``, also
+      ``resolution``: the levels that attend are fixed by it, taming's rule).
     layout: "diffusers" or "ldm" (`LAYOUTS`).
     prefix: prefix of every key ("first_stage_model." in a whole LDM state dict).
     reader: the checkpoint, if any: it tells the attention's key names (old or new
@@ -87,6 +94,7 @@ def key_map(fields: Dict[str, Any], layout: str = "diffusers", prefix: str = "",
   is_conv = lambda key: has(key) and len(reader.shape(key)) == 4
   ch, mult = fields["channels"], tuple(fields["channel_mult"])
   levels, blocks = len(mult), fields["num_res_blocks"]
+  attends = attention_levels(fields)
   m = {}
 
   def conv(path, key):
@@ -133,6 +141,9 @@ def key_map(fields: Dict[str, Any], layout: str = "diffusers", prefix: str = "",
       resnet(("encoder", f"down_{level}_block_{i}"), names["down"].format(l=level, i=i),
              width, ch * mult[level])
       width = ch * mult[level]
+      if level in attends:
+        attention(("encoder", f"down_{level}_attn_{i}"),
+                  names["down_attn"].format(l=level, i=i))
     if level != levels - 1:
       conv(("encoder", f"down_{level}_downsample", "conv"),
            names["downsample"].format(l=level))
@@ -149,12 +160,72 @@ def key_map(fields: Dict[str, Any], layout: str = "diffusers", prefix: str = "",
       resnet(("decoder", f"up_{level}_block_{i}"), names["up"].format(l=level, r=r, i=i),
              width, ch * mult[level])
       width = ch * mult[level]
+      if level in attends:
+        attention(("decoder", f"up_{level}_attn_{i}"),
+                  names["up_attn"].format(l=level, r=r, i=i))
     if level != 0:
       conv(("decoder", f"up_{level}_upsample", "conv"),
            names["upsample"].format(l=level, r=r))
   norm(("decoder", "norm_out"), f"decoder.{names['norm_out']}")
   conv(("decoder", "conv_out"), "decoder.conv_out")
   return m
+
+
+def attention_levels(fields: Dict[str, Any]) -> Tuple[int, ...]:
+  """The levels whose blocks attend: ``resolution // 2 ** l`` in ``attn_resolutions``
+  (`jaxgen.tokenizers.nets.attention_levels`, the nets' rule when ``resolution`` is
+  set; this layer cannot import the nets)."""
+  if not fields.get("attn_resolutions"):
+    return ()
+  if not fields.get("resolution"):
+    raise ValueError("attention inside the levels needs the nets' fixed resolution "
+                     "(config.model.resolution) to map its tensors.")
+  return tuple(l for l in range(len(fields["channel_mult"]))
+               if fields["resolution"] // 2 ** l in tuple(fields["attn_resolutions"]))
+
+
+def conv_sizes(reader, layout: str, prefix: str) -> Dict[str, Any]:
+  """The encoder / decoder sizes of an LDM / taming-style checkpoint, from its tensors'
+  shapes: ``widths`` (per level), ``num_res_blocks``, ``in_channels``, ``z_out`` (the
+  encoder's output channels), ``mid_attn`` and ``attn_levels`` (levels whose blocks
+  attend)."""
+  names, source = LAYOUTS[layout], reader.source
+
+  def shape(key):
+    if prefix + key not in reader:
+      raise ValueError(f"{source} is not an LDM / taming autoencoder checkpoint: it has "
+                       f"no {prefix + key}.")
+    return reader.shape(prefix + key)
+
+  down = lambda l, i: names["down"].format(l=l, i=i)
+  levels = 1 + max(int(k[len(prefix):].split(".")[2]) for k in reader.keys()
+                   if k.startswith(prefix + names["down"].split("{")[0]))
+  blocks = 1 + max(int(m.group(1)) for k in reader.keys() for m in [re.match(
+      re.escape(prefix + down(0, "")) + r"(\d+)\.", k)] if m)
+  widths = [shape(f"{down(l, 0)}.conv1.weight")[0] for l in range(levels)]
+  attn_levels = tuple(l for l in range(levels) if any(
+      k.startswith(prefix + names["down_attn"].format(l=l, i=0) + ".") for k in reader.keys()))
+  return dict(widths=widths, num_res_blocks=blocks,
+              in_channels=shape("encoder.conv_in.weight")[1],
+              z_out=shape("encoder.conv_out.weight")[0],
+              mid_attn=any(k.startswith(f"{prefix}encoder.{names['mid_attn']}.")
+                           for k in reader.keys()),
+              attn_levels=attn_levels)
+
+
+def check_widths(widths, groups: int, source: str, hint: str = "") -> int:
+  """The first width (``channels``), once checked that every width is a multiple of it
+  and that jaxgen's GroupNorm (gcd(32, width) groups) has ``groups`` groups on each."""
+  channels = widths[0]
+  if any(w % channels for w in widths):
+    raise ValueError(f"{source}: widths {widths} are not multiples of the first one; "
+                     "jaxgen's autoencoder takes channels * channel_mult.")
+  uneven = [w for w in widths if math.gcd(32, w) != groups]
+  if uneven:
+    raise ValueError(f"{source}: GroupNorm with {groups} groups over widths {widths}; "
+                     f"jaxgen's GroupNorm takes gcd(32, width) groups, which differs for "
+                     f"{uneven}{hint}.")
+  return channels
 
 
 def open_checkpoint(path: str) -> Tuple[Any, Optional[Dict[str, Any]]]:
@@ -231,7 +302,7 @@ def infer_fields(reader, config: Optional[Dict[str, Any]] = None, *,
   when given, else from the tensors' shapes; ``latent_scale`` (given, the config's
   ``scaling_factor``, else SD's 0.18215)."""
   layout, prefix = detect_layout(reader)
-  names, source = LAYOUTS[layout], reader.source
+  source = reader.source
 
   def shape(key):
     if prefix + key not in reader:
@@ -249,29 +320,14 @@ def infer_fields(reader, config: Optional[Dict[str, Any]] = None, *,
     mid_attn = bool(config.get("mid_block_add_attention", True))
     scale = config.get("scaling_factor")
   else:
-    levels = 1 + max(int(k[len(prefix):].split(".")[2]) for k in reader.keys()
-                     if k.startswith(prefix + names["down"].split("{")[0]))
-    down = lambda l, i: names["down"].format(l=l, i=i)
-    blocks = 1 + max(int(m.group(1)) for k in reader.keys() for m in [re.match(
-        re.escape(prefix + down(0, "")) + r"(\d+)\.", k)] if m)
-    widths = [shape(f"{down(l, 0)}.conv1.weight")[0] for l in range(levels)]
-    groups = 32
-    z = shape("encoder.conv_out.weight")[0] // 2
+    sizes = conv_sizes(reader, layout, prefix)
+    widths, blocks, groups = sizes["widths"], sizes["num_res_blocks"], 32
+    z = sizes["z_out"] // 2
     embed = shape("quant_conv.weight")[0] // 2
-    in_channels = shape("encoder.conv_in.weight")[1]
-    mid_attn = any(k.startswith(f"{prefix}encoder.{names['mid_attn']}.") for k in reader.keys())
-    scale = None
-  channels = widths[0]
-  if any(w % channels for w in widths):
-    raise ValueError(f"{source}: widths {widths} are not multiples of the first one; "
-                     "jaxgen's autoencoder takes channels * channel_mult.")
-  uneven = [w for w in widths if math.gcd(32, w) != groups]
-  if uneven:
-    hint = "" if config is not None else (" (without a config.json it assumes 32 groups: put "
-                                          "the model's config.json beside the weights)")
-    raise ValueError(f"{source}: GroupNorm with {groups} groups over widths {widths}; "
-                     f"jaxgen's GroupNorm takes gcd(32, width) groups, which differs for "
-                     f"{uneven}{hint}.")
+    in_channels, mid_attn, scale = sizes["in_channels"], sizes["mid_attn"], None
+  hint = "" if config is not None else (" (without a config.json it assumes 32 groups: put "
+                                        "the model's config.json beside the weights)")
+  channels = check_widths(widths, groups, source, hint)
   scale = latent_scale if latent_scale is not None else scale
   return dict(name="kl_vae", variant=None, arch="conv", channels=channels,
               channel_mult=tuple(w // channels for w in widths), num_res_blocks=blocks,

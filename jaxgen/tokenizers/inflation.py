@@ -29,9 +29,10 @@ from jaxgen.tokenizers import nets
 _VIDEO_ONLY = ("temporal_downsample", "temporal_padding")
 # The fields that fix the parameters' shapes (besides the image channels and double_z).
 _SHAPE_FIELDS = ("channels", "channel_mult", "num_res_blocks", "attn_resolutions",
-                 "mid_attn", "z_channels", "layout")
+                 "resolution", "mid_attn", "z_channels", "layout")
 _NET_DEFAULTS = dict(channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
-                     attn_resolutions=(16,), mid_attn=True, layout="taming")  # ConvEncoder's
+                     attn_resolutions=(16,), resolution=0, mid_attn=True,
+                     layout="taming")  # ConvEncoder's
 
 
 def image_fields(variant) -> Dict[str, Any]:

@@ -51,10 +51,20 @@ from jaxgen.nn import layers
 # Named sizes. ``z_channels``: encoder output channels (before the quantizer's optional
 # 1x1 projection to ``embed_dim``); ``codebook_size`` is informative for the quantizer.
 VARIANTS: Dict[str, Dict[str, Any]] = {
-    # taming-transformers configs/imagenet_vqgan.yaml (VQGAN ImageNet f16-1024).
+    # taming-transformers configs/imagenet_vqgan.yaml (VQGAN ImageNet f16-1024) at
+    # 256x256; attention where the feature map is 16 pixels at any input size.
     "vqgan_f16": dict(arch="conv", channels=128, channel_mult=(1, 1, 2, 2, 4),
                       num_res_blocks=2, attn_resolutions=(16,), z_channels=256,
                       embed_dim=256, codebook_size=1024),
+    # taming's published VQGAN ImageNet f16 nets exactly (vqgan_imagenet_f16_1024 and
+    # _16384, the same nets with 1024 or 16384 codes; `jaxgen convert --from taming`):
+    # ddconfig resolution 256, so the last level attends at any input size, as taming.
+    "taming_f16_1024": dict(arch="conv", channels=128, channel_mult=(1, 1, 2, 2, 4),
+                            num_res_blocks=2, attn_resolutions=(16,), resolution=256,
+                            z_channels=256, embed_dim=256, codebook_size=1024),
+    "taming_f16_16384": dict(arch="conv", channels=128, channel_mult=(1, 1, 2, 2, 4),
+                             num_res_blocks=2, attn_resolutions=(16,), resolution=256,
+                             z_channels=256, embed_dim=256, codebook_size=16384),
     # MaskGIT's VQGAN (maskgit/configs/vqgan_config.py, maskgit/nets/vqgan_tokenizer.py):
     # the official layout (weight-compatible with tokenizer_imagenet{256,512}_checkpoint;
     # its autoencoder has no quant convs and takes images in [0, 1]: `jaxgen.convert.
@@ -113,7 +123,7 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
 }
 
 _CONV_KEYS = ("channels", "channel_mult", "num_res_blocks", "attn_resolutions",
-              "mid_attn", "dropout", "attn_impl")
+              "resolution", "mid_attn", "dropout", "attn_impl")
 _VIT_KEYS = ("patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "pos_emb",
              "tanh_head", "attn_impl")
 _CAUSAL_KEYS = _CONV_KEYS + ("temporal_downsample", "temporal_padding")
@@ -326,6 +336,9 @@ def _causal_time_pad(x, k: int, mode: str, pad, strides):
 class GroupNorm(nn.Module):
   """taming's ``Normalize``: GroupNorm(32 groups, eps 1e-6) in float32, logical axes
   ``norm`` (``layers.GroupNorm`` uses eps 1e-5). Fewer groups when 32 does not divide C.
+  The variance is taken about the mean (two passes, as torch), not as E[x^2] - E[x]^2
+  (flax's fast variance), which loses digits where a group's mean dwarfs its spread:
+  a converted taming VQGAN's reconstruction was 7e-5 off taming's with it, 9e-6 without.
 
   ``per_frame``: on (N, T, H, W, C) inputs, statistics per frame (over H, W and the
   group's channels), not over the whole clip: frames never see each other's statistics
@@ -342,6 +355,7 @@ class GroupNorm(nn.Module):
       x = x.reshape((-1,) + shape[2:])
     return nn.GroupNorm(
         num_groups=math.gcd(self.num_groups, x.shape[-1]), epsilon=self.epsilon,
+        use_fast_variance=False,
         dtype=jnp.float32,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
         bias_init=nn.with_logical_partitioning(layers.zeros, ("norm",)),
@@ -460,6 +474,26 @@ def _feature_size(h) -> int:
   return h.shape[-3] if h.ndim >= 4 else h.shape[1]
 
 
+def attention_levels(channel_mult: Sequence[int], attn_resolutions: Sequence[int],
+                     resolution: int) -> Tuple[int, ...]:
+  """The levels (0 = full size) whose ResNet blocks get self-attention in a conv net
+  with a fixed ``resolution`` (taming's rule: level l is ``resolution // 2 ** l``
+  pixels, whatever the input's size)."""
+  if not resolution:
+    raise ValueError("attention_levels needs the nets' resolution (0: the levels follow "
+                     "the input's size)")
+  return tuple(l for l in range(len(channel_mult))
+               if resolution // 2 ** l in tuple(attn_resolutions))
+
+
+def _attends(m, h, level: int) -> bool:
+  """Whether level ``level`` of conv net ``m`` attends after its ResNet blocks: by
+  taming's fixed ``resolution`` when set, else by the feature map's actual size."""
+  if m.resolution:
+    return level in attention_levels(m.channel_mult, m.attn_resolutions, m.resolution)
+  return _feature_size(h) in m.attn_resolutions
+
+
 class _ImageHooks:
   """What `ConvEncoder` / `ConvDecoder` ask of their causal video subclasses
   (`_Causal3D`): the temporal padding ("" = not causal: images, or plain 3D convs) and
@@ -483,6 +517,10 @@ class ConvEncoder(_ImageHooks, nn.Module):
     num_res_blocks: ResNet blocks per level.
     attn_resolutions: Feature-map sizes (pixels, e.g. 16) that get self-attention after
       each ResNet block.
+    resolution: taming's ``resolution``: when set, the sizes of ``attn_resolutions``
+      are counted from it (level l is ``resolution // 2 ** l``), so the same levels
+      attend at any input size, as in taming's Encoder / Decoder; 0: the input's actual
+      feature-map sizes (the same at ``resolution``-sized inputs).
     out_channels: Latent channels (taming ``z_channels``).
     double_z: Output 2 * out_channels (mean and log-variance of a KL-VAE posterior).
     mid_attn: Self-attention in the mid block (taming: always).
@@ -495,6 +533,7 @@ class ConvEncoder(_ImageHooks, nn.Module):
   channel_mult: Sequence[int] = (1, 1, 2, 2, 4)
   num_res_blocks: int = 2
   attn_resolutions: Sequence[int] = (16,)
+  resolution: int = 0
   out_channels: int = 256
   double_z: bool = False
   mid_attn: bool = True
@@ -524,7 +563,7 @@ class ConvEncoder(_ImageHooks, nn.Module):
     for level, mult in enumerate(self.channel_mult):
       for i in range(self.num_res_blocks):
         h = res(self.channels * mult, f"down_{level}_block_{i}")(h, train)
-        if _feature_size(h) in self.attn_resolutions:
+        if _attends(self, h, level):
           h = attn(f"down_{level}_attn_{i}")(h)
       if level != len(self.channel_mult) - 1:
         h = Downsample(self.dtype, c, self._temporal(level), lay["downsample"],
@@ -547,6 +586,7 @@ class ConvDecoder(_ImageHooks, nn.Module):
   channel_mult: Sequence[int] = (1, 1, 2, 2, 4)
   num_res_blocks: int = 2
   attn_resolutions: Sequence[int] = (16,)
+  resolution: int = 0
   out_channels: int = 3
   mid_attn: bool = True
   dropout: float = 0.0
@@ -572,7 +612,7 @@ class ConvDecoder(_ImageHooks, nn.Module):
     for level in reversed(range(len(self.channel_mult))):
       for i in range(self.num_res_blocks + int(lay["extra_up_block"])):
         h = res(self.channels * self.channel_mult[level], f"up_{level}_block_{i}")(h, train)
-        if _feature_size(h) in self.attn_resolutions:
+        if _attends(self, h, level):
           h = AttnBlock(self.attn_impl, self.dtype, bool(c), name=f"up_{level}_attn_{i}")(h)
       if level != 0:
         # mirrors the encoder's downsampling from level - 1 to level
