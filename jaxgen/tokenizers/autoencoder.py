@@ -16,6 +16,8 @@ axis: codes (N, T', h, w), latents (N, T', h, w, embed_dim).
 Linear 1x1 projections ("quant_conv" / "post_quant_conv" in taming) map the encoder's
 channels to the bottleneck and back; they act on the last axis only, so nothing here
 assumes two spatial dimensions (the quantizers do not either, except "msvq").
+``quant_kernel=3`` makes them 3x3 convolutions ("SAME" padding) over the last two
+spatial axes instead, as VAR's VQVAE has them (``quant_conv_ks=3``).
 """
 
 from __future__ import annotations
@@ -46,12 +48,19 @@ class Autoencoder(nn.Module):
   z_channels: int                         # encoder output / decoder input width
   quantizer: Optional[nn.Module] = None   # "vq" / "msvq" / "lfq"
   dtype: Any = jnp.float32
+  quant_kernel: int = 1                   # 1: linear projections; 3: VAR's 3x3 convs
 
   def setup(self):
     width = 2 * self.embed_dim if self.bottleneck == "kl" else self.embed_dim
-    self.quant_proj = layers.Dense(width, ("embed", "embed_out"), dtype=self.dtype)
-    self.post_quant_proj = layers.Dense(self.z_channels, ("embed", "embed_out"),
-                                        dtype=self.dtype)
+    if self.quant_kernel == 1:
+      proj = lambda n: layers.Dense(n, ("embed", "embed_out"), dtype=self.dtype)
+    elif self.quant_kernel == 3:
+      proj = lambda n: layers.Conv(n, (3, 3), dtype=self.dtype)
+    else:
+      raise ValueError(f"quant_kernel={self.quant_kernel}: the bottleneck projections are "
+                       "1 (linear, taming / LDM) or 3 (3x3 convs, VAR's VQVAE).")
+    self.quant_proj = proj(width)
+    self.post_quant_proj = proj(self.z_channels)
 
   # -- the two halves ---------------------------------------------------------------
   def encode_features(self, x):

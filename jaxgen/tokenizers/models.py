@@ -10,7 +10,8 @@ the bottleneck: ``bottleneck`` ("vq" | "msvq" | "lfq" | "kl"), ``embed_dim``, an
 ``scales``, ``num_phi``, ``phi_ratio``; for "lfq" ``codebook_size`` (2^embed_dim),
 ``beta``, ``entropy_weight``, ``codebook_entropy_weight``, ``entropy_temperature``,
 ``entropy_form``, ``entropy_anneal_steps``, ``entropy_anneal_factor``, ``lfq_scale``,
-``lfq_norm``, ``dead_threshold`` (`quantizers.LookupFreeQuantizer`). ``inflate_from``: a
+``lfq_norm``, ``dead_threshold`` (`quantizers.LookupFreeQuantizer`);
+``quant_conv_kernel`` (1: linear bottleneck projections; 3: VAR's 3x3 convs). ``inflate_from``: a
 trained 2D conv tokenizer run whose encoder/decoder initialise a causal 3D one
 (`jaxgen.paradigms.tokenizer`, `jaxgen.tokenizers.inflation`).
 """
@@ -29,7 +30,7 @@ _BOTTLENECK_FIELDS = ("name", "variant", "bottleneck", "embed_dim", "codebook_si
                       "phi_ratio", "usage_decay", "entropy_weight",
                       "codebook_entropy_weight", "entropy_temperature", "entropy_form",
                       "entropy_anneal_steps", "entropy_anneal_factor", "lfq_scale",
-                      "lfq_norm", "inflate_from")
+                      "lfq_norm", "inflate_from", "quant_conv_kernel")
 MODEL_NAMES = ("vqgan", "vit_vqgan", "kl_vae", "causal_vqgan", "causal_kl_vae")
 
 
@@ -59,7 +60,7 @@ def build_autoencoder(cfg, *, image_shape, num_classes: int = 0, dtype=jnp.float
   return autoencoder.Autoencoder(
       encoder=encoder, decoder=decoder, bottleneck=cfg.bottleneck, embed_dim=embed_dim,
       z_channels=sizes["z_channels"], quantizer=autoencoder.vq_from_config(cfg, cfg.bottleneck),
-      dtype=dtype)
+      dtype=dtype, quant_kernel=int(cfg.get("quant_conv_kernel") or 1))
 
 
 for _name in MODEL_NAMES:
@@ -86,4 +87,5 @@ registry.register_model_fields(MODEL_NAMES, dict(
     lfq_scale=1.0,              # codes are {-scale, +scale}^d
     lfq_norm="none",            # none | rms (normalise z onto the codes' sphere first)
     inflate_from="",            # a trained 2D conv tokenizer run to inflate (causal3d only)
+    quant_conv_kernel=1,        # bottleneck projections: 1 = linear, 3 = 3x3 convs (VAR)
 ))
