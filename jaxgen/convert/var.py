@@ -321,8 +321,10 @@ def infer_var_fields(state: Dict[str, np.ndarray], source: str,
                      f"lvl_embed.weight {state['lvl_embed.weight'].shape}: {levels} scales "
                      f"of {length} tokens, not the tokenizer's {scales} "
                      f"({sum(s * s for s in scales)} tokens).")
-  mlp = state["blocks.0.ffn.fc1.weight"].shape[0] / width if "blocks.0.ffn.fc1.weight" in state else 4.0
-  variant = f"d{depth}" if (width, heads) == (64 * depth, depth) and depth in (16, 20, 24, 30) else None
+  fc1 = state.get("blocks.0.ffn.fc1.weight")
+  mlp = fc1.shape[0] / width if fc1 is not None else 4.0
+  official = (width, heads) == (64 * depth, depth) and depth in (16, 20, 24, 30)
+  variant = f"d{depth}" if official else None   # build_vae_var's named sizes
   return dict(name="var", variant=variant, depth=int(depth), hidden_size=int(width),
               num_heads=heads, drop_path_rate=0.1 * depth / 24, mlp_ratio=float(mlp),
               scales=scales, codebook_size=int(state["head.weight"].shape[0]),
