@@ -5,7 +5,8 @@
   :variant=vitvq   ViT-VQGAN-S (patch 8 -> 32x32 codes), 8192 factorised (32-d) and
                    l2-normalised codes, l2 + LPIPS + GAN
   :variant=msvq    VAR's multi-scale VQ-VAE: 4096 codes of 32 dims, 10 scales
-                   (1,2,3,4,5,6,8,10,13,16), 4 shared phi convs
+                   (1,2,3,4,5,6,8,10,13,16), 4 shared phi convs, 3x3 quant convs
+                   (108.95M parameters, as vae_ch160v4096z32.pth)
   :variant=kl      LDM / Stable Diffusion KL-f8 (32x32x4 latents, what DiT uses)
 
 LPIPS weights cannot be downloaded by jaxgen: pass
@@ -29,7 +30,7 @@ MODELS = {
     "msvq": dict(name="vqgan", variant="vqgan_f16", channels=160, z_channels=32,
                  bottleneck="msvq", embed_dim=32, codebook_size=4096, code_dim=32,
                  scales=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), num_phi=4, phi_ratio=0.5,
-                 beta=0.25),
+                 beta=0.25, quant_conv_kernel=3),
     "kl": dict(name="kl_vae", variant="kl_f8", bottleneck="kl", embed_dim=4),
 }
 

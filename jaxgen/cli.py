@@ -15,6 +15,8 @@ Examples:
   jaxgen convert --from maskgit --ckpt maskgit_imagenet256_checkpoint --tokenizer runs/mg_vq \
       --out runs/maskgit
   jaxgen convert --from taming --ckpt last.ckpt --config model.yaml --out runs/vqgan
+  jaxgen convert --from var-vae --ckpt vae_ch160v4096z32.pth --out runs/var_vae
+  jaxgen convert --from var --ckpt var_d16.pth --tokenizer runs/var_vae --out runs/var_d16
   jaxgen train --config configs/fmnist_vqgan.py --workdir runs/vqgan      # a tokenizer
   jaxgen eval --workdir runs/video --samples runs/video/samples.npz [--fvd]  # video figures
   jaxgen eval --suite fvd --ref real.npz --samples s.npz         # FVD of two video files
@@ -390,9 +392,9 @@ def cmd_convert(args, overrides):
   if overrides:
     raise config_lib.ConfigError("`jaxgen convert` takes no --config.* overrides; change "
                                  "the written run with them when you sample or train it.")
-  only = {"tokenizer": ("dit", "mage", "maskgit"), "num_heads": ("dit", "mage"),
+  only = {"tokenizer": ("dit", "mage", "maskgit", "var"), "num_heads": ("dit", "mage"),
           "decoder_num_heads": ("mage",), "latent_scale": ("sd-vae",),
-          "model_config": ("taming",)}
+          "model_config": ("taming",), "scales": ("var-vae",)}
   for name, sources in only.items():
     if args.source not in sources and getattr(args, name) not in (None, ""):
       flag = "config" if name == "model_config" else name.replace("_", "-")
@@ -420,6 +422,13 @@ def cmd_convert(args, overrides):
     elif args.source == "maskgit-vq":
       out = importer.convert_maskgit_vq(args.ckpt, args.out,
                                         source_dataset=args.source_dataset)
+    elif args.source == "var-vae":
+      scales = _parse_scales(args.scales) if args.scales else None
+      out = importer.convert_var_vae(args.ckpt, args.out, source_dataset=args.source_dataset,
+                                     scales=scales)
+    elif args.source == "var":
+      out = importer.convert_var(args.ckpt, args.out, tokenizer=args.tokenizer,
+                                 source_dataset=args.source_dataset)
     else:
       out = importer.convert_sd_vae(args.ckpt, args.out, source_dataset=args.source_dataset,
                                     latent_scale=args.latent_scale)
@@ -440,11 +449,29 @@ def cmd_convert(args, overrides):
           f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or decode a "
           f"latent model's samples with config.tokenizer.workdir={out}.")
     return
-  kind = {"dit": "KL_VAE_RUN", "mage": "VQGAN_RUN (MAGE's VQGAN)"}.get(args.source,
-                                                                      "MASKGIT_VQ_RUN")
+  if args.source == "var-vae":
+    print(f"{took}, a multi-scale VQ tokenizer run. Reconstruct with `jaxgen eval --workdir "
+          f"{out}`, or convert a VAR transformer with `jaxgen convert --from var --tokenizer "
+          f"{out}`.")
+    return
+  kind = {"dit": "KL_VAE_RUN", "mage": "VQGAN_RUN (MAGE's VQGAN)",
+          "var": "VAR_VAE_RUN (--from var-vae)"}.get(args.source, "MASKGIT_VQ_RUN")
   decodes = (f"decoding through {args.tokenizer}" if args.tokenizer else
              f"no tokenizer given: pass --tokenizer {kind} to sample images")
   print(f"{took} ({decodes}). Sample it with `jaxgen sample --workdir {out}`.")
+
+
+def _parse_scales(text: str):
+  """``--scales 1,2,3,4`` -> (1, 2, 3, 4), increasing."""
+  try:
+    scales = tuple(int(s) for s in text.split(","))
+  except ValueError:
+    scales = ()
+  if not scales or any(s <= 0 for s in scales) or any(
+      b <= a for a, b in zip(scales, scales[1:])):
+    raise config_lib.ConfigError(f"--scales {text}: give increasing positive sides, "
+                                 "e.g. 1,2,3,4,5,6,8,10,13,16 (VAR's).")
+  return scales
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -612,7 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
   v = sub.add_parser("convert", help="write a published checkpoint as a jaxgen run "
                                      "(sample / eval / load it like a trained one)")
   v.add_argument("--from", dest="source", required=True,
-                 choices=("dit", "sd-vae", "taming", "mage", "maskgit-vq", "maskgit"),
+                 choices=("dit", "sd-vae", "taming", "mage", "maskgit-vq", "maskgit",
+                          "var-vae", "var"),
                  help="dit: facebookresearch/DiT (DiT-XL-2-256x256.pt, -512x512.pt, or "
                       "a state dict of any size; the paper's DDPM recipe); sd-vae: the "
                       "Stable Diffusion VAE (stabilityai/sd-vae-ft-mse or -ft-ema "
@@ -623,14 +651,18 @@ def build_parser() -> argparse.ArgumentParser:
                       "unconditional generator); maskgit-vq: google-research/maskgit's "
                       "tokenizer (tokenizer_imagenet256_checkpoint) as a VQ tokenizer run; "
                       "maskgit: its transformer (maskgit_imagenet256_checkpoint) as a "
-                      "MaskGIT run")
+                      "MaskGIT run; var-vae: FoundationVision/VAR's VQVAE "
+                      "(vae_ch160v4096z32.pth) as a multi-scale VQ tokenizer run; var: a "
+                      "VAR transformer (var_d16.pth .. var_d30.pth) decoding through a "
+                      "--from var-vae run")
   v.add_argument("--ckpt", required=True,
                  help="the checkpoint file (read without torch); sd-vae: or its directory")
   v.add_argument("--out", required=True, help="the new workdir")
   v.add_argument("--tokenizer", default="",
                  help="dit: the KL-VAE tokenizer run that decodes the model's latents; "
                       "mage: the VQGAN run of its codes (MAGE's VQGAN, converted); "
-                      "maskgit: the converted MaskGIT tokenizer run (--from maskgit-vq)")
+                      "maskgit: the converted MaskGIT tokenizer run (--from maskgit-vq); "
+                      "var: the converted VAR VQVAE run (--from var-vae)")
   v.add_argument("--source-dataset", default="imagenet2012",
                  help="the dataset the model was trained on (dit: its classes; sd-vae: "
                       "RGB images)")
@@ -644,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
   v.add_argument("--latent-scale", type=float, default=None,
                  help="sd-vae: the latents' scale factor (default: config.json's "
                       "scaling_factor, else 0.18215)")
+  v.add_argument("--scales", default=None,
+                 help="var-vae: the scale schedule it was trained with, e.g. 1,2,3,4 "
+                      "(default VAR's 1,2,3,4,5,6,8,10,13,16)")
   v.set_defaults(fn=cmd_convert, config=None, workdir=None)
 
   d = sub.add_parser("data", help="prepare a config's dataset (or a folder of images) "

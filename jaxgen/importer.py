@@ -52,6 +52,16 @@ with the checkpoint's sizes (the ``taming_f16_*`` variants for the published one
 float32, without LPIPS, and the quantizer's code-usage statistics as initialised (taming
 keeps none). ``jaxgen tokenize``, ``jaxgen eval`` and the token paradigms (MaskGIT, AR:
 ``config.tokenizer.workdir``) use it as a trained VQ tokenizer.
+
+`convert_var_vae` writes VAR's multi-scale VQVAE (`jaxgen.convert.var`:
+``vae_ch160v4096z32.pth``) as an "msvq" tokenizer run the same way (the recipe
+``imagenet256_tokenizer:variant=msvq`` with the checkpoint's sizes, 3x3 quant convs and
+scales, on images of the scales' size: 256x256 for VAR's 1..16), and `convert_var` a
+VAR transformer (``var_d16.pth`` .. ``var_d30.pth``) as a VAR run (the recipe
+``imagenet256_var_d16`` with the checkpoint's sizes: VAR's sampling settings, cfg 1.5
+growing over the scales = ``cfg_scale`` 2.5, top-k 900, top-p 0.96) decoding through
+the converted VQVAE run ``tokenizer``, whose scales, codebook and code width it must
+match.
 """
 
 from __future__ import annotations
@@ -73,6 +83,7 @@ from jaxgen.convert import mage as mage_convert
 from jaxgen.convert import maskgit as maskgit_convert
 from jaxgen.convert import sd_vae
 from jaxgen.convert import taming as taming_convert
+from jaxgen.convert import var as var_convert
 from jaxgen.data import datasets
 from jaxgen.paradigms import base as paradigm_base
 from jaxgen.tokenizers import base as tokenizer_base
@@ -85,6 +96,8 @@ SD_VAE_RECIPE = "imagenet256_tokenizer:variant=kl"
 MASKGIT_VQ_RECIPE = "imagenet256_tokenizer:variant=vqgan"
 MASKGIT_RECIPE = "imagenet256_maskgit"
 TAMING_RECIPE = "imagenet256_tokenizer:variant=vqgan"
+VAR_VAE_RECIPE = "imagenet256_tokenizer:variant=msvq"
+VAR_RECIPE = "imagenet256_var_d16"
 
 
 def dit_config(fields, *, tokenizer: str = "", source_dataset: str = "imagenet2012"
@@ -112,9 +125,7 @@ def convert_dit(ckpt: str, out: str, *, tokenizer: str = "",
                 source_dataset: str = "imagenet2012", num_heads: Optional[int] = None,
                 devices: Optional[Sequence[jax.Device]] = None) -> str:
   """Writes the run of the official DiT checkpoint ``ckpt`` to ``out``; returns it."""
-  if os.path.exists(os.path.join(out, "checkpoints")):
-    raise config_lib.ConfigError(f"{out} already holds checkpoints; convert into a new "
-                                 "workdir.")
+  _check_new_workdir(out)
   fields, params = dit_convert.load_dit(ckpt, num_heads)
   config = dit_config(fields, tokenizer=tokenizer, source_dataset=source_dataset)
   spec = datasets.describe(config.data)
@@ -153,9 +164,7 @@ def convert_mage(ckpt: str, out: str, *, tokenizer: str = "",
                  decoder_num_heads: Optional[int] = None,
                  devices: Optional[Sequence[jax.Device]] = None) -> str:
   """Writes the run of the official MAGE checkpoint ``ckpt`` to ``out``; returns it."""
-  if os.path.exists(os.path.join(out, "checkpoints")):
-    raise config_lib.ConfigError(f"{out} already holds checkpoints; convert into a new "
-                                 "workdir.")
+  _check_new_workdir(out)
   fields, params = mage_convert.load_mage(ckpt, num_heads, decoder_num_heads)
   config = mage_config(fields, tokenizer=tokenizer, source_dataset=source_dataset)
   spec = datasets.describe(config.data)
@@ -209,9 +218,7 @@ def convert_sd_vae(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
   directory or a weights file) to ``out``; returns it. ``latent_scale``: the latents'
   scale factor (default: the checkpoint's config.json ``scaling_factor``, else
   0.18215)."""
-  if os.path.exists(os.path.join(out, "checkpoints")):
-    raise config_lib.ConfigError(f"{out} already holds checkpoints; convert into a new "
-                                 "workdir.")
+  _check_new_workdir(out)
   if latent_scale is not None and not latent_scale > 0:
     raise config_lib.ConfigError(f"--latent-scale {latent_scale}: the latents' scale "
                                  "factor must be positive (SD's is 0.18215).")
@@ -334,16 +341,112 @@ def _tokenizer_state(exp, ae_params):
   x = jnp.zeros((1, 32, 32, p.image_shape[-1]), jnp.float32)
   if exp.config.model.get("ema_codebook"):
     raise ValueError("a converted tokenizer has a plain codebook (a jaxgen bug).")
+  # the quantizer's state (a VQ's usage EMA; none for KL) starts as a fresh run's: zeros
   stats = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), exp.abstract_state.model_state)
 
   def make(ae, rng):
     return state_lib.create_state(
         lambda r: {"autoencoder": ae,
                    "discriminator": nn.meta.unbox(p.disc.init(r, x)["params"])}, exp.tx, rng,
-        lambda r: stats)
+        init_model_state=(lambda r: stats) if jax.tree.leaves(stats) else None)
 
   state = jax.jit(make)(ae_params, jax.random.PRNGKey(exp.config.train.seed))
   shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
   if shapes(state) != shapes(exp.abstract_state):
     raise ValueError("The converted parameters do not fit the run's state (a jaxgen bug).")
   return jax.device_put(state, exp.state_shardings)
+
+
+def var_vae_config(fields, *, source_dataset: str = "imagenet2012"
+                   ) -> ml_collections.ConfigDict:
+  """The config of a converted VAR VQVAE: the msvq tokenizer recipe with the
+  checkpoint's sizes, in float32, without LPIPS, on ``source_dataset`` (ImageNet
+  center-cropped to the scales' image size, or another dataset's images as they are)."""
+  config = config_lib.load_config_file(VAR_VAE_RECIPE)
+  config.model = var_convert.vae_model_config(fields)
+  size = var_convert.vae_image_size(fields)
+  if source_dataset == config.data.name:
+    config.data.image_size = size
+    config.data.pp = f"center_crop({size})|scale(-1, 1)|flip_lr"
+  else:
+    config.data = ml_collections.ConfigDict(dict(name=source_dataset,
+                                                 pp="scale(-1, 1)|flip_lr"))
+  config.paradigm.perceptual = "none"
+  config.train.compute_dtype = "float32"
+  return config_lib.fill_defaults(config)
+
+
+def convert_var_vae(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
+                    scales: Optional[Sequence[int]] = None,
+                    devices: Optional[Sequence[jax.Device]] = None) -> str:
+  """Writes the "msvq" tokenizer run of VAR's VQVAE ``ckpt`` to ``out``; returns it.
+  ``scales``: its scale schedule (default VAR's 1..16)."""
+  _check_new_workdir(out)
+  fields, params = var_convert.load_var_vae(ckpt, scales)
+  config = var_vae_config(fields, source_dataset=source_dataset)
+  spec = datasets.describe(config.data)
+  size = var_convert.vae_image_size(fields)
+  want = (size, size, fields["in_channels"])
+  if tuple(spec.image_shape) != want:
+    raise config_lib.ConfigError(
+        f"{ckpt} with scales {fields['scales']} encodes {want} images, {source_dataset} "
+        f"has {tuple(spec.image_shape)}; pass a dataset of that shape (--source-dataset).")
+  devices = list(devices or jax.devices())[:1]
+  exp = loop.build(config, devices, load_data=False, dataset=spec)
+  _write_run(out, exp, _tokenizer_state(exp, params), config, spec)
+  return out
+
+
+def _tokenizer_scales(tokenizer: str):
+  """The scale schedule of the msvq tokenizer run ``tokenizer`` (None without one)."""
+  if not tokenizer:
+    return None
+  stored = checkpoint.read_config(tokenizer)
+  if stored is None:
+    raise config_lib.ConfigError(f"--tokenizer {tokenizer} is not a run (no config.json); "
+                                 "convert VAR's VQVAE first (--from var-vae).")
+  model = stored.get("model", {})
+  if model.get("bottleneck") != "msvq":
+    raise config_lib.ConfigError(f"--tokenizer {tokenizer} is a {model.get('bottleneck')!r} "
+                                 "tokenizer; VAR decodes through a multi-scale VQ (msvq) "
+                                 "one (--from var-vae).")
+  return tuple(int(s) for s in model["scales"])
+
+
+def var_config(fields, *, tokenizer: str = "", source_dataset: str = "imagenet2012"
+               ) -> ml_collections.ConfigDict:
+  """The config of a converted VAR transformer: VAR's d16 recipe (its sampling
+  settings) with the checkpoint's sizes, decoding through ``tokenizer``."""
+  config = config_lib.load_config_file(VAR_RECIPE)
+  config.model = ml_collections.ConfigDict(
+      {k: v for k, v in fields.items() if k != "num_classes"})
+  config.data.source_dataset = source_dataset
+  config.tokenizer.workdir = tokenizer
+  config.train.compute_dtype = "float32"
+  return config_lib.fill_defaults(config)
+
+
+def convert_var(ckpt: str, out: str, *, tokenizer: str = "",
+                source_dataset: str = "imagenet2012",
+                devices: Optional[Sequence[jax.Device]] = None) -> str:
+  """Writes the VAR run of the official VAR transformer ``ckpt`` to ``out``, decoding
+  through the msvq tokenizer run ``tokenizer`` (its scales); returns it."""
+  _check_new_workdir(out)
+  fields, params = var_convert.load_var(ckpt, _tokenizer_scales(tokenizer))
+  config = var_config(fields, tokenizer=tokenizer, source_dataset=source_dataset)
+  spec = datasets.describe(config.data)
+  if spec.num_classes != fields["num_classes"]:
+    raise config_lib.ConfigError(
+        f"{ckpt} has {fields['num_classes']} classes, {source_dataset} has "
+        f"{spec.num_classes}; pass the dataset it was trained on (--source-dataset).")
+  devices = list(devices or jax.devices())[:1]
+  if tokenizer:
+    exp = loop.build(config, devices, load_data=False, dataset=spec)
+  else:
+    with paradigm_base.shapes_only():
+      exp = loop.build(config, devices, load_data=False, dataset=spec)
+  state = exp.init_state()
+  if jax.tree.structure(state.params) != jax.tree.structure(params):
+    raise ValueError("The converted parameters do not fit the run's VAR (a jaxgen bug).")
+  _write_run(out, exp, state.replace(params=params, ema_params=params), config, spec)
+  return out

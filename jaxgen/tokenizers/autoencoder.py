@@ -23,6 +23,8 @@ VQGAN quantizes the encoder's output itself): ``embed_dim`` must then equal
 Images are in [-1, 1] at this module's interface. ``unit_range=True``: the nets compute
 on images in [0, 1], as MaskGIT's tokenizer was trained (the encoder sees (x + 1) / 2,
 the decoder's output y is returned as 2 y - 1).
+``quant_kernel=3`` makes them (when present) 3x3 convolutions ("SAME" padding) over the last two
+spatial axes instead, as VAR's VQVAE has them (``quant_conv_ks=3``).
 """
 
 from __future__ import annotations
@@ -55,13 +57,20 @@ class Autoencoder(nn.Module):
   use_quant_proj: bool = True             # the 1x1 projections around the bottleneck
   unit_range: bool = False                # the nets compute on images in [0, 1]
   dtype: Any = jnp.float32
+  quant_kernel: int = 1                   # 1: linear projections; 3: VAR's 3x3 convs
 
   def setup(self):
     width = 2 * self.embed_dim if self.bottleneck == "kl" else self.embed_dim
+    if self.quant_kernel == 1:
+      proj = lambda n: layers.Dense(n, ("embed", "embed_out"), dtype=self.dtype)
+    elif self.quant_kernel == 3:
+      proj = lambda n: layers.Conv(n, (3, 3), dtype=self.dtype)
+    else:
+      raise ValueError(f"quant_kernel={self.quant_kernel}: the bottleneck projections are "
+                       "1 (linear, taming / LDM) or 3 (3x3 convs, VAR's VQVAE).")
     if self.use_quant_proj:
-      self.quant_proj = layers.Dense(width, ("embed", "embed_out"), dtype=self.dtype)
-      self.post_quant_proj = layers.Dense(self.z_channels, ("embed", "embed_out"),
-                                          dtype=self.dtype)
+      self.quant_proj = proj(width)
+      self.post_quant_proj = proj(self.z_channels)
     elif self.embed_dim != self.z_channels:
       raise ValueError(f"Autoencoder: without quant projections embed_dim "
                        f"({self.embed_dim}) must equal z_channels ({self.z_channels}).")

@@ -11,7 +11,8 @@ the bottleneck: ``bottleneck`` ("vq" | "msvq" | "lfq" | "kl"), ``embed_dim``, an
 ``beta``, ``entropy_weight``, ``codebook_entropy_weight``, ``entropy_temperature``,
 ``entropy_form``, ``entropy_anneal_steps``, ``entropy_anneal_factor``, ``lfq_scale``,
 ``lfq_norm``, ``dead_threshold`` (`quantizers.LookupFreeQuantizer`). ``quant_proj``
-and ``unit_range``: `autoencoder.Autoencoder`'s (False and True for MaskGIT's VQGAN). ``inflate_from``: a
+and ``unit_range``: `autoencoder.Autoencoder`'s (False and True for MaskGIT's VQGAN);
+``quant_conv_kernel`` (1: linear bottleneck projections; 3: VAR's 3x3 convs). ``inflate_from``: a
 trained 2D conv tokenizer run whose encoder/decoder initialise a causal 3D one
 (`jaxgen.paradigms.tokenizer`, `jaxgen.tokenizers.inflation`).
 """
@@ -30,7 +31,8 @@ _BOTTLENECK_FIELDS = ("name", "variant", "bottleneck", "embed_dim", "codebook_si
                       "phi_ratio", "usage_decay", "entropy_weight",
                       "codebook_entropy_weight", "entropy_temperature", "entropy_form",
                       "entropy_anneal_steps", "entropy_anneal_factor", "lfq_scale",
-                      "lfq_norm", "inflate_from", "quant_proj", "unit_range")
+                      "lfq_norm", "inflate_from", "quant_proj", "unit_range",
+                      "quant_conv_kernel")
 MODEL_NAMES = ("vqgan", "vit_vqgan", "kl_vae", "causal_vqgan", "causal_kl_vae")
 
 
@@ -60,7 +62,8 @@ def build_autoencoder(cfg, *, image_shape, num_classes: int = 0, dtype=jnp.float
   return autoencoder.Autoencoder(
       encoder=encoder, decoder=decoder, bottleneck=cfg.bottleneck, embed_dim=embed_dim,
       z_channels=sizes["z_channels"], quantizer=autoencoder.vq_from_config(cfg, cfg.bottleneck),
-      use_quant_proj=cfg.quant_proj, unit_range=cfg.unit_range, dtype=dtype)
+      use_quant_proj=cfg.quant_proj, unit_range=cfg.unit_range, dtype=dtype,
+      quant_kernel=int(cfg.get("quant_conv_kernel") or 1))
 
 
 for _name in MODEL_NAMES:
@@ -89,4 +92,5 @@ registry.register_model_fields(MODEL_NAMES, dict(
     inflate_from="",            # a trained 2D conv tokenizer run to inflate (causal3d only)
     quant_proj=True,            # 1x1 projections around the bottleneck (MaskGIT's VQGAN: none)
     unit_range=False,           # the nets compute on images in [0, 1] (MaskGIT's VQGAN)
+    quant_conv_kernel=1,        # bottleneck projections: 1 = linear, 3 = 3x3 convs (VAR)
 ))
