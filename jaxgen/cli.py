@@ -394,7 +394,8 @@ def cmd_convert(args, overrides):
                                  "the written run with them when you sample or train it.")
   only = {"tokenizer": ("dit", "mage", "maskgit", "var"), "num_heads": ("dit", "mage"),
           "decoder_num_heads": ("mage",), "latent_scale": ("sd-vae",),
-          "model_config": ("taming",), "scales": ("var-vae",)}
+          "model_config": ("taming",), "scales": ("var-vae",),
+          "image_size": ("sd-vae", "taming", "maskgit-vq")}
   for name, sources in only.items():
     if args.source not in sources and getattr(args, name) not in (None, ""):
       flag = "config" if name == "model_config" else name.replace("_", "-")
@@ -407,7 +408,8 @@ def cmd_convert(args, overrides):
   try:
     if args.source == "taming":
       out = importer.convert_taming(args.ckpt, args.out, config=args.model_config,
-                                    source_dataset=args.source_dataset, notes=notes)
+                                    source_dataset=args.source_dataset, notes=notes,
+                                    image_size=args.image_size)
     elif args.source == "dit":
       out = importer.convert_dit(args.ckpt, args.out, tokenizer=args.tokenizer,
                                  source_dataset=args.source_dataset, num_heads=args.num_heads)
@@ -421,7 +423,8 @@ def cmd_convert(args, overrides):
                                      source_dataset=args.source_dataset)
     elif args.source == "maskgit-vq":
       out = importer.convert_maskgit_vq(args.ckpt, args.out,
-                                        source_dataset=args.source_dataset)
+                                        source_dataset=args.source_dataset,
+                                        image_size=args.image_size)
     elif args.source == "var-vae":
       scales = _parse_scales(args.scales) if args.scales else None
       out = importer.convert_var_vae(args.ckpt, args.out, source_dataset=args.source_dataset,
@@ -431,7 +434,8 @@ def cmd_convert(args, overrides):
                                  source_dataset=args.source_dataset)
     else:
       out = importer.convert_sd_vae(args.ckpt, args.out, source_dataset=args.source_dataset,
-                                    latent_scale=args.latent_scale)
+                                    latent_scale=args.latent_scale,
+                                    image_size=args.image_size)
   except ValueError as e:
     if isinstance(e, config_lib.ConfigError):
       raise
@@ -673,6 +677,10 @@ def build_parser() -> argparse.ArgumentParser:
   v.add_argument("--config", dest="model_config", default=None,
                  help="taming: the checkpoint's configs/model.yaml (default: sizes from "
                       "the tensors)")
+  v.add_argument("--image-size", type=int, default=None,
+                 help="sd-vae, taming, maskgit-vq: the ImageNet crop size the tokenizer run "
+                      "encodes (default 256; 512 for DiT-XL/2 512's latents or MaskGIT "
+                      "512's codes)")
   v.add_argument("--latent-scale", type=float, default=None,
                  help="sd-vae: the latents' scale factor (default: config.json's "
                       "scaling_factor, else 0.18215)")

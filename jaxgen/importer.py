@@ -195,24 +195,34 @@ def _write_run(out: str, exp, state, config, spec) -> None:
 
 
 def sd_vae_config(fields, *, source_dataset: str = "imagenet2012",
-                  recipe: str = SD_VAE_RECIPE, model=None) -> ml_collections.ConfigDict:
+                  recipe: str = SD_VAE_RECIPE, model=None,
+                  image_size: Optional[int] = None) -> ml_collections.ConfigDict:
   """The config of a converted SD VAE: LDM's kl-f8 recipe with the checkpoint's sizes,
   in float32, without LPIPS (its weights are not published with the VAE), on
-  ``source_dataset`` (the recipe's 256x256 crops of ImageNet; another dataset's images
-  as they are). ``recipe`` / ``model``: another tokenizer's recipe and config.model
-  (a taming VQGAN's)."""
+  ``source_dataset`` (the recipe's 256x256 crops of ImageNet, or ``image_size`` ones:
+  512 for DiT-XL/2 512's latents; another dataset's images as they are). ``recipe`` /
+  ``model``: another tokenizer's recipe and config.model (a taming or MaskGIT VQGAN's)."""
   config = config_lib.load_config_file(recipe)
   config.model = model if model is not None else sd_vae.model_config(fields)
   if source_dataset != config.data.name:
+    if image_size:
+      raise config_lib.ConfigError(f"--image-size is for ImageNet ({config.data.name}); "
+                                   f"{source_dataset}'s images are used as they are.")
     config.data = ml_collections.ConfigDict(dict(name=source_dataset,
                                                  pp="scale(-1, 1)|flip_lr"))
+  elif image_size:
+    if image_size < 8 or image_size % 8:
+      raise config_lib.ConfigError(f"--image-size {image_size}: give a multiple of 8 "
+                                   "(256, 512).")
+    config.data.image_size = image_size
+    config.data.pp = f"center_crop({image_size})|scale(-1, 1)|flip_lr"
   config.paradigm.perceptual = "none"
   config.train.compute_dtype = "float32"
   return config_lib.fill_defaults(config)
 
 
 def convert_sd_vae(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
-                   latent_scale: Optional[float] = None,
+                   latent_scale: Optional[float] = None, image_size: Optional[int] = None,
                    devices: Optional[Sequence[jax.Device]] = None) -> str:
   """Writes the KL tokenizer run of the Stable Diffusion VAE ``ckpt`` (a diffusers
   directory or a weights file) to ``out``; returns it. ``latent_scale``: the latents'
@@ -223,7 +233,7 @@ def convert_sd_vae(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
     raise config_lib.ConfigError(f"--latent-scale {latent_scale}: the latents' scale "
                                  "factor must be positive (SD's is 0.18215).")
   fields, params = sd_vae.load_sd_vae(ckpt, latent_scale)
-  config = sd_vae_config(fields, source_dataset=source_dataset)
+  config = sd_vae_config(fields, source_dataset=source_dataset, image_size=image_size)
   spec = datasets.describe(config.data)
   channels = spec.image_shape[-1]
   if channels != fields["in_channels"]:
@@ -238,27 +248,31 @@ def convert_sd_vae(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
   return out
 
 
-def maskgit_vq_config(fields, *, source_dataset: str = "imagenet2012"
-                      ) -> ml_collections.ConfigDict:
+def maskgit_vq_config(fields, *, source_dataset: str = "imagenet2012",
+                      image_size: Optional[int] = None) -> ml_collections.ConfigDict:
   """The config of a converted MaskGIT tokenizer: the VQGAN recipe with the checkpoint's
   net, in float32, without LPIPS, on ``source_dataset`` (as `sd_vae_config`)."""
   return sd_vae_config(fields, source_dataset=source_dataset, recipe=MASKGIT_VQ_RECIPE,
-                       model=maskgit_convert.tokenizer_model_config(fields))
+                       model=maskgit_convert.tokenizer_model_config(fields),
+                       image_size=image_size)
 
 
 def convert_maskgit_vq(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
+                       image_size: Optional[int] = None,
                        devices: Optional[Sequence[jax.Device]] = None) -> str:
   """Writes the VQ tokenizer run of MaskGIT's tokenizer checkpoint ``ckpt`` to ``out``;
   returns it."""
   _check_new_workdir(out)
   fields, params = maskgit_convert.load_tokenizer(ckpt)
   return _write_tokenizer_run(ckpt, out, fields, params,
-                              maskgit_vq_config(fields, source_dataset=source_dataset),
+                              maskgit_vq_config(fields, source_dataset=source_dataset,
+                                                image_size=image_size),
                               source_dataset, devices)
 
 
 def convert_taming(ckpt: str, out: str, *, config: Optional[str] = None,
                    source_dataset: str = "imagenet2012", notes: Optional[list] = None,
+                   image_size: Optional[int] = None,
                    devices: Optional[Sequence[jax.Device]] = None) -> str:
   """Writes the VQ tokenizer run of the taming VQGAN ``ckpt`` (``config``: its
   model.yaml, else sizes from the tensors) to ``out``; returns it. ``notes`` (a list)
@@ -268,7 +282,8 @@ def convert_taming(ckpt: str, out: str, *, config: Optional[str] = None,
   if notes is not None:
     notes.extend(skipped)
   run_config = sd_vae_config(fields, source_dataset=source_dataset, recipe=TAMING_RECIPE,
-                             model=taming_convert.model_config(fields))
+                             model=taming_convert.model_config(fields),
+                             image_size=image_size)
   return _write_tokenizer_run(ckpt, out, fields, params, run_config, source_dataset,
                               devices)
 

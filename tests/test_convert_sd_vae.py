@@ -141,6 +141,12 @@ def test_sizes_from_shapes_at_the_stable_diffusion_size():
   assert got == dict(fields, latent_scale=SCALE, layout="diffusers", prefix="")
   safetensors_io.check_tensors(reader, sd_vae.key_map(got, reader=reader), expected,
                                model="kl-f8")
+  # DiT-XL/2 512 decodes 64x64x4 latents: the run of `--image-size 512` encodes 512 crops.
+  from jaxgen import importer  # pylint: disable=import-outside-toplevel
+  from jaxgen.data import datasets  # pylint: disable=import-outside-toplevel
+  c = importer.sd_vae_config(got, image_size=512)
+  assert datasets.describe(c.data).image_shape == (512, 512, 3)
+  assert c.data.pp.startswith("center_crop(512)|")
 
 
 def test_wrong_missing_or_extra_tensors_are_named(tmp_path):
@@ -226,7 +232,11 @@ def test_convert_errors_are_one_line(tmp_path, capsys):
       (["--ckpt", str(tmp_path / "none"), "--out", str(tmp_path / "x")], "no such file"),
       (["--ckpt", TINY, "--out", str(tmp_path / "x"), "--num-heads", "2"], "for --from dit"),
       (["--ckpt", TINY, "--out", str(tmp_path / "x"), "--source-dataset", "fashion_mnist"],
-       "encodes 3-channel images, fashion_mnist has 1")):
+       "encodes 3-channel images, fashion_mnist has 1"),
+      (["--ckpt", TINY, "--out", str(tmp_path / "x"), "--image-size", "500"],
+       "multiple of 8"),
+      (["--ckpt", TINY, "--out", str(tmp_path / "x"), "--image-size", "512",
+        "--source-dataset", "fashion_mnist"], "--image-size is for ImageNet")):
     assert cli.main(["convert", "--from", "sd-vae"] + argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("jaxgen: error: ") and err.count("\n") == 1 and says in err, err
