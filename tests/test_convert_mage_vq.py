@@ -201,10 +201,8 @@ def _f16_checkpoint(tmp_path):
   from jaxgen.convert import safetensors_io  # pylint: disable=import-outside-toplevel
   fields = maskgit.tokenizer_fields("f16", channels=32, widths=[32] * 5, num_res_blocks=2,
                                     codebook=(16, 8), encoder_out=8, in_channels=3)
-  fields["prefix"] = ""
-  shapes = safetensors_io.checkpoint_shapes(mage_vq.key_map(fields),
-                                            maskgit.tokenizer_shapes(mage_vq._net_fields(
-                                                fields)))
+  shapes = safetensors_io.checkpoint_shapes(mage_vq.key_map(dict(fields, prefix="")),
+                                            maskgit.tokenizer_shapes(fields))
   rng = np.random.default_rng(0)
   return _write(tmp_path, {k: (rng.standard_normal(s) * 0.1).astype(np.float32)
                            for k, s in shapes.items()}, "f16.ckpt.npz")
