@@ -10,7 +10,9 @@ Examples:
   jaxgen info --config configs/imagenet256_dit_xl2.py
   jaxgen convert --from dit --ckpt DiT-XL-2-256x256.pt --tokenizer runs/vae --out runs/dit
   jaxgen convert --from sd-vae --ckpt sd-vae-ft-mse/ --out runs/sd_vae
-  jaxgen convert --from mage --ckpt mage-vitb-1600.pth --tokenizer runs/vq --out runs/mage
+  jaxgen convert --from mage-vq --ckpt vqgan_jax_strongaug.ckpt --out runs/mage_vq
+  jaxgen convert --from mage --ckpt mage-vitb-1600.pth --tokenizer runs/mage_vq \
+      --out runs/mage
   jaxgen convert --from maskgit-vq --ckpt tokenizer_imagenet256_checkpoint --out runs/mg_vq
   jaxgen convert --from maskgit --ckpt maskgit_imagenet256_checkpoint --tokenizer runs/mg_vq \
       --out runs/maskgit
@@ -425,6 +427,9 @@ def cmd_convert(args, overrides):
       out = importer.convert_maskgit_vq(args.ckpt, args.out,
                                         source_dataset=args.source_dataset,
                                         image_size=args.image_size)
+    elif args.source == "mage-vq":
+      out = importer.convert_mage_vq(args.ckpt, args.out, source_dataset=args.source_dataset,
+                                     notes=notes)
     elif args.source == "var-vae":
       scales = _parse_scales(args.scales) if args.scales else None
       out = importer.convert_var_vae(args.ckpt, args.out, source_dataset=args.source_dataset,
@@ -443,7 +448,7 @@ def cmd_convert(args, overrides):
   took = f"Converted {args.ckpt} ({args.source}) in {time.time() - t0:.0f}s to {out}"
   for note in notes:
     print(f"note: {note}")
-  if args.source in ("taming", "maskgit-vq"):
+  if args.source in ("taming", "maskgit-vq", "mage-vq"):
     print(f"{took}, a VQ tokenizer run. Reconstruct with `jaxgen eval --workdir {out}`, "
           f"encode a dataset with `jaxgen tokenize --workdir {out} --out DIR`, or use it "
           f"as a token paradigm's frozen tokenizer (config.tokenizer.workdir={out}).")
@@ -458,7 +463,7 @@ def cmd_convert(args, overrides):
           f"{out}`, or convert a VAR transformer with `jaxgen convert --from var --tokenizer "
           f"{out}`.")
     return
-  kind = {"dit": "KL_VAE_RUN", "mage": "VQGAN_RUN (MAGE's VQGAN)",
+  kind = {"dit": "KL_VAE_RUN", "mage": "MAGE_VQ_RUN (--from mage-vq)",
           "var": "VAR_VAE_RUN (--from var-vae)"}.get(args.source, "MASKGIT_VQ_RUN")
   decodes = (f"decoding through {args.tokenizer}" if args.tokenizer else
              f"no tokenizer given: pass --tokenizer {kind} to sample images")
@@ -643,8 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
   v = sub.add_parser("convert", help="write a published checkpoint as a jaxgen run "
                                      "(sample / eval / load it like a trained one)")
   v.add_argument("--from", dest="source", required=True,
-                 choices=("dit", "sd-vae", "taming", "mage", "maskgit-vq", "maskgit",
-                          "var-vae", "var"),
+                 choices=("dit", "sd-vae", "taming", "mage", "mage-vq", "maskgit-vq",
+                          "maskgit", "var-vae", "var"),
                  help="dit: facebookresearch/DiT (DiT-XL-2-256x256.pt, -512x512.pt, or "
                       "a state dict of any size; the paper's DDPM recipe); sd-vae: the "
                       "Stable Diffusion VAE (stabilityai/sd-vae-ft-mse or -ft-ema "
@@ -652,7 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "a taming-transformers VQGAN (vqgan_imagenet_f16_1024 or _16384 "
                       "last.ckpt) as a VQ tokenizer run; mage: LTH14/mage "
                       "(mage-vitb-1600.pth, mage-vitl-1600.pth; the paper's "
-                      "unconditional generator); maskgit-vq: google-research/maskgit's "
+                      "unconditional generator) decoding through a --from mage-vq run; "
+                      "mage-vq: MAGE's VQGAN (vqgan_jax_strongaug.ckpt) as a VQ tokenizer "
+                      "run; maskgit-vq: google-research/maskgit's "
                       "tokenizer (tokenizer_imagenet256_checkpoint) as a VQ tokenizer run; "
                       "maskgit: its transformer (maskgit_imagenet256_checkpoint) as a "
                       "MaskGIT run; var-vae: FoundationVision/VAR's VQVAE "
@@ -664,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
   v.add_argument("--out", required=True, help="the new workdir")
   v.add_argument("--tokenizer", default="",
                  help="dit: the KL-VAE tokenizer run that decodes the model's latents; "
-                      "mage: the VQGAN run of its codes (MAGE's VQGAN, converted); "
+                      "mage: the VQGAN run of its codes (MAGE's VQGAN: --from mage-vq); "
                       "maskgit: the converted MaskGIT tokenizer run (--from maskgit-vq); "
                       "var: the converted VAR VQVAE run (--from var-vae)")
   v.add_argument("--source-dataset", default="imagenet2012",

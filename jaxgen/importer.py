@@ -17,7 +17,7 @@ parameters and EMA, the paper's recipe (``imagenet256_mage_vitb``: its masking, 
 official unconditional generator's 20 steps at choice temperature 6.0, the README's FID
 setting) with the checkpoint's sizes and the official layout, in float32, on
 ``source_dataset``'s codes. Its frozen tokenizer is the VQGAN run ``tokenizer`` names
-(MAGE's is a port of MaskGIT's VQGAN: ``jaxgen convert --from maskgit-vq``), recorded
+(MAGE's VQGAN, a port of MaskGIT's: `convert_mage_vq`), recorded
 in ``frozen_networks.json``; without one the workdir is written, ``jaxgen info`` works,
 and sampling says which tokenizer it needs.
 
@@ -38,7 +38,10 @@ run the same way: the VQGAN recipe (``imagenet256_tokenizer:variant=vqgan``) wit
 checkpoint's MaskGIT-layout net (no quant projections, images in [0, 1] inside), in
 float32, without LPIPS, a fresh discriminator and codebook-usage statistics at zero;
 ``jaxgen tokenize`` and a token paradigm's ``config.tokenizer.workdir`` use it as the
-frozen tokenizer of MaskGIT. `convert_maskgit` writes its class-conditional
+frozen tokenizer of MaskGIT; `convert_mage_vq` writes MAGE's own VQGAN
+(``vqgan_jax_strongaug.ckpt``, LTH14/mage's PyTorch port of that net;
+`jaxgen.convert.mage_vq`) as the same run, the frozen tokenizer of a converted MAGE
+run. `convert_maskgit` writes its class-conditional
 transformer (``maskgit_imagenet{256,512}_checkpoint``) as a MaskGIT run: the paper's
 recipe (``imagenet256_maskgit``: cosine schedule, 8 steps, choice temperature 4.5) with
 the checkpoint's model in the official BERT layout, decoding through the MaskGIT
@@ -80,6 +83,7 @@ from jaxgen import fileio
 from jaxgen import frozen as frozen_lib
 from jaxgen.convert import dit as dit_convert
 from jaxgen.convert import mage as mage_convert
+from jaxgen.convert import mage_vq as mage_vq_convert
 from jaxgen.convert import maskgit as maskgit_convert
 from jaxgen.convert import sd_vae
 from jaxgen.convert import taming as taming_convert
@@ -267,6 +271,23 @@ def convert_maskgit_vq(ckpt: str, out: str, *, source_dataset: str = "imagenet20
   return _write_tokenizer_run(ckpt, out, fields, params,
                               maskgit_vq_config(fields, source_dataset=source_dataset,
                                                 image_size=image_size),
+                              source_dataset, devices)
+
+
+def convert_mage_vq(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
+                    notes: Optional[list] = None,
+                    devices: Optional[Sequence[jax.Device]] = None) -> str:
+  """Writes the VQ tokenizer run of MAGE's own VQGAN ``ckpt`` (LTH14/mage's
+  ``vqgan_jax_strongaug.ckpt``, a PyTorch port of MaskGIT's) to ``out``: the same run
+  as `convert_maskgit_vq` writes (the MaskGIT-layout net), the tokenizer a converted
+  MAGE run (`convert_mage`) names; returns it. ``notes`` (a list) gets what was
+  skipped in the file."""
+  _check_new_workdir(out)
+  fields, params, skipped = mage_vq_convert.load_tokenizer(ckpt)
+  if notes is not None:
+    notes.extend(skipped)
+  return _write_tokenizer_run(ckpt, out, fields, params,
+                              maskgit_vq_config(fields, source_dataset=source_dataset),
                               source_dataset, devices)
 
 

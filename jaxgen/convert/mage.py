@@ -11,8 +11,8 @@ shape mismatch is an error naming the key and both shapes. Known and not used by
 model (so not loaded): MAE leftovers the official forward never reads (``cls_token``,
 ``pos_embed``, ``mask_token``, ``decoder_pos_embed``, ``decoder_pred``,
 ``patch_embed``) and the ``position_ids`` buffer; the ``vqgan.*`` weights, if a
-checkpoint holds them, are the tokenizer's (`jaxgen.convert` of ``maskgit-vq``), not
-this model's. Outputs (training forward with a given token drop and mask, the
+checkpoint holds them, are the tokenizer's (`jaxgen.convert.mage_vq`, ``--from
+mage-vq``), not this model's. Outputs (training forward with a given token drop and mask, the
 generator's forward, the linear-probe features) equal the official model's (tested on a
 small model the official code built: ``tests/data/make_mage_reference.py``).
 

@@ -112,22 +112,35 @@ def infer_tokenizer_fields(reader) -> Dict[str, Any]:
     raise ValueError(f"{source}: {enc_blocks} encoder ResBlocks and {dec_convs} decoder "
                      f"convs do not make a MaskGIT VQGAN (levels x blocks + mid blocks).")
   blocks = enc_blocks // (levels + 1)
-  channels = shape("encoder.Conv_0.kernel")[-1]
   widths = [shape(f"encoder.ResBlock_{l * blocks}.Conv_0.kernel")[-1] for l in range(levels)]
+  return tokenizer_fields(
+      source, channels=shape("encoder.Conv_0.kernel")[-1], widths=widths,
+      num_res_blocks=blocks, codebook=shape("quantizer.codebook"),
+      encoder_out=shape("encoder.Conv_1.kernel")[-1],
+      in_channels=shape("encoder.Conv_0.kernel")[-2])
+
+
+def tokenizer_fields(source: str, *, channels: int, widths, num_res_blocks: int,
+                     codebook: Tuple[int, int], encoder_out: int, in_channels: int
+                     ) -> Dict[str, Any]:
+  """The fields of the MaskGIT-layout VQGAN of the given sizes (``codebook``: its
+  (codes, dim) shape; ``encoder_out``: the encoder's output channels, quantized as
+  they are), ``variant`` ``maskgit_f16`` at the released size; shared by the converters
+  of the net's checkpoints (this module's Flax one, `jaxgen.convert.mage_vq`'s PyTorch
+  port)."""
   if any(w % channels for w in widths):
     raise ValueError(f"{source}: widths {widths} are not multiples of the first conv's "
                      f"{channels}.")
-  codebook_size, code_dim = shape("quantizer.codebook")
-  embed = shape("encoder.Conv_1.kernel")[-1]
-  if embed != code_dim:
-    raise ValueError(f"{source}: the encoder outputs {embed} channels, the codebook "
+  codebook_size, code_dim = codebook
+  if encoder_out != code_dim:
+    raise ValueError(f"{source}: the encoder outputs {encoder_out} channels, the codebook "
                      f"holds {code_dim}-dim codes.")
   fields = dict(name="vqgan", variant=None, arch="conv", layout="maskgit",
                 channels=channels, channel_mult=tuple(w // channels for w in widths),
-                num_res_blocks=blocks, attn_resolutions=(), mid_attn=False,
+                num_res_blocks=num_res_blocks, attn_resolutions=(), mid_attn=False,
                 z_channels=code_dim, embed_dim=code_dim, codebook_size=codebook_size,
                 code_dim=code_dim, bottleneck="vq", quant_proj=False, unit_range=True,
-                in_channels=shape("encoder.Conv_0.kernel")[-2])
+                in_channels=in_channels)
   if all(fields[k] == v for k, v in OFFICIAL_TOKENIZER.items()):
     fields["variant"] = "maskgit_f16"
   return fields
