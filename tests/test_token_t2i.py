@@ -72,7 +72,12 @@ def _jitted_logits(p):
   return _JITTED[p]
 
 
-@pytest.mark.parametrize("paradigm", PARADIGMS)
+@pytest.mark.parametrize("paradigm", [
+    # the default tier's budget: MAGE's and VAR's text paths are also checked by
+    # test_masked_decoding_guides_against_the_null_text[mage] and
+    # test_cached_text_decoding_equals_full_recomputation[var] (default)
+    pytest.param(p, marks=pytest.mark.slow) if p in ("mage", "var") else p
+    for p in PARADIGMS])
 def test_prompt_changes_logits_and_padding_does_not(built, paradigm):
   p, params = built(paradigm)
   assert p.conditioner.kind == "text" and p.conditioner.text_length == L

@@ -56,6 +56,8 @@ def test_stop_and_resume_equals_uninterrupted(make_config, tmp_path, one_device)
   assert read(str(tmp_path / "full"))[6] == read(wd)[6]
 
 
+@pytest.mark.slow  # the default tier's budget: test_cli.py's
+# test_train_resumes_with_stored_config_and_larger_num_steps (default) checks it
 def test_longer_num_steps_continues_from_checkpoint(make_config, tmp_path, one_device):
   wd = str(tmp_path / "wd")
   loop.train(make_config("dit", num_steps=3), wd, one_device, progress=False)

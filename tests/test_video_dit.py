@@ -86,15 +86,12 @@ def test_factorised_attention_equals_a_per_frame_and_per_position_loop():
       apply(dit.FinalLayer((1, 4, 4), 1), "final_layer", tok, c), (gt, gh, gw), (1, 4, 4), 1))
   want = final(tok.reshape(b, -1, d), c)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-  # The pattern: one spatial block never mixes frames; full attention does.
-  for attention, mixes in (("factorised", False), ("full", True)):
-    one = _module(attention, depth=1)
-    p1 = _params(one, inputs)
-    moved = x.at[:, 2].add(1.0)
-    run = jax.jit(lambda v: one.apply({"params": p1}, v, t, y))  # noqa: B023
-    delta = np.abs(run(moved) - run(x))
-    assert delta[:, 2].max() > 1e-3
-    assert (delta[:, [0, 1, 3]].max() > 1e-6) == mixes
+  # Full attention, unlike one spatial block (the loop above), mixes frames.
+  one = _module("full", depth=1)
+  p1 = _params(one, inputs)
+  run = jax.jit(lambda v: one.apply({"params": p1}, v, t, y))
+  delta = np.abs(run(x.at[:, 2].add(1.0)) - run(x))
+  assert delta[:, 2].max() > 1e-3 and delta[:, [0, 1, 3]].max() > 1e-6
 
 
 def _video_config(fake_fmnist_dir, data_dir, paradigm="flow", **paradigm_fields):
