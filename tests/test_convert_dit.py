@@ -35,7 +35,7 @@ def test_converted_dit_equals_the_official_model():
 
 
 
-@pytest.mark.parametrize("solver", ["ddpm", "ddim"])
+@pytest.mark.parametrize("solver", ["ddpm", pytest.param("ddim", marks=pytest.mark.slow)])
 def test_converted_dit_samples_as_the_official_sampler(solver, monkeypatch):
   """The official sampling path (tests/data/make_dit_sampling_reference.py: DiT's
   ``create_diffusion("10")``, ``forward_with_cfg`` at 1.5 guiding 3 channels,

@@ -462,6 +462,8 @@ def test_block_matches_numpy(variables, weights, block):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # the default tier's budget: every block vs NumPy above (default), and
+# the whole network's features through test_adm.py's sharded extraction (default)
 def test_features_match_numpy_and_grey_is_repeated(variables, weights):
   rng = np.random.default_rng(4)
   grey = rng.integers(0, 256, (2, 32, 32, 1), np.uint8)

@@ -235,7 +235,11 @@ def test_maskgit_loss_sees_only_masked_positions(built):
   np.testing.assert_allclose(loss, ref, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["maskgit", pytest.param("mage", marks=pytest.mark.slow)])
+# The default tier's budget: the sharded step == one device is checked by test_train.py
+# (DiT, 2x2x2 mesh) and test_gan.py (two networks), the tokenizer as a program argument
+# by test_frozen.py (default); this token-paradigm version is slow.
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["maskgit", "mage"])
 def test_sharded_step_on_8_devices_equals_one_device(vq_run, name, fake_fmnist_dir,
                                                      data_dir):
   """On images encoded in the step by the frozen tokenizer (its weights an argument of
