@@ -40,9 +40,21 @@ def model_and_params(request):
   return m, params, codes, labels
 
 
+_FORWARD = {}
+
+
+def _forward(m, params, labels):
+  """The model's full forward as one jitted program, shared by the tests of a fixture
+  (eager calls would dispatch and compile op by op)."""
+  key = (id(m), id(params))
+  if key not in _FORWARD:
+    _FORWARD[key] = jax.jit(lambda c, y: m.apply({"params": params}, c, y))
+  return lambda c: _FORWARD[key](c, labels)
+
+
 def test_changing_a_later_token_never_changes_earlier_logits(model_and_params):
   m, params, codes, labels = model_and_params
-  fwd = jax.jit(lambda c: m.apply({"params": params}, c, labels))
+  fwd = _forward(m, params, labels)
   base = np.asarray(fwd(codes))
   chex.assert_shape(base, (3, N, V))
   for j in (0, 5, N - 2, N - 1):
@@ -56,7 +68,7 @@ def test_changing_a_later_token_never_changes_earlier_logits(model_and_params):
 
 def test_kv_cache_decoding_equals_full_recomputation(model_and_params):
   m, params, codes, labels = model_and_params
-  full = m.apply({"params": params}, codes, labels)
+  full = _forward(m, params, labels)(codes)
   k = m.num_class_tokens
 
   @jax.jit
@@ -83,7 +95,7 @@ def test_cache_written_in_chunks_equals_full_recomputation(model_and_params):
   """Several positions per call (as VAR writes a scale at a time)."""
   m, params, codes, labels = model_and_params
   k = m.num_class_tokens
-  full = np.asarray(m.apply({"params": params}, codes, labels))
+  full = np.asarray(_forward(m, params, labels)(codes))
   inputs = jnp.concatenate([jnp.zeros((3, k), jnp.int32), codes[:, :-1]], axis=1)
 
   @jax.jit

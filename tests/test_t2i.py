@@ -101,13 +101,14 @@ def test_prompt_changes_output_and_padding_does_not(make_t2i, mode):
   cond = p.conditioner.for_sampling(["a small dark sandal", "a large light coat"])
   x = jax.random.normal(jax.random.PRNGKey(0), (2,) + p.image_shape)
   t = jnp.full((2,), 0.5)
-  v = p.velocity(params, x, t, cond)
+  velocity = jax.jit(lambda c: p.velocity(params, x, t, c))  # one program, not op by op
+  v = velocity(cond)
   other = p.conditioner.for_sampling(["a large light coat", "a small dark sandal"])
-  assert float(jnp.abs(v - p.velocity(params, x, t, other)).max()) > 1e-3
+  assert float(jnp.abs(v - velocity(other)).max()) > 1e-3
   pad = ~cond["text_mask"][..., None]
   junk = jax.random.normal(jax.random.PRNGKey(1), cond["text_tokens"].shape)
   padded = dict(cond, text_tokens=jnp.where(pad, junk, cond["text_tokens"]))
-  np.testing.assert_allclose(v, p.velocity(params, x, t, padded), atol=1e-5)
+  np.testing.assert_allclose(v, velocity(padded), atol=1e-5)
 
 
 def test_padding_token_ids_do_not_matter_when_encoding_in_step(make_t2i):
@@ -133,20 +134,21 @@ def test_cfg_against_null_text(make_t2i):
   cond = p.conditioner.for_sampling(["a pale shirt", "a dark patterned bag"])
   key = jax.random.PRNGKey(3)
   kw = dict(steps=3, solver="euler", shift=1.0)
-  plain = p.sample(params, key, cond, cfg_scale=1.0, **kw)
-  # scale 1 through the two-pass CFG path (a traced scale) == the conditional model
-  traced = jax.jit(lambda s: p.sample(params, key, cond, cfg_scale=s, **kw))(1.0)
-  np.testing.assert_allclose(plain, traced, atol=1e-5)
+  # (each program jitted whole: op-by-op dispatch compiles every op on its own)
+  plain = jax.jit(lambda: p.sample(params, key, cond, cfg_scale=1.0, **kw))()
+  # scale 1 through the two-pass CFG path (a traced scale) == the conditional model;
   # scale 3 == uncond + 3 (cond - uncond), uncond = the encoder's encoding of ""
+  guided = jax.jit(lambda s: p.sample(params, key, cond, cfg_scale=s, **kw))
+  np.testing.assert_allclose(plain, guided(1.0), atol=1e-5)
   null = p.conditioner.for_sampling(["", ""])
+  velocity = jax.jit(lambda x, t, c: p.velocity(params, x, t, c))
   x = jax.random.normal(key, (2,) + p.image_shape)
   ts = np.linspace(1, 0, 4)
   for i in range(3):
     tb = jnp.full((2,), ts[i], jnp.float32)
-    vc, vu = p.velocity(params, x, tb, cond), p.velocity(params, x, tb, null)
+    vc, vu = velocity(x, tb, cond), velocity(x, tb, null)
     x = x + (ts[i + 1] - ts[i]) * (vu + 3.0 * (vc - vu))
-  np.testing.assert_allclose(p.sample(params, key, cond, cfg_scale=3.0, **kw),
-                             jnp.clip(x, -1, 1), atol=2e-4)
+  np.testing.assert_allclose(guided(3.0), jnp.clip(x, -1, 1), atol=2e-4)
 
 
 @pytest.mark.parametrize("mode", [
