@@ -132,22 +132,8 @@ def convert_dit(ckpt: str, out: str, *, tokenizer: str = "",
   _check_new_workdir(out)
   fields, params = dit_convert.load_dit(ckpt, num_heads)
   config = dit_config(fields, tokenizer=tokenizer, source_dataset=source_dataset)
-  spec = datasets.describe(config.data)
-  if spec.num_classes != fields["num_classes"]:
-    raise config_lib.ConfigError(
-        f"{ckpt} has {fields['num_classes']} classes, {source_dataset} has "
-        f"{spec.num_classes}; pass the dataset it was trained on (--source-dataset).")
-  devices = list(devices or jax.devices())[:1]
-  if tokenizer:
-    exp = loop.build(config, devices, load_data=False, dataset=spec)
-  else:  # no tokenizer to check the latents against: shapes from the config alone
-    with paradigm_base.shapes_only():
-      exp = loop.build(config, devices, load_data=False, dataset=spec)
-  state = exp.init_state()
-  if jax.tree.structure(state.params) != jax.tree.structure(params):
-    raise ValueError("The converted parameters do not fit the run's DiT (a jaxgen bug).")
-  _write_run(out, exp, state.replace(params=params, ema_params=params), config, spec)
-  return out
+  return _write_model_run(out, config, params, tokenizer=tokenizer, devices=devices,
+                          what="DiT", ckpt=ckpt, num_classes=fields["num_classes"])
 
 
 def mage_config(fields, *, tokenizer: str = "", source_dataset: str = "imagenet2012"
@@ -171,16 +157,32 @@ def convert_mage(ckpt: str, out: str, *, tokenizer: str = "",
   _check_new_workdir(out)
   fields, params = mage_convert.load_mage(ckpt, num_heads, decoder_num_heads)
   config = mage_config(fields, tokenizer=tokenizer, source_dataset=source_dataset)
+  return _write_model_run(out, config, params, tokenizer=tokenizer, devices=devices,
+                          what="MAGE")
+
+
+def _write_model_run(out: str, config, params, *, tokenizer: str, devices, what: str,
+                     ckpt: str = "", num_classes: Optional[int] = None) -> str:
+  """Step 0 of the converted generator run ``config`` holding ``params`` (also as its
+  EMA): built with its tokenizer when one is given (which checks the tokenizer's latents
+  or codes against the model), else from the config's shapes alone; the parameters
+  must have the run's shapes. ``num_classes``: the checkpoint's, checked against the
+  dataset's. Returns ``out``."""
   spec = datasets.describe(config.data)
+  if num_classes is not None and spec.num_classes != num_classes:
+    raise config_lib.ConfigError(
+        f"{ckpt} has {num_classes} classes, {config.data.get('source_dataset') or spec.name}"
+        f" has {spec.num_classes}; pass the dataset it was trained on (--source-dataset).")
   devices = list(devices or jax.devices())[:1]
-  if tokenizer:  # checks the tokenizer's grid and codebook against the model's
+  if tokenizer:
     exp = loop.build(config, devices, load_data=False, dataset=spec)
-  else:
+  else:  # no tokenizer to check the model's inputs against: shapes from the config
     with paradigm_base.shapes_only():
       exp = loop.build(config, devices, load_data=False, dataset=spec)
-  shapes = lambda tree: jax.tree.map(lambda a: a.shape, tree)
-  if shapes(exp.abstract_state.params) != shapes(params):
-    raise ValueError("The converted parameters do not fit the run's MAGE (a jaxgen bug).")
+  shapes = lambda tree: jax.tree.map(lambda a: a.shape, tree)  # noqa: E731
+  if jax.tree.structure(exp.abstract_state.params) != jax.tree.structure(params) or \
+      shapes(exp.abstract_state.params) != shapes(params):
+    raise ValueError(f"The converted parameters do not fit the run's {what} (a jaxgen bug).")
   state = exp.init_state()
   _write_run(out, exp, state.replace(params=params, ema_params=params), config, spec)
   return out
@@ -351,18 +353,8 @@ def convert_maskgit(ckpt: str, out: str, *, tokenizer: str = "",
   spec = datasets.describe(ml_collections.ConfigDict(dict(name=source_dataset)))
   fields, params = maskgit_convert.load_transformer(ckpt, spec.num_classes)
   config = maskgit_config(fields, tokenizer=tokenizer, source_dataset=source_dataset)
-  spec = datasets.describe(config.data)
-  devices = list(devices or jax.devices())[:1]
-  if tokenizer:
-    exp = loop.build(config, devices, load_data=False, dataset=spec)
-  else:  # no tokenizer to check the codes against: shapes from the config alone
-    with paradigm_base.shapes_only():
-      exp = loop.build(config, devices, load_data=False, dataset=spec)
-  state = exp.init_state()
-  if jax.tree.structure(state.params) != jax.tree.structure(params):
-    raise ValueError("The converted parameters do not fit the run's MaskGIT (a jaxgen bug).")
-  _write_run(out, exp, state.replace(params=params, ema_params=params), config, spec)
-  return out
+  return _write_model_run(out, config, params, tokenizer=tokenizer, devices=devices,
+                          what="MaskGIT")
 
 
 def _tokenizer_state(exp, ae_params):
@@ -470,19 +462,5 @@ def convert_var(ckpt: str, out: str, *, tokenizer: str = "",
   _check_new_workdir(out)
   fields, params = var_convert.load_var(ckpt, _tokenizer_scales(tokenizer))
   config = var_config(fields, tokenizer=tokenizer, source_dataset=source_dataset)
-  spec = datasets.describe(config.data)
-  if spec.num_classes != fields["num_classes"]:
-    raise config_lib.ConfigError(
-        f"{ckpt} has {fields['num_classes']} classes, {source_dataset} has "
-        f"{spec.num_classes}; pass the dataset it was trained on (--source-dataset).")
-  devices = list(devices or jax.devices())[:1]
-  if tokenizer:
-    exp = loop.build(config, devices, load_data=False, dataset=spec)
-  else:
-    with paradigm_base.shapes_only():
-      exp = loop.build(config, devices, load_data=False, dataset=spec)
-  state = exp.init_state()
-  if jax.tree.structure(state.params) != jax.tree.structure(params):
-    raise ValueError("The converted parameters do not fit the run's VAR (a jaxgen bug).")
-  _write_run(out, exp, state.replace(params=params, ema_params=params), config, spec)
-  return out
+  return _write_model_run(out, config, params, tokenizer=tokenizer, devices=devices,
+                          what="VAR", ckpt=ckpt, num_classes=fields["num_classes"])
