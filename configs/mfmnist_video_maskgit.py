@@ -23,10 +23,9 @@ CPU). ``:runlocal`` shrinks it to a smoke test.
 import common
 from jaxgen.config import parse_arg
 
-# Measured on random (5, 8, 8) codes of 1024 through the tokens pipeline (XLA as users
-# compile; /tmp bench, not a test) on the shared 2-core CPU at load 5: batch 16 1.04-1.10
-# s a step (0.91-0.96 steps/s; compile + 3 steps 14 s); batch 32 2.37 s. 1500 steps of
-# 16: 26-27.5 min, plus the two preview GIFs and checkpoints (~1 min): <= 30 min.
+# Measured: on the real codes of the README's video tokenizer run, 1500 steps of 16 took
+# 847 s (1.84 steps/s, previews and checkpoints included) on the 2-core CPU; the earlier
+# projection on random codes at load 5 was 26-27.5 min.
 NUM_STEPS = 1500
 
 
