@@ -240,15 +240,7 @@ def convert_sd_vae(ckpt: str, out: str, *, source_dataset: str = "imagenet2012",
                                  "factor must be positive (SD's is 0.18215).")
   fields, params = sd_vae.load_sd_vae(ckpt, latent_scale)
   config = sd_vae_config(fields, source_dataset=source_dataset, image_size=image_size)
-  spec = datasets.describe(config.data)
-  channels = spec.image_shape[-1]
-  if channels != fields["in_channels"]:
-    raise config_lib.ConfigError(
-        f"{ckpt} encodes {fields['in_channels']}-channel images, {source_dataset} has "
-        f"{channels}; pass an RGB dataset (--source-dataset).")
-  devices = list(devices or jax.devices())[:1]
-  exp = loop.build(config, devices, load_data=False, dataset=spec)
-  _write_run(out, exp, _tokenizer_state(exp, params), config, spec)
+  _write_tokenizer_run(ckpt, out, fields, params, config, source_dataset, devices)
   tokenizer_base.write_latent_scale(out, fields["latent_scale"], num_examples=0,
                                     source=f"published with {ckpt}")
   return out
