@@ -411,10 +411,7 @@ def convert_var_vae(ckpt: str, out: str, *, source_dataset: str = "imagenet2012"
     raise config_lib.ConfigError(
         f"{ckpt} with scales {fields['scales']} encodes {want} images, {source_dataset} "
         f"has {tuple(spec.image_shape)}; pass a dataset of that shape (--source-dataset).")
-  devices = list(devices or jax.devices())[:1]
-  exp = loop.build(config, devices, load_data=False, dataset=spec)
-  _write_run(out, exp, _tokenizer_state(exp, params), config, spec)
-  return out
+  return _write_tokenizer_run(ckpt, out, fields, params, config, source_dataset, devices)
 
 
 def _tokenizer_scales(tokenizer: str):
