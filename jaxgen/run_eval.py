@@ -91,6 +91,7 @@ def _video_evaluator(data_cfg, classifier_dir: str):
                     "`jaxgen eval --suite fvd --samples S.npz --ref REAL.npz`.")
   data_cfg = data_cfg.copy_and_resolve_references()
   data_cfg.motion_labels = True
+  data_cfg.label = "class"  # the classifiers learn classes (and directions) apart
   spec = datasets.get_dataset(data_cfg)
   image_spec = datasets.get_dataset(datasets.image_dataset_config(
       video.FRAME_DATASETS[data_cfg.name], data_cfg.data_dir, data_cfg.source_dir))
@@ -107,9 +108,16 @@ def video_sample_figures(data_cfg, classifier_dir: str, samples_path: str, *,
   (uint8 (N, T, H, W, C), ``labels``, optionally ``directions``) and, with
   ``reference``, of as many held-out real videos (``real_<eval split>``, the floor).
   With ``fvd``, FVD (`jaxgen.eval.i3d`) of each against as many train videos."""
+  from jaxgen.data import moving_fmnist  # pylint: disable=g-import-not-at-top
   from jaxgen.eval import i3d, video  # pylint: disable=g-import-not-at-top
-  ev, spec, data_cfg = _video_evaluator(data_cfg, classifier_dir)
-  videos, labels, directions = _load_video_samples(samples_path, spec, data_cfg)
+  run_spec = datasets.describe(data_cfg)  # the run's labels (class or class_direction)
+  ev, spec, data_cfg_eval = _video_evaluator(data_cfg, classifier_dir)
+  videos, labels, directions = _load_video_samples(samples_path, run_spec, data_cfg)
+  if data_cfg.name == "moving_fashion_mnist" and labels is not None and (
+      moving_fmnist.label_mode(data_cfg) == "class_direction"):
+    labels, label_directions = moving_fmnist.split_label(labels)
+    directions = label_directions if directions is None else directions
+  data_cfg = data_cfg_eval
   result: Dict[str, Any] = {"samples": ev.figures(videos, labels, directions)}
   split = data_cfg.eval_split
   real = None

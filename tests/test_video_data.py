@@ -209,6 +209,27 @@ def test_builder_prepares_and_reads_back_the_generator(fake_fmnist_dir, data_dir
   assert batch["image"].shape == (4, 8, 32, 32, 1) and batch["image"].dtype == np.float32
 
 
+def test_class_direction_labels_join_class_and_direction_and_split_back(
+    fake_fmnist_dir, data_dir, objects):
+  # config.data.label="class_direction": label = class * 8 + the first object's
+  # direction (80 named classes), computed from the same prepared data; split_label
+  # inverts it and maps unconditional / missing labels to -1.
+  cfg = _cfg(fake_fmnist_dir, data_dir, label="class_direction", max_objects=1)
+  spec = datasets.get_dataset(cfg)
+  assert spec.num_classes == 80 and len(spec.class_names) == 80
+  assert spec.class_names[8 * 5 + 4] == f"{datasets.FMNIST_CLASSES[5]} moving left"
+  ref = mf.generate(*objects["test"], mf.Settings.from_config(cfg), "test")
+  src = spec.source("test")
+  got = np.asarray([e["label"] for e in src.__getitems__(list(range(len(src))))])
+  want = [c[0] * 8 + d[0] for c, d in zip(ref["classes"], ref["directions"])]
+  np.testing.assert_array_equal(got, want)
+  cls, dirs = mf.split_label(np.append(got, [80, -1]))
+  np.testing.assert_array_equal(cls, list(ref["classes"][:, 0]) + [-1, -1])
+  np.testing.assert_array_equal(dirs, list(ref["directions"][:, 0]) + [-1, -1])
+  with pytest.raises(DataError, match="class_direction"):
+    datasets.describe(_cfg(fake_fmnist_dir, data_dir, label="direction"))
+
+
 def test_ops_on_videos_and_images_as_one_frame_videos():
   rng = np.random.default_rng(0)
   video = rng.integers(0, 256, (3, 28, 28, 1)).astype(np.uint8)

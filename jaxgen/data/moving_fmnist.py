@@ -30,6 +30,13 @@ the captions when ``config.data.pp`` applies ``choose_caption`` (as for other ca
 data), and the motion labels when ``config.data.motion_labels`` is True: a jitted step
 takes exactly the fields of its example batch, and strings none.
 
+Labels (``config.data.label``): ``"class"`` (the default: the first object's class,
+10 classes) or ``"class_direction"`` (the first object's class and direction as one
+label ``class * 8 + direction``, 80 classes named "sandal moving left": a
+class-conditional run then generates a given garment moving a given way, and the
+evaluation reads both back with `split_label`). Not a generation setting: the prepared
+data are the same.
+
 Settings (``config.data``): ``image_size`` (the canvas side; 0 = 32), ``num_frames``
 (8), ``max_objects`` (2), ``object_size`` (14), ``max_speed`` (3), ``num_train``
 (20000), ``num_test`` (2000), ``seed`` (0). They name the TFDS builder config
@@ -54,6 +61,7 @@ DIRECTIONS = ("right", "up-right", "up", "up-left", "left", "down-left", "down",
 STEPS = np.array([(0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1), (1, 0), (1, 1)],
                  np.int64)
 SPLITS = ("train", "test")
+LABELS = ("class", "class_direction")
 _CHUNK = 1024  # videos rendered at once: bounds the temporaries (~ 2 x 8 MiB per 1k)
 
 
@@ -384,19 +392,51 @@ class MovingSource(datasets.ExtendedSource):
   """A split's examples as ``image`` and ``label``, plus the captions (as str) and the
   motion labels where asked for."""
 
-  def __init__(self, base, with_captions: bool, with_motion: bool):
+  def __init__(self, base, with_captions: bool, with_motion: bool,
+               label: str = "class"):
     self._base = base
     self._keys = ("image", "label") + (MOTION_FIELDS if with_motion else ())
     self._captions = with_captions
+    self._joint = label == "class_direction"
 
   def _add(self, example, index: int):
     del index
     out = {k: example[k] for k in self._keys}
+    if self._joint:
+      out["label"] = joint_label(example["label"],
+                                 np.asarray(example["directions"]).reshape(-1)[0])
     if self._captions:
       for k in CAPTION_FIELDS:
         c = example[k]
         out[k] = c.decode("utf-8") if isinstance(c, bytes) else str(c)
     return out
+
+
+def label_mode(data_cfg) -> str:
+  """``config.data.label`` checked: one of `LABELS` (default ``"class"``)."""
+  mode = data_cfg.get("label", "") or "class"
+  if mode not in LABELS:
+    raise DataError(f"moving_fashion_mnist: config.data.label={mode!r}; use one of "
+                    f"{', '.join(LABELS)}.")
+  return mode
+
+
+def joint_label(cls, direction):
+  """The ``"class_direction"`` label of a class and a direction index."""
+  return np.asarray(cls) * len(DIRECTIONS) + np.asarray(direction)
+
+
+def split_label(labels):
+  """``(classes, directions)`` of ``"class_direction"`` labels; a label outside
+  ``[0, 80)`` (-1, or 80: unconditional) gives -1 for both."""
+  labels = np.asarray(labels)
+  valid = (labels >= 0) & (labels < len(JOINT_CLASS_NAMES))
+  return (np.where(valid, labels // len(DIRECTIONS), -1),
+          np.where(valid, labels % len(DIRECTIONS), -1))
+
+
+JOINT_CLASS_NAMES = tuple(f"{c} moving {d}" for c in datasets.FMNIST_CLASSES
+                          for d in DIRECTIONS)
 
 
 def _uses_captions(data_cfg) -> bool:
@@ -410,6 +450,7 @@ class MovingFashionMnistDataset(datasets.Dataset):
 
   def _check(self, data_cfg) -> Settings:
     settings = Settings.from_config(data_cfg)
+    label_mode(data_cfg)
     pp = data_cfg.get("pp", "")
     if "flip_lr" in pp:
       raise DataError(f"config.data.pp={pp!r} flips videos left-right, which reverses the "
@@ -423,9 +464,11 @@ class MovingFashionMnistDataset(datasets.Dataset):
 
   def describe(self, data_cfg) -> datasets.DatasetSpec:
     settings = self._check(data_cfg)
+    joint = label_mode(data_cfg) == "class_direction"
     return datasets.DatasetSpec(
-        name="moving_fashion_mnist", image_shape=settings.video_shape, num_classes=10,
-        class_names=datasets.FMNIST_CLASSES,
+        name="moving_fashion_mnist", image_shape=settings.video_shape,
+        num_classes=80 if joint else 10,
+        class_names=JOINT_CLASS_NAMES if joint else datasets.FMNIST_CLASSES,
         splits={s: settings.size(s) for s in SPLITS},
         source=datasets._no_source,  # pylint: disable=protected-access
         has_captions=_uses_captions(data_cfg))
@@ -449,7 +492,8 @@ class MovingFashionMnistDataset(datasets.Dataset):
 
     def source(split: str):
       if split not in sources:
-        sources[split] = MovingSource(prepared(split), spec.has_captions, with_motion)
+        sources[split] = MovingSource(prepared(split), spec.has_captions, with_motion,
+                                      label_mode(data_cfg))
       return sources[split]
 
     spec.source = source
