@@ -12,7 +12,20 @@ factorised (default, Latte's alternating space / time blocks) | full (spacetime)
 ``variant`` a named size (default ``CPU/4``: 128 wide, 6 blocks, 4 heads, 4x4 patches,
 8x8 tokens a frame, 2 frames a patch: 256 tokens; ``XL/2`` is Latte-XL/2); ``context`` k > 0: frame prediction from
 the first k given frames (``paradigm.context_frames``, dropped with the label for
-CFG); ``runlocal`` a smoke test of the wiring.
+CFG); ``setting`` the data (``common.MOVING_FMNIST_SETTINGS``: ``mixed``, the default, 1-2
+garments of 14 px; ``directed``, one 20-px garment labelled by class and direction, so
+a run is conditioned on both); ``runlocal`` a smoke test of the wiring.
+
+Latent video DiT (``:latents=DIR``): the same paradigm on the latents of a causal
+video KL-VAE (``configs/mfmnist_video_tokenizer.py:kl=1``; 9 frames -> 5 x 8 x 8 x 4),
+decoded through that frozen VAE for previews, samples and eval; variant ``CPU/2``
+(4x4 tokens a latent frame, 80 a clip) by default:
+
+  jaxgen train --config configs/mfmnist_video_tokenizer.py:kl=1,setting=directed \
+      --workdir runs/vvae
+  jaxgen tokenize --workdir runs/vvae --out runs/vvae_latents
+  jaxgen train --config configs/mfmnist_video_dit.py:latents=runs/vvae_latents \
+      --workdir runs/vldit
 """
 
 import common
@@ -27,8 +40,15 @@ def get_config(arg=None):
   c.data.max_objects = 2
   c.data.num_train = 20000
   c.data.num_test = 2000
+  common.moving_fmnist_setting(c.data, arg.get("setting", "mixed"))
+  latents = arg.get("latents", "")
+  if latents:  # the tokenizer's data settings come with the latents (tokens.json)
+    c.data = common.ml_collections.ConfigDict(dict(
+        name="tokens", data_dir=latents, source_dataset="moving_fashion_mnist",
+        code_shape=(5, 8, 8, 4), pp="", train_split="train", eval_split="test"))
+    c.tokenizer = common.tokenizer_section()  # "" = the VAE that wrote the latents
   c.model = common.ml_collections.ConfigDict(dict(
-      name="video_dit", variant=arg.get("variant", "CPU/4"),
+      name="video_dit", variant=arg.get("variant", "CPU/2" if latents else "CPU/4"),
       attention=arg.get("attention", "factorised"), temporal_patch=2, learn_sigma=False))
   c.paradigm.label_dropout = 0.1
   context = int(arg.get("context", 0))
@@ -58,8 +78,11 @@ def get_config(arg=None):
     c.model.learn_sigma = True
   elif objective != "flow":
     raise ValueError(f"objective={objective!r}; use flow or ddpm.")
+  if latents:
+    c.model.temporal_patch = 1   # 5 latent frames (the VAE already halves time)
   if arg.get("runlocal"):
-    c.data.num_train, c.data.num_test = 256, 64
+    if not latents:
+      c.data.num_train, c.data.num_test = 256, 64
     c.train.num_steps = 10
     c.train.sample_every = 0
   return c

@@ -16,6 +16,10 @@ sphere of the codes). The log reports code ``usage`` (share of the 1024 codes in
 batch), ``usage_window`` (used within the recent batches), ``perplexity`` and the two
 entropies; the issue's target is usage >= 80%.
 
+``:setting=directed``: one 20-px garment a video, labelled by class and direction
+(``common.MOVING_FMNIST_SETTINGS``; the latent video DiT's data: ``jaxgen tokenize``
+writes those labels beside the latents). Default ``mixed`` (1-2 garments of 14 px).
+
 ``:kl=1``: a causal 3D KL-VAE (5x8x8x4 latents a clip) for a latent video diffusion
 model; its latent scale is fitted by ``jaxgen tokenize``. ``:runlocal`` shrinks either to
 a smoke test. ``:inflate=RUN`` initialises the encoder/decoder from a trained 2D conv
@@ -49,6 +53,7 @@ def get_config(arg=None):
   c.data.pp = "scale(-1, 1)"
   c.data.num_frames = 9          # 1 + 2k for the ft 2 nets
   c.data.image_size = 32
+  common.moving_fmnist_setting(c.data, arg.get("setting", "mixed"))
   if kl:
     c.model = common.ml_collections.ConfigDict(dict(
         name="causal_kl_vae", variant="mfmnist_causal_kl_tiny", channels=CHANNELS,

@@ -28,7 +28,7 @@ devices (XLA gathers keys and values for the attention).
 
 Named sizes: DiT's / Latte's ``S, B, L, XL`` with patch ``2, 4, 8`` (``"XL/2"`` is
 Latte-XL/2), and the CPU size ``CPU/4`` (128 wide, 6 blocks; 32x32 pixel Moving Fashion-MNIST: 8x8 tokens
-a frame) / ``CPU/1`` (8x8x4 latents).
+a frame) / ``CPU/2`` (8x8x4 latents: 4x4 tokens a frame) / ``CPU/1`` (8x8 tokens).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from jaxgen.models import dit
 from jaxgen.nn import layers
 
 SIZES = {**dit.SIZES, "CPU": (6, 128, 4)}  # (depth, hidden_size, num_heads)
-VARIANTS = tuple(f"{s}/{p}" for s in dit.SIZES for p in (2, 4, 8)) + ("CPU/4", "CPU/1")
+VARIANTS = tuple(f"{s}/{p}" for s in dit.SIZES for p in (2, 4, 8)) + ("CPU/4", "CPU/2",
+                                                                   "CPU/1")
 registry.register_variants(["video_dit"], VARIANTS)
 ATTENTIONS = ("full", "factorised")
 TEXT_CONDITIONINGS = ("none", "cross_attention")
