@@ -224,7 +224,7 @@ SECTIONS = dict(
         # image folders (name="folder", jaxgen.data.folder); every config has them, so
         # that any experiment trains on a folder by overrides alone
         image_size=0,             # prepared side; 0 = the dataset's (folder 32, imagenet2012 256,
-                                  # moving_fashion_mnist's canvas 32)
+                                  # moving_fashion_mnist's canvas 32, tfds_video's clips 64)
         crop="center",            # folder: center (short side to image_size, middle square) | none
         grey=False,               # folder: one grey channel instead of RGB
         test_fraction=0.1,        # folder: share of images in "test" (by a hash of the path)
