@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -291,13 +292,16 @@ def pick_micro_batch(exp, params, cond, **sample_kwargs):
   key = jax.random.PRNGKey(0)
   free = _available_bytes(jax.local_devices()[0])
   times, worse = {}, 0
+  # The network calls only: a latent run's decoder is not split, and compiling it for
+  # every candidate cost minutes.
+  undecoded = getattr(exp.paradigm, "undecoded", contextlib.nullcontext)
   for rows in microbatch.candidate_rows(batch, MICRO_BATCH_SMALLEST):
     if worse >= 2:  # slower twice in a row than the best so far: larger is not faster
       break
     options = base.replace(exp.config.paradigm.name, steps=1, micro_batch=rows)
     fn = exp.frozen.jit(lambda p, r, c, o=options: exp.paradigm.sample(p, r, c, o))
     c = jax.tree.map(jnp.asarray, cond)
-    with mesh_lib.activate(exp.mesh):
+    with mesh_lib.activate(exp.mesh), undecoded():
       compiled = fn.lower(params, key, c).compile()
       mem = compiled.memory_analysis()
       need = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0

@@ -84,6 +84,12 @@ def test_latent_loss_is_the_same_on_precomputed_and_in_step_latents(
   images = jax.jit(lambda p: pre.paradigm.sample(p, rng, jnp.arange(4)))(params)
   chex.assert_shape(images, (4, 32, 32, 1))
   assert float(jnp.abs(images).max()) <= 1.0
+  # What `jaxgen sample`'s micro-batch picker times: the same sampler without the
+  # decoder; its latents decode to the images above.
+  with pre.paradigm.undecoded():
+    z0 = jax.jit(lambda p: pre.paradigm.sample(p, rng, jnp.arange(4)))(params)
+  chex.assert_shape(z0, (4, 8, 8, 4))
+  np.testing.assert_allclose(pre.paradigm.to_images(z0), images, rtol=1e-4, atol=1e-5)
 
 
 def test_latent_run_names_a_missing_tokenizer_and_refuses_vq_codes(

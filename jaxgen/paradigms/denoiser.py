@@ -35,6 +35,7 @@ them as ``context`` (N, k, ...) in model space.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict
 
 import jax
@@ -125,10 +126,25 @@ class DenoiserParadigm(Paradigm):
     return x
 
   def to_images(self, x) -> jnp.ndarray:
-    """Sampled examples as images in [-1, 1]: decoded by the tokenizer on latents."""
+    """Sampled examples as images in [-1, 1]: decoded by the tokenizer on latents
+    (returned as they are while tracing inside `undecoded`)."""
     if self.tokenizer is not None:
+      if getattr(self, "_undecoded", False):
+        return x
       return self.tokenizer.decode_fn(self.tokenizer.variables, x)
     return jnp.clip(x, -1.0, 1.0)
+
+  @contextlib.contextmanager
+  def undecoded(self):
+    """``sample`` traced inside this context returns the sampler's latents without the
+    tokenizer's decoder: what `generate.pick_micro_batch` times (the network calls the
+    micro-batch splits; a latent video run's decoder, compiled once per candidate,
+    made the measurement take minutes)."""
+    prev, self._undecoded = getattr(self, "_undecoded", False), True
+    try:
+      yield
+    finally:
+      self._undecoded = prev
 
   def example_batch(self, batch_size: int):
     batch = super().example_batch(batch_size)
