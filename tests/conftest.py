@@ -21,12 +21,17 @@ if _FAST_COMPILE:  # also when a plugin imported jax before this file
 jax.config.update("jax_num_cpu_devices", 8)
 # One XLA compilation cache for the test session: tests that build the same program
 # (the one-device step of a sharded==1 test and a training test of the same tiny
-# config, the same tokenizer in several fixtures) compile it once. Session-local: it
-# is removed at exit, so nothing carries over between runs. JAXGEN_TEST_XLA_CACHE=0
-# turns it off.
+# config, the same tokenizer in several fixtures) compile it once, also when they run
+# on different pytest-xdist workers: the controller makes the folder and the workers
+# it starts inherit its path ($JAXGEN_TEST_XLA_CACHE_DIR). Session-local: the process
+# that made it removes it at exit, so nothing carries over between runs.
+# JAXGEN_TEST_XLA_CACHE=0 turns it off.
 if os.environ.get("JAXGEN_TEST_XLA_CACHE", "1") != "0":
-  _XLA_CACHE = tempfile.mkdtemp(prefix="jaxgen-test-xla-")
-  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+  _XLA_CACHE = os.environ.get("JAXGEN_TEST_XLA_CACHE_DIR", "")
+  if not _XLA_CACHE or not os.path.isdir(_XLA_CACHE):
+    _XLA_CACHE = tempfile.mkdtemp(prefix="jaxgen-test-xla-")
+    os.environ["JAXGEN_TEST_XLA_CACHE_DIR"] = _XLA_CACHE
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
   jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 
