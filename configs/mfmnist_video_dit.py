@@ -26,6 +26,13 @@ decoded through that frozen VAE for previews, samples and eval; variant ``CPU/2`
   jaxgen tokenize --workdir runs/vvae --out runs/vvae_latents
   jaxgen train --config configs/mfmnist_video_dit.py:latents=runs/vvae_latents \
       --workdir runs/vldit
+
+Measured alone on the 2-core CPU (``setting=directed``, 80 class-and-direction labels):
+8.6 steps/s (16000 steps in 1826 s; the VAE 1039 s, ``jaxgen tokenize`` 330 s). On 1000
+samples (Heun 10), CFG 4 (this config's default for latents) against 1.5: per-frame
+accuracy 0.59 / 0.43, direction accuracy 0.38 / 0.28, ``fd_video`` 23.8 / 43.1; the
+VAE's own reconstructions score 0.53 per frame (the decoder's ceiling), real clips
+0.87 (README, Video generation).
 """
 
 import common
@@ -66,7 +73,7 @@ def get_config(arg=None):
   c.train.ckpt_every = 500
   c.sample.steps = 10
   c.sample.solver = "heun"
-  c.sample.cfg_scale = 1.5
+  c.sample.cfg_scale = 4.0 if latents else 1.5   # latent: measured better on every figure
   objective = arg.get("objective", "flow")
   if objective == "ddpm":
     c.paradigm = common.diffusion_paradigm(
