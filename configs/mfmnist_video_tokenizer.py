@@ -25,8 +25,8 @@ model; its latent scale is fitted by ``jaxgen tokenize``. KL weight 1e-6: at
 ``configs/fmnist_vae.py``'s 1e-4 the posterior collapsed (every reconstruction one
 centred blob, PSNR 13.5 dB). Measured alone (``:kl=1,setting=directed``): 1000 steps in
 1039 s; PSNR 13.5 dB until step ~375, then 18.1 at 500 and 20.1 at 1000 (KL 2230 nats
-a clip, latent std 1.41): blurred garments of the right kind, place and motion. ``:runlocal`` shrinks either to
-a smoke test. ``:inflate=RUN`` initialises the encoder/decoder from a trained 2D conv
+a clip, latent std 1.41): blurred garments of the right kind, place and motion.
+``:runlocal`` shrinks either to a smoke test. ``:inflate=RUN`` initialises the encoder/decoder from a trained 2D conv
 tokenizer of the same sizes (``configs/fmnist_vqgan.py`` sizes do not match: train one
 with ``--config.model.variant=None`` and the fields of
 ``jaxgen.tokenizers.inflation.image_fields("mfmnist_causal_tiny")``).
