@@ -544,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   e = sub.add_parser(
       "eval", help="samples: Frechet distance and classifier accuracy; tokenizer runs "
-                   "(no --samples): reconstruction PSNR, SSIM, rFD, codebook usage; "
+                   "(no --samples): reconstruction PSNR, SSIM, rFD, codebook usage (video "
+                   "tokenizers: and the reconstructions' class / direction accuracies); "
                    "--linear-probe: a MAGE run's representation")
   e.add_argument("--suite", choices=("run", "adm", "fvd"), default="run",
                  help="run (default): the figures of a run (--workdir) or of its samples; "

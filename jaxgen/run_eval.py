@@ -168,17 +168,36 @@ def adm_figures(ref_path: str, samples_path: str, inception_weights: str, *,
 def reconstruction_figures(tok, config, num: Optional[int] = None) -> Dict[str, Any]:
   """PSNR, SSIM, rFD and code usage of the frozen tokenizer ``tok`` on ``config``'s
   eval split (``num`` images; None = all); a video tokenizer's rFD in the video
-  figures' classifiers (``rfd_video``, ``rfd_frame``)."""
+  figures' classifiers (``rfd_video``, ``rfd_frame``) and its reconstructions'
+  accuracies (``rframe_accuracy``, ``rclass_accuracy``, ``rdirection_accuracy`` where
+  the labels hold directions, ``rtemporal_consistency``), each beside the originals'."""
   spec = datasets.get_dataset(config.data)
   split = config.data.eval_split
-  frechet_fn = None
-  if spec.is_video:  # FD in the video classifier and, per frame, the image classifier
-    ev, _, _ = _video_evaluator(config.data, config.eval.classifier_dir)
-    frechet_fn = lambda v: {k: ev.figures(v)[k] for k in ("fd_video", "fd_frame")}  # noqa: E731
+  figures_fn = (_video_reconstruction_figures(config.data, config.eval.classifier_dir)
+                if spec.is_video else None)
   figs = reconstruction.evaluate_tokenizer(tok, spec, split=split, pp=config.data.pp,
                                            num=num, classifier_dir=config.eval.classifier_dir,
-                                           frechet_fn=frechet_fn)
+                                           figures_fn=figures_fn)
   return {"reconstructions_" + split: figs}
+
+
+def _video_reconstruction_figures(data_cfg, classifier_dir: str):
+  """``figures_fn(uint8 videos, labels)`` of `reconstruction.evaluate_tokenizer`: the
+  video figures (FD in the video classifier and, per frame, the image classifier;
+  accuracies), joint class_direction labels scored apart as for samples."""
+  from jaxgen.data import moving_fmnist  # pylint: disable=g-import-not-at-top
+  ev, _, _ = _video_evaluator(data_cfg, classifier_dir)
+  split_labels = (data_cfg.name == "moving_fashion_mnist"
+                  and moving_fmnist.label_mode(data_cfg) == "class_direction")
+
+  def figures_fn(videos, labels):
+    directions = None
+    if labels is not None and split_labels:
+      labels, directions = moving_fmnist.split_label(labels)
+    figs = ev.figures(videos, labels, directions)
+    return {k: figs[k] for k in ("fd_video", "fd_frame", "frame_accuracy", "class_accuracy",
+                                 "direction_accuracy", "temporal_consistency") if k in figs}
+  return figures_fn
 
 
 def prompt_following(exp, params, num: int, seed: int = 0, out_npz: Optional[str] = None,

@@ -231,3 +231,44 @@ def test_class_direction_samples_are_scored_by_class_and_direction(
   np.testing.assert_array_equal(seen["labels"], [0, 1, 9, -1])
   np.testing.assert_array_equal(seen["directions"], [0, 5, 7, -1])
   assert seen["videos"].shape == videos.shape
+
+
+def test_video_tokenizer_eval_scores_reconstructions_by_class_and_direction(
+    fake_fmnist_dir, data_dir, monkeypatch):
+  # `jaxgen eval --workdir TOKENIZER` of a class_direction video tokenizer: its
+  # reconstructions (here those of an identity tokenizer) are scored like samples, with
+  # the eval split's labels split into class and direction, beside the originals.
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from jaxgen import run_eval  # pylint: disable=g-import-not-at-top
+  from jaxgen.data import datasets, moving_fmnist  # pylint: disable=g-import-not-at-top
+  data = ml_collections.ConfigDict(dict(
+      name="moving_fashion_mnist", data_dir=data_dir, source_dir=fake_fmnist_dir,
+      num_train=16, num_test=8, max_objects=1, label="class_direction",
+      pp="scale(-1, 1)", train_split="train", eval_split="test"))
+  cfg = ml_collections.ConfigDict(dict(data=data, eval=dict(classifier_dir="")))
+  seen = []
+
+  class Recorder:
+    def figures(self, videos, labels=None, directions=None):
+      seen.append((videos, labels, directions))
+      return {"frame_accuracy": float(videos.mean()), "direction_accuracy": 0.5,
+              "direction_histogram": [1.0]}
+
+  monkeypatch.setattr(run_eval, "_video_evaluator",
+                      lambda data_cfg, classifier_dir: (Recorder(), None, None))
+
+  class Identity:  # a "tokenizer" whose reconstructions are the originals
+    kind, vocab_size = "kl", None
+    encode = decode = staticmethod(lambda x: x)
+
+  figs = run_eval.reconstruction_figures(Identity(), cfg, num=8)["reconstructions_test"]
+  videos, joint = datasets.load_arrays(datasets.get_dataset(data), "test", limit=8)
+  classes, directions = moving_fmnist.split_label(joint)
+  assert len(seen) == 2  # reconstructions, then originals
+  for v, y, d in seen:
+    np.testing.assert_array_equal(v, videos)
+    np.testing.assert_array_equal(y, classes)
+    np.testing.assert_array_equal(d, directions)
+  assert figs["rframe_accuracy"] == figs["frame_accuracy_originals"] == videos.mean()
+  assert figs["rdirection_accuracy"] == 0.5 and "rdirection_histogram" not in figs
+  assert figs["psnr"] == np.inf or figs["psnr"] > 90

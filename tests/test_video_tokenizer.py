@@ -134,12 +134,16 @@ def test_video_tokenizer_interface_and_tokenize(runs, tmp_path):
   # `jaxgen eval`'s reconstruction figures of videos: PSNR over each whole video, SSIM
   # of every frame averaged per video, the Frechet figures given (here: FD of the
   # per-frame mean grey levels) of reconstructions and originals.
-  def frechet_fn(v):
+  # Labels come with the videos, in order, for the accuracies.
+  _, test_labels = datasets.load_arrays(spec, "test", limit=8)
+
+  def figures_fn(v, labels):
+    np.testing.assert_array_equal(labels, test_labels)
     f = v.reshape(len(v), FRAMES, -1).mean(-1).astype(np.float64)
     return {"fd_means": frechet.frechet_distance(*frechet.stats(f), *frechet.stats(
         videos.reshape(len(videos), FRAMES, -1).mean(-1).astype(np.float64)))}
   figs = reconstruction.evaluate_tokenizer(tok, spec, split="test", pp=config.data.pp,
-                                           num=8, batch_size=8, frechet_fn=frechet_fn,
+                                           num=8, batch_size=8, figures_fn=figures_fn,
                                            progress=False)
   rec = np.asarray(images_lib.to_uint8(tok.decode(tok.encode(
       videos.astype(np.float32) / 127.5 - 1))))
@@ -148,9 +152,9 @@ def test_video_tokenizer_interface_and_tokenize(runs, tmp_path):
   assert figs["ssim"] == pytest.approx(reconstruction.ssim_uint8(
       frame(videos), frame(rec)).mean())
   assert figs["fd_means_originals"] == pytest.approx(0, abs=1e-6)
-  assert figs["rfd_means"] == pytest.approx(frechet_fn(rec)["fd_means"])
+  assert figs["rfd_means"] == pytest.approx(figures_fn(rec, test_labels)["fd_means"])
   assert 0 < figs["codebook_usage"] <= 1 and figs["num"] == 8
-  with pytest.raises(ValueError, match="needs frechet_fn"):
+  with pytest.raises(ValueError, match="needs figures_fn"):
     reconstruction.evaluate_tokenizer(tok, spec, split="test", pp=config.data.pp, num=8,
                                       batch_size=8, progress=False)
 

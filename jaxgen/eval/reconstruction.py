@@ -3,8 +3,10 @@ rFD (Frechet distance of reconstructions to the train split, in the same
 dataset-classifier features as ``jaxgen eval`` of samples) beside the FD of the
 original images themselves (its floor), and codebook usage / perplexity over the split.
 Video tokenizers: PSNR over whole videos, SSIM per frame (averaged per video), and the
-Frechet distances of the video figures (``fd_video`` in the video classifier,
-``fd_frame`` in the image classifier: `jaxgen.eval.video`) through ``frechet_fn``.
+video figures (`jaxgen.eval.video`) through ``figures_fn``: the Frechet distances
+(``fd_video`` in the video classifier, ``fd_frame`` in the image classifier) and the
+accuracies of the reconstructions (per frame, class, direction, temporal consistency):
+the most a latent model can show through that decoder.
 """
 
 from __future__ import annotations
@@ -76,15 +78,17 @@ def ssim_uint8(x: np.ndarray, y: np.ndarray, sigma: float = 1.5,
 def evaluate_tokenizer(tok, spec: datasets.DatasetSpec, *, split: str, pp: str,
                        num: Optional[int] = None, batch_size: int = 250,
                        classifier_dir: str = "", progress: bool = True,
-                       frechet_fn: Optional[Callable[[np.ndarray], Dict[str, float]]] = None
+                       figures_fn: Optional[Callable[[np.ndarray, Optional[np.ndarray]],
+                                                     Dict[str, float]]] = None
                        ) -> Dict[str, float]:
   """Reconstructs ``num`` (default: all) images (videos) of ``split`` and returns the
-  figures. ``frechet_fn(uint8 array) -> {name: FD}`` scores reconstructions
-  (``r<name>``) and originals (``<name>_originals``); default: FD in the dataset's
-  image classifier (``rfd``, ``fd_originals``); video datasets must give one."""
+  figures. ``figures_fn(uint8 array, labels or None) -> {name: value}`` scores the
+  reconstructions (``r<name>``) and the originals (``<name>_originals``, the floor);
+  default: FD in the dataset's image classifier (``rfd``, ``fd_originals``); video
+  datasets must give one."""
   n_total = spec.splits[split] if num is None else min(num, spec.splits[split])
   ds = pipeline.eval_dataset(spec, split=split, pp=pp, batch_size=batch_size)
-  originals, recons, codes = [], [], []
+  originals, recons, codes, labels = [], [], [], []
   done = 0
   for batch in tqdm(ds, desc="reconstruct", unit="batch", disable=not progress,
                     total=-(-n_total // batch_size)):
@@ -98,6 +102,8 @@ def evaluate_tokenizer(tok, spec: datasets.DatasetSpec, *, split: str, pp: str,
       flat = (np.concatenate([np.asarray(ci)[:n].reshape(n, -1) for ci in c], axis=1)
               if isinstance(c, (list, tuple)) else np.asarray(c)[:n].reshape(n, -1))
       codes.append(flat)
+    if "label" in batch:
+      labels.append(np.asarray(batch["label"])[:n])
     originals.append(images_lib.to_uint8(x[:n]))
     recons.append(images_lib.to_uint8(rec))
     done += n
@@ -108,14 +114,15 @@ def evaluate_tokenizer(tok, spec: datasets.DatasetSpec, *, split: str, pp: str,
   ssim = ssim_uint8(frames(orig), frames(rec)).reshape(len(orig), -1).mean(axis=1)
   out = {"psnr": float(psnr_uint8(orig, rec).mean()), "ssim": float(ssim.mean()),
          "num": float(len(orig))}
-  if frechet_fn is None:
+  if figures_fn is None:
     if spec.is_video:
-      raise ValueError("evaluate_tokenizer of videos needs frechet_fn (the video figures).")
+      raise ValueError("evaluate_tokenizer of videos needs figures_fn (the video figures).")
     ev = evaluate_lib.Evaluator(spec, classifier_dir, progress=progress)
-    frechet_fn = lambda x: {"fd": ev.figures(x)["fd"]}  # noqa: E731
-  for name, value in frechet_fn(rec).items():
+    figures_fn = lambda x, _: {"fd": ev.figures(x)["fd"]}  # noqa: E731
+  y = np.concatenate(labels) if labels else None
+  for name, value in figures_fn(rec, y).items():
     out["r" + name] = value
-  for name, value in frechet_fn(orig).items():
+  for name, value in figures_fn(orig, y).items():
     out[name + "_originals"] = value  # the floor: the same real images
   if codes:
     out.update(code_usage(np.concatenate(codes), tok.vocab_size))
