@@ -16,6 +16,10 @@ Frame prediction / image-to-video from Python: ``paradigm.sample_from_frames(par
 rng, labels, first_frames)`` (one given frame = the first latent frame's codes, known
 from the start of decoding).
 
+``:codes=DIR``: the codes of another tokenizer run (default ``runs/vtok_codes``); the
+labels come with them (tokens.json): codes of a ``:setting=directed`` tokenizer give a
+run conditioned on class and direction (80 labels).
+
 Cost: 1500 steps (``NUM_STEPS``) took 14 min on the 2-core CPU, measured on the real
 codes. ``:runlocal`` shrinks it to a smoke test.
 """
@@ -32,7 +36,7 @@ NUM_STEPS = 1500
 def get_config(arg=None):
   arg = parse_arg(arg)
   c = common.token_config("maskgit")
-  c.data.data_dir = "runs/vtok_codes"
+  c.data.data_dir = arg.get("codes", "runs/vtok_codes")
   c.data.source_dataset = "moving_fashion_mnist"  # the classes when no tokens.json
   c.data.code_shape = (5, 8, 8)
   c.model.variant = "fmnist_tiny"

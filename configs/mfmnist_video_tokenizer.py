@@ -20,26 +20,43 @@ entropies; the issue's target is usage >= 80%.
 (``common.MOVING_FMNIST_SETTINGS``; the latent video DiT's data: ``jaxgen tokenize``
 writes those labels beside the latents). Default ``mixed`` (1-2 garments of 14 px).
 
-``:kl=1``: a causal 3D KL-VAE (5x8x8x4 latents a clip) for a latent video diffusion
-model; its latent scale is fitted by ``jaxgen tokenize``. KL weight 1e-6: at
-``configs/fmnist_vae.py``'s 1e-4 the posterior collapsed (every reconstruction one
-centred blob, PSNR 13.5 dB). Measured alone (``:kl=1,setting=directed``): 1000 steps in
-1039 s; PSNR 13.5 dB until step ~375, then 18.1 at 500 and 20.1 at 1000 (KL 2230 nats
-a clip, latent std 1.41): blurred garments of the right kind, place and motion.
-``:runlocal`` shrinks either to a smoke test. ``:inflate=RUN`` initialises the encoder/decoder from a trained 2D conv
-tokenizer of the same sizes (``configs/fmnist_vqgan.py`` sizes do not match: train one
-with ``--config.model.variant=None`` and the fields of
+``:kl=1``: a causal 3D KL-VAE (5x8x8x4 latents a clip; ``:latent_channels=C``, default
+4) for a latent video diffusion model; its latent scale is fitted by ``jaxgen
+tokenize``. KL weight 1e-6: at ``configs/fmnist_vae.py``'s 1e-4 the posterior collapsed
+(every reconstruction one centred blob, PSNR 13.5 dB). Measured alone
+(``:kl=1,setting=directed``, 1000 steps; ``jaxgen eval --workdir RUN --num 1000``: the
+reconstructions' per-frame / direction accuracy, real clips 0.866 / 0.998):
+
+  latent channels | train  | PSNR (1000 test clips) | per-frame | direction | rfd_video
+  4 (default)     | 1039 s | 20.4 dB                | 0.533     | 0.972     | 23.6
+  8               |  913 s | 21.0 dB                | 0.571     | 0.990     | 17.4
+  8 + PatchGAN    | 1023 s | 17.2 dB                | 0.466     | 0.862     | 97.6
+
+(PSNR 13.5 dB until step ~375, then rising: blurred garments of the right kind, place
+and motion.) The PatchGAN row (``--config.paradigm.disc_weight=0.5``, ``disc_start=500``,
+``disc_channels=16``, taming's adaptive weight) is sharper in texture but wrong in
+shape (bright edges, invented stripes) after its 500 adversarial steps: worse on every
+figure but ``rfd_frame`` (41 vs 53). 4 channels stay the default: the latent video DiT
+(``configs/mfmnist_video_dit.py``, ``CPU/2``) on the 8-channel latents, 16000 steps with
+a cosine lr (1535 s alone), scored per-frame 0.47 and direction 0.13 (1000 samples, CFG
+4: recognisable garments that barely move), below the 4-channel latents' 0.59 and 0.38
+at 16000 constant-lr steps; in the 30-minute budget the sharper decoder did not help.
+
+``:runlocal`` shrinks either to a smoke test. ``:inflate=RUN`` initialises the
+encoder/decoder from a trained 2D conv tokenizer of the same sizes
+(``configs/fmnist_vqgan.py`` sizes do not match: train one with
+``--config.model.variant=None`` and the fields of
 ``jaxgen.tokenizers.inflation.image_fields("mfmnist_causal_tiny")``).
 
-No discriminator and no perceptual loss (the dataset classifier is an image one; LPIPS
-needs a weights file): L1 + bottleneck loss, Adam 4e-4, batch 8, 1000 steps, the
-variants' nets at 16 channels (727k parameters, 2.4 GFLOPs a clip). Measured alone on
-the 2-core CPU: 1.06 s a step, 1000 steps in 1075 s (18 min). At step 1000: batch code
-usage 0.80 (the share of the 1024 codes in one batch's 2560 tokens), usage over the
-recent batches 1.00, perplexity 637, reconstruction PSNR 18.6 dB. The reconstructions
-are blurry blobs in the right places: the garments' shapes are lost (a capacity and
-training-length limit of this CPU size, not a collapse: more channels and steps on an
-accelerator).
+No discriminator by default (the PatchGAN row above) and no perceptual loss (the
+dataset classifier is an image one; LPIPS needs a weights file): L1 + bottleneck loss,
+Adam 4e-4, batch 8, 1000 steps, the variants' nets at 16 channels (727k parameters, 2.4
+GFLOPs a clip). Measured alone on the 2-core CPU: 1.06 s a step, 1000 steps in 1075 s
+(18 min). At step 1000: batch code usage 0.80 (the share of the 1024 codes in one
+batch's 2560 tokens), usage over the recent batches 1.00, perplexity 637,
+reconstruction PSNR 18.6 dB. The reconstructions are blurry blobs in the right places:
+the garments' shapes are lost (a capacity and training-length limit of this CPU size,
+not a collapse: more channels and steps on an accelerator).
 """
 
 import common
@@ -52,6 +69,7 @@ CHANNELS = 16   # the variants' 32 cost 3x more a step (measured: see the module
 def get_config(arg=None):
   arg = parse_arg(arg)
   kl = bool(arg.get("kl", False))
+  latent = int(arg.get("latent_channels", 4))   # the KL-VAE's (module docstring)
   c = common.tokenizer_config()
   c.data.name = "moving_fashion_mnist"
   c.data.pp = "scale(-1, 1)"
@@ -61,7 +79,7 @@ def get_config(arg=None):
   if kl:
     c.model = common.ml_collections.ConfigDict(dict(
         name="causal_kl_vae", variant="mfmnist_causal_kl_tiny", channels=CHANNELS,
-        bottleneck="kl", embed_dim=4))
+        bottleneck="kl", z_channels=latent, embed_dim=latent))
     # The KL weight. configs/fmnist_vae.py's 1e-4 collapses the posterior here (measured:
     # PSNR stuck at 13.5 dB through step 500, every reconstruction the same centred
     # blob); 1e-6 breaks out by step 400.
