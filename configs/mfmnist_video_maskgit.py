@@ -18,7 +18,11 @@ from the start of decoding).
 
 ``:codes=DIR``: the codes of another tokenizer run (default ``runs/vtok_codes``); the
 labels come with them (tokens.json): codes of a ``:setting=directed`` tokenizer give a
-run conditioned on class and direction (80 labels).
+run conditioned on class and direction (80 labels). Measured alone on the ``directed``
+codes (``mfmnist_video_tokenizer.py:setting=directed``, 927 s; tokenize 316 s): 1500
+steps in 755 s; 1000 samples (462 s) score per-frame 0.18 and direction 0.29 against
+the tokenizer's own reconstructions' 0.39 and 0.97 (real clips 0.87, 1.00): blobs,
+no recognisable garment.
 
 Cost: 1500 steps (``NUM_STEPS``) took 14 min on the 2-core CPU, measured on the real
 codes. ``:runlocal`` shrinks it to a smoke test.

@@ -22,10 +22,13 @@ def tiny_config_file(tmp_path_factory, fake_fmnist_dir, data_dir):
                                 data_dir)
 
 
-def test_train_sample_eval(tiny_config_file, tmp_path, capsys):
+def test_train_resume_sample_eval(tiny_config_file, tmp_path, capsys):
   wd = str(tmp_path / "run")
-  assert cli.main(["train", "--config", tiny_config_file, "--workdir", wd]) == 0
-  assert os.path.isdir(os.path.join(wd, "checkpoints", "4"))
+  assert cli.main(["train", "--config", tiny_config_file, "--workdir", wd,
+                   "--config.train.num_steps=2"]) == 0
+  # Resumes with the stored config (no --config) and a larger num_steps.
+  assert cli.main(["train", "--workdir", wd, "--config.train.num_steps=4"]) == 0
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints")))[-1] == "4"
   out1 = str(tmp_path / "a.npz")
   args = ["sample", "--workdir", wd, "--num", "12", "--seed", "3", "--steps", "2",
           "--cfg-scale", "2.0", "--batch-size", "8"]
@@ -83,14 +86,6 @@ def _assert_adm_evaluator_reads(path, n, size):
                    (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
     shape, fortran, dtype = read_header(f)
   assert shape == (n, size, size, 3) and dtype == np.uint8 and not fortran
-
-
-def test_train_resumes_with_stored_config_and_larger_num_steps(tiny_config_file, tmp_path):
-  wd = str(tmp_path / "run")
-  assert cli.main(["train", "--config", tiny_config_file, "--workdir", wd,
-                   "--config.train.num_steps=2"]) == 0
-  assert cli.main(["train", "--workdir", wd, "--config.train.num_steps=4"]) == 0
-  assert sorted(os.listdir(os.path.join(wd, "checkpoints")))[-1] == "4"
 
 
 def test_info_prints_parameters_and_gflops(capsys):

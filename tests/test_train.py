@@ -57,7 +57,7 @@ def test_stop_and_resume_equals_uninterrupted(make_config, tmp_path, one_device)
 
 
 @pytest.mark.slow  # the default tier's budget: test_cli.py's
-# test_train_resumes_with_stored_config_and_larger_num_steps (default) checks it
+# test_train_resume_sample_eval (default) checks it
 def test_longer_num_steps_continues_from_checkpoint(make_config, tmp_path, one_device):
   wd = str(tmp_path / "wd")
   loop.train(make_config("dit", num_steps=3), wd, one_device, progress=False)
