@@ -104,8 +104,9 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     The config.
 
   Raises:
-    ConfigError: no such file or packaged config (naming the close matches), or the
-      file defines no ``get_config`` returning a ConfigDict.
+    ConfigError: no such file or packaged config (naming the close matches), the file
+      defines no ``get_config`` returning a ConfigDict, or ``get_config(arg)`` raised a
+      ValueError / TypeError (a bad argument).
   """
   path, _, arg = spec.partition(":")
   path = _resolve_config_path(path, spec)
@@ -122,7 +123,11 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     sys.path.remove(folder)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"Config file {path!r} defines no get_config(arg) function.")
-  config = module.get_config(arg or None)
+  try:
+    config = module.get_config(arg or None)
+  except (ValueError, TypeError) as e:  # a bad argument after the colon, as configs parse them
+    raise ConfigError(f"{path}: get_config({arg!r}) failed: {type(e).__name__}: {str(e).rstrip('.')}. Check "
+                      "the arguments after the colon: the config's docstring lists them.") from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict.")
   return fill_defaults(config)

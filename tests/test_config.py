@@ -65,3 +65,16 @@ def test_parse_arg_literals():
 def test_missing_config_file():
   with pytest.raises(ConfigError, match="does not exist"):
     config_lib.load_config_file("configs/nope.py")
+
+
+def test_a_bad_config_argument_is_a_config_error_naming_it():
+  # get_config's own ValueError (an int argument given a word; an unknown choice)
+  # reaches the user as one ConfigError line, not a traceback.
+  with pytest.raises(ConfigError, match=r"mfmnist_video_tokenizer.py: get_config\("
+                     r"'kl=1,latent_channels=x'\) failed: ValueError: invalid literal"):
+    config_lib.load_config_file(os.path.join(ROOT, "configs",
+                                             "mfmnist_video_tokenizer.py:kl=1,latent_channels=x"))
+  with pytest.raises(ConfigError, match="objective='foo'; use flow or ddpm. Check the "
+                     "arguments"):
+    config_lib.load_config_file(os.path.join(ROOT, "configs",
+                                             "mfmnist_video_dit.py:objective=foo"))
