@@ -126,8 +126,10 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   try:
     config = module.get_config(arg or None)
   except (ValueError, TypeError) as e:  # a bad argument after the colon, as configs parse them
-    raise ConfigError(f"{path}: get_config({arg!r}) failed: {type(e).__name__}: {str(e).rstrip('.')}. Check "
-                      "the arguments after the colon: the config's docstring lists them.") from e
+    why = str(e).rstrip(".")
+    raise ConfigError(f"{path}: get_config({arg!r}) failed: {type(e).__name__}: {why}. "
+                      "Check the arguments after the colon: the config's docstring lists "
+                      "them.") from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict.")
   return fill_defaults(config)
