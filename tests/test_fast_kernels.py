@@ -141,3 +141,50 @@ def test_dense_keeps_shapes(shape):
   x = jnp.ones(shape)
   out, _ = layers.Dense(5).init_with_output(jax.random.PRNGKey(0), x)
   assert out.shape == shape[:-1] + (5,)
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.mark.parametrize("hw,k,stride,padding", [
+    (4, 4, 1, ((1, 1), (1, 1))),   # the PatchGAN's stride-1 conv on its 4x4 map
+    (3, 4, 1, ((1, 1), (1, 1))),   # its last conv, to one channel
+    (4, 4, 1, "VALID"),            # a final 4x4 conv to 1x1
+    (4, 4, 2, "SAME"),             # even kernel, SAME: asymmetric padding
+    (5, 3, 2, ((2, 0), (1, 3))),   # explicit asymmetric padding, stride 2
+])
+def test_im2col_conv_values_and_gradients_equal_lax_conv(hw, k, stride, padding):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(0, 1, (3, hw, hw + 1, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(0, 0.3, (k, k, 5, 7)), jnp.float32)
+  g = jnp.asarray(rng.normal(0, 1, jax.lax.conv_general_dilated(
+      x, w, (stride, stride), padding, dimension_numbers=_NHWC).shape), jnp.float32)
+  ref = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+      x, w, (stride, stride), padding, dimension_numbers=_NHWC)
+  ours = lambda x, w: layers.im2col_conv2d(x, w, (stride, stride), padding)  # noqa: E731
+  np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+  grads = lambda f: jax.grad(lambda x, w: jnp.sum(g * f(x, w)), (0, 1))(x, w)  # noqa: E731
+  for a, b in zip(grads(ours), grads(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_small_maps_take_im2col_in_convs_and_give_the_same_discriminator():
+  """`layers.conv_general_dilated` (every jaxgen conv) routes the PatchGAN's two convs on
+  maps no larger than their kernel through im2col on CPU, the rest through XLA's conv;
+  logits and parameter gradients equal those of plain convolutions."""
+  from jaxgen.tokenizers import nets  # pylint: disable=g-import-not-at-top
+  disc = nets.PatchGANDiscriminator(channels=8)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 1))
+  params = disc.init(jax.random.PRNGKey(1), x)
+
+  def run(enabled):
+    with layers.small_map_im2col(enabled):
+      f = lambda p: jnp.sum(jnp.sin(disc.apply(p, x)))  # noqa: E731
+      convs = str(jax.make_jaxpr(f)(params)).count("conv_general_dilated")
+      return convs, disc.apply(params, x), jax.jit(jax.grad(f))(params)
+
+  (convs, logits, grads), (convs_ref, logits_ref, grads_ref) = run(True), run(False)
+  assert (convs, convs_ref) == (3, 5)   # conv_3 (4x4 map) and conv_out (3x3) as matmuls
+  np.testing.assert_allclose(logits, logits_ref, rtol=1e-5, atol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         grads, grads_ref)

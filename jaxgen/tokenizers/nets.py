@@ -40,7 +40,6 @@ import math
 from typing import Any, Dict, Sequence, Tuple
 
 import flax.linen as nn
-from jax import lax
 import jax.numpy as jnp
 
 from jaxgen.models import dit
@@ -273,7 +272,7 @@ class ConvND(nn.Module):
         padding=pad, use_bias=self.use_bias, dtype=self.dtype,
         kernel_init=nn.with_logical_partitioning(
             self.kernel_init, _SPATIAL_AXES[nd] + ("conv_in", "conv_out")),
-        bias_init=bias_init)(x)
+        bias_init=bias_init, conv_general_dilated=layers.conv_general_dilated)(x)
 
 
 class CausalConv3D(nn.Module):
@@ -302,7 +301,7 @@ class CausalConv3D(nn.Module):
     taps = [x[:, i:i + st * (t_out - 1) + 1:st] for i in range(k)]
     frames = jnp.concatenate(taps, -1).reshape((n * t_out,) + x.shape[2:4] + (k * cin,))
     kernel_2d = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(k, k, k * cin, cout)
-    y = lax.conv_general_dilated(
+    y = layers.conv_general_dilated(
         frames.astype(self.dtype), kernel_2d.astype(self.dtype), tuple(self.strides[1:]),
         tuple(tuple(p) for p in self.spatial_padding),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
