@@ -38,6 +38,7 @@ accuracy 0.93 / 0.78, ``fd_video`` 12.7 / 16.7; the VAE's own reconstructions sc
 
 import common
 from jaxgen.config import parse_arg
+from jaxgen.tokenizers import precompute
 
 
 def get_config(arg=None):
@@ -50,13 +51,18 @@ def get_config(arg=None):
   c.data.num_test = 2000
   common.moving_fmnist_setting(c.data, arg.get("setting", "mixed"))
   latents = arg.get("latents", "")
+  shape = (5, 8, 8, 4)
   if latents:  # the tokenizer's data settings come with the latents (tokens.json)
+    if precompute.has_meta(latents):   # e.g. 5x16x16x4 from a :downsample=2 VAE
+      shape = tuple(precompute.read_meta(latents)["code_shape"])
     c.data = common.ml_collections.ConfigDict(dict(
         name="tokens", data_dir=latents, source_dataset="moving_fashion_mnist",
-        code_shape=(5, 8, 8, 4), pp="", train_split="train", eval_split="test"))
+        code_shape=shape, pp="", train_split="train", eval_split="test"))
     c.tokenizer = common.tokenizer_section()  # "" = the VAE that wrote the latents
+  # latents: patches of 1/4 of the latent frame's side (4x4 tokens a frame, 80 a clip)
+  default = f"CPU/{max(shape[1] // 4, 1)}" if latents else "CPU/4"
   c.model = common.ml_collections.ConfigDict(dict(
-      name="video_dit", variant=arg.get("variant", "CPU/2" if latents else "CPU/4"),
+      name="video_dit", variant=arg.get("variant", default),
       attention=arg.get("attention", "factorised"), temporal_patch=2, learn_sigma=False))
   c.paradigm.label_dropout = 0.1
   context = int(arg.get("context", 0))

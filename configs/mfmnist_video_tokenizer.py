@@ -70,6 +70,9 @@ def get_config(arg=None):
   arg = parse_arg(arg)
   kl = bool(arg.get("kl", False))
   latent = int(arg.get("latent_channels", 4))   # the KL-VAE's (module docstring)
+  down = int(arg.get("downsample", 4))          # spatial factor (module docstring)
+  if down not in (2, 4):
+    raise ValueError(f"downsample={down}; use 4 (8x8 latents a frame) or 2 (16x16)")
   c = common.tokenizer_config()
   c.data.name = "moving_fashion_mnist"
   c.data.pp = "scale(-1, 1)"
@@ -90,6 +93,9 @@ def get_config(arg=None):
         bottleneck="lfq", embed_dim=10, codebook_size=2 ** 10, beta=0.25, entropy_weight=0.1,
         entropy_anneal_steps=NUM_STEPS // 3, entropy_anneal_factor=3.0,
         entropy_temperature=0.01, lfq_norm="rms"))
+  if down == 2:   # one downsampling level (time halved there): 9 frames -> 5x16x16
+    c.model.channel_mult = (1, 2)
+    c.model.temporal_downsample = (True,)
   c.model.inflate_from = arg.get("inflate", "")
   c.optim.lr = 4e-4
   c.optim.warmup_steps = 100
