@@ -78,3 +78,33 @@ def test_a_bad_config_argument_is_a_config_error_naming_it():
                      "arguments"):
     config_lib.load_config_file(os.path.join(ROOT, "configs",
                                              "mfmnist_video_dit.py:objective=foo"))
+
+
+def test_video_configs_take_the_latent_size_from_the_vae():
+  """``mfmnist_video_tokenizer:kl=1,downsample=2`` builds a causal VAE with one (space
+  and time) downsampling: 9x32x32 clips -> 5x16x16 latents; ``mfmnist_video_dit:
+  latents=DIR`` reads the latents' shape from DIR's tokens.json and patches them into
+  4x4 tokens a latent frame (``CPU/4`` for 16x16, ``CPU/2`` for 8x8)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxgen.tokenizers import nets  # pylint: disable=g-import-not-at-top
+  cfgs = os.path.join(ROOT, "configs")
+  c = config_lib.load_config_file(os.path.join(cfgs, "mfmnist_video_tokenizer.py:kl=1,"
+                                               "downsample=2"))
+  fields = {k: c.model[k] for k in ("channels", "z_channels", "embed_dim", "channel_mult",
+                                    "temporal_downsample")}
+  enc, _ = nets.build_nets(c.model.variant, image_channels=1, **fields)
+  x = jax.ShapeDtypeStruct((1, 9, 32, 32, 1), jnp.float32)
+  out = jax.eval_shape(lambda x: enc.init_with_output(jax.random.PRNGKey(0), x)[0], x)
+  assert out.shape == (1, 5, 16, 16, 2 * 4)   # mean and log-variance
+  with pytest.raises(ConfigError, match="downsample=3; use 4"):
+    config_lib.load_config_file(os.path.join(cfgs, "mfmnist_video_tokenizer.py:downsample=3"))
+  with tempfile.TemporaryDirectory() as d:
+    with open(os.path.join(d, "tokens.json"), "w") as f:
+      json.dump(dict(code_shape=[5, 16, 16, 4]), f)
+    dit = config_lib.load_config_file(os.path.join(cfgs, f"mfmnist_video_dit.py:latents={d}"))
+  assert tuple(dit.data.code_shape) == (5, 16, 16, 4) and dit.model.variant == "CPU/4"
+  dit = config_lib.load_config_file(os.path.join(cfgs, "mfmnist_video_dit.py:latents=/none"))
+  assert tuple(dit.data.code_shape) == (5, 8, 8, 4) and dit.model.variant == "CPU/2"
