@@ -21,16 +21,18 @@ entropies; the issue's target is usage >= 80%.
 writes those labels beside the latents). Default ``mixed`` (1-2 garments of 14 px).
 
 ``:kl=1``: a causal 3D KL-VAE (5x8x8x4 latents a clip; ``:latent_channels=C``, default
-4) for a latent video diffusion model; its latent scale is fitted by ``jaxgen
-tokenize``. KL weight 1e-6: at ``configs/fmnist_vae.py``'s 1e-4 the posterior collapsed
-(every reconstruction one centred blob, PSNR 13.5 dB). Measured alone
-(``:kl=1,setting=directed``, 1000 steps; ``jaxgen eval --workdir RUN --num 1000``: the
-reconstructions' per-frame / direction accuracy, real clips 0.866 / 0.998):
+4; ``:downsample=2`` for 5x16x16x4) for a latent video diffusion model; its latent
+scale is fitted by ``jaxgen tokenize``. KL weight 1e-6: at ``configs/fmnist_vae.py``'s
+1e-4 the posterior collapsed (every reconstruction one centred blob, PSNR 13.5 dB).
+Measured alone (``:kl=1,setting=directed``, 1000 steps; ``jaxgen eval --workdir RUN
+--num 1000``: the reconstructions' per-frame / direction accuracy, real clips 0.866 /
+0.998; PSNR of the 1000 test clips):
 
-  latent channels | train  | PSNR (1000 test clips) | per-frame | direction | rfd_video
-  4 (default)     | 1039 s | 20.4 dB                | 0.533     | 0.972     | 23.6
-  8               |  913 s | 21.0 dB                | 0.571     | 0.990     | 17.4
-  8 + PatchGAN    | 1023 s | 17.2 dB                | 0.466     | 0.862     | 97.6
+  VAE                        | train  | PSNR    | per-frame | direction | rfd_video
+  4 channels (default)       | 1039 s | 20.4 dB | 0.533     | 0.972     | 23.6
+  8 channels                 |  913 s | 21.0 dB | 0.571     | 0.990     | 17.4
+  8 + PatchGAN               | 1023 s | 17.2 dB | 0.466     | 0.862     | 97.6
+  :downsample=2 (5x16x16x4)  | 1459 s | 21.6 dB | 0.667     | 0.985     | 14.6
 
 (PSNR 13.5 dB until step ~375, then rising: blurred garments of the right kind, place
 and motion.) The PatchGAN row (``--config.paradigm.disc_weight=0.5``, ``disc_start=500``,
@@ -41,6 +43,12 @@ figure but ``rfd_frame`` (41 vs 53). 4 channels stay the default: the latent vid
 a cosine lr (1535 s alone), scored per-frame 0.47 and direction 0.13 (1000 samples, CFG
 4: recognisable garments that barely move), below the 4-channel latents' 0.59 and 0.38
 at 16000 constant-lr steps; in the 30-minute budget the sharper decoder did not help.
+
+``:downsample=2``: one downsampling level instead of two (space and time halved
+together: 9x32x32 -> 5x16x16 latents, 4x the 8x8 grid's numbers), 1.4 s a step: the
+first frame (encoded alone) comes back sharp, the later ones blurred as the time
+downsampling merges frame pairs; ``rfd_frame`` 37.0 (4 channels at f4: 53.4). The
+latent video DiT patches its latents 4x4 (``CPU/4``, the same 80 tokens a clip).
 
 ``:runlocal`` shrinks either to a smoke test. ``:inflate=RUN`` initialises the
 encoder/decoder from a trained 2D conv tokenizer of the same sizes

@@ -152,6 +152,14 @@ def im2col_conv2d(x_nhwc, kernel_hwio, strides, padding, precision=None,
                     precision=precision, preferred_element_type=preferred_element_type)
 
 
+def _has_output(lhs, rhs, strides, padding) -> bool:
+  """Whether the NHWC convolution has a non-empty output map (a 1x1 map padded by 1 has
+  none with a 4x4 kernel: `lax.conv_general_dilated` returns the empty array)."""
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  return all(lhs.shape[1 + i] + sum(padding[i]) >= rhs.shape[i] for i in range(2))
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
@@ -166,7 +174,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                                     dimension_numbers)) == _NHWC)
   if (plain and _SMALL_MAP_IM2COL[0] and jax.default_backend() == "cpu"
       and lhs.shape[1] <= rhs.shape[0] and lhs.shape[2] <= rhs.shape[1]
-      and rhs.shape[0] * rhs.shape[1] > 1):
+      and rhs.shape[0] * rhs.shape[1] > 1 and _has_output(lhs, rhs, window_strides, padding)):
     return im2col_conv2d(lhs, rhs, tuple(window_strides), padding, precision,
                          preferred_element_type)
   return jax.lax.conv_general_dilated(
