@@ -4,6 +4,8 @@ device is touched); single-device tests build their mesh from ``jax.devices()[:1
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 # Test programs are tiny and run in microseconds: XLA's compile time is the test
@@ -11,8 +13,35 @@ import tempfile
 # can; set before jax is imported so that subprocesses (multi-host workers) inherit it.
 # JAXGEN_TEST_XLA_OPT=1 compiles as users do.
 _FAST_COMPILE = os.environ.get("JAXGEN_TEST_XLA_OPT", "0") != "1"
+# XLA's newer CPU fusion emitters (MLIR) spend 1.5-4x more compile time on these small
+# programs than its classic ones (measured: the tiny DiT step 1.3-1.7 s of compile CPU
+# instead of 4.4-6.0 s; the tiny VQGAN step 5.8-7.2 s instead of 9.5-10.5 s; the whole
+# suite's compile time -32%); same math, other rounding. Newer jaxlibs no longer have
+# the flag (XLA aborts on an unknown one): probed once, in a subprocess, by the first
+# pytest process; the xdist workers and test subprocesses inherit the result.
+_CLASSIC_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def _xla_accepts(flag: str) -> bool:
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip(),
+             JAX_PLATFORMS="cpu")
+  try:
+    return subprocess.run([sys.executable, "-c", "import jax; jax.jit(lambda x: x + 1)(1)"],
+                          env=env, capture_output=True, timeout=120).returncode == 0
+  except (OSError, subprocess.SubprocessError):
+    return False
+
+
 if _FAST_COMPILE:
   os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+  # Set before any device is touched. JAXGEN_TEST_CLASSIC_EMITTERS=0 keeps the default
+  # emitters; after the probe it says which ones the run uses (helpers.users_emitters).
+  if (os.environ.get("JAXGEN_TEST_CLASSIC_EMITTERS") != "0"
+      and _CLASSIC_EMITTERS not in os.environ.get("XLA_FLAGS", "")):
+    ok = _xla_accepts(_CLASSIC_EMITTERS)
+    os.environ["JAXGEN_TEST_CLASSIC_EMITTERS"] = "1" if ok else "0"
+    if ok:
+      os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_CLASSIC_EMITTERS}".strip()
 
 import jax  # noqa: E402
 

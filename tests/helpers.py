@@ -12,6 +12,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 
+def subprocess_env(**env) -> dict:
+  """``os.environ`` for a jaxgen subprocess of a test (a launcher, a multi-host
+  worker): without the caller's XLA_FLAGS (a device count of its own would clash),
+  except the compile-time flag conftest.py sets; ``env`` on top."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "fusion_emitters" in f]
+  return dict(os.environ, XLA_FLAGS=" ".join(flags), **env)
+
+
+def users_emitters() -> dict:
+  """``compiler_options`` for ``jax.jit`` that compile with XLA's default CPU fusion
+  emitters, as users' programs are, where conftest.py turned them off for compile time:
+  for a test whose property is bitwise (two formulations that agree bit for bit in
+  the users' build, e.g. a KV cache and full recomputation drawing the same tokens at
+  top-p boundaries of near-uniform logits). ``{}`` where they are already on."""
+  if os.environ.get("JAXGEN_TEST_CLASSIC_EMITTERS") == "1":
+    return {"xla_cpu_use_fusion_emitters": True}
+  return {}
+
+
 def write_idx(path, array):
   """Writes a gzipped IDX file (uint8 data)."""
   header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(

@@ -5,11 +5,11 @@ import os
 import subprocess
 import sys
 
-from helpers import ROOT
+from helpers import ROOT, subprocess_env
 
 
 def test_aot_compile_for_a_2x4_mesh_reports_memory():
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = subprocess_env(JAX_PLATFORMS="cpu")
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, "launch", "aot_compile.py"), "--config",
        os.path.join(ROOT, "configs", "quickstart.py"), "--topology", "cpu:8",

@@ -13,6 +13,8 @@ import pytest
 from jaxgen.sharding import mesh as mesh_lib
 from jaxgen.train import loop
 
+from helpers import subprocess_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -23,9 +25,10 @@ def test_two_processes_train_a_step_on_a_global_batch(make_config, fake_fmnist_d
   port = portpicker.pick_unused_port()
   procs = []
   for pid in range(2):
-    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu", XLA_FLAGS="",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env(
+        JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+        JAX_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
     procs.append(subprocess.Popen(
         [sys.executable, os.path.join(HERE, "multihost_worker.py"), fake_fmnist_dir, data_dir,
          str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))

@@ -11,7 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from helpers import L, check_sharded_step_equals_one_device, run_steps, text_token_config
+from helpers import (L, check_sharded_step_equals_one_device, run_steps, text_token_config,
+                     users_emitters)
 
 from jaxgen import config as config_lib
 from jaxgen.paradigms import maskgit as maskgit_lib
@@ -123,8 +124,10 @@ def test_cached_text_decoding_equals_full_recomputation(built, paradigm):
   cond = p.conditioner.sampling_input(PROMPTS)
   key = jax.random.PRNGKey(2)
   kw = dict(cfg_scale=2.5, top_k=8)  # the class tests cover the unguided settings
-  cached = jax.jit(lambda r: p.sample_tokens(params, r, cond, **kw))(key)
-  full = jax.jit(lambda r: p.sample_tokens_uncached(params, r, cond, **kw))(key)
+  opts = users_emitters()  # bit for bit as users compile it (see helpers)
+  cached = jax.jit(lambda r: p.sample_tokens(params, r, cond, **kw), compiler_options=opts)(key)
+  full = jax.jit(lambda r: p.sample_tokens_uncached(params, r, cond, **kw),
+                 compiler_options=opts)(key)
   np.testing.assert_array_equal(np.asarray(cached), np.asarray(full))
   assert cached.shape == (2, p.num_tokens)
 

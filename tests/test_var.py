@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import check_sharded_step_equals_one_device, tiny_token_config
+from helpers import check_sharded_step_equals_one_device, tiny_token_config, users_emitters
 from jaxgen.config import ConfigError
 from jaxgen.models import var as var_model
 from jaxgen.samplers import var as var_sampler
@@ -161,15 +161,18 @@ def test_cached_sampling_equals_uncached_recomputation(built, setting):
   p = exp.paradigm
   labels = jnp.array([0, 3, 9, 10, 5, 1], jnp.int32)  # 10 = unconditional
   kw = SETTINGS[setting]
-  cached = jax.jit(lambda r: p.sample_tokens(params, r, labels, **kw))
-  uncached = jax.jit(lambda r: p.sample_tokens_uncached(params, r, labels, **kw))
+  opts = users_emitters()  # bit for bit as users compile it (see helpers)
+  cached = jax.jit(lambda r: p.sample_tokens(params, r, labels, **kw), compiler_options=opts)
+  uncached = jax.jit(lambda r: p.sample_tokens_uncached(params, r, labels, **kw),
+                     compiler_options=opts)
   a = np.asarray(cached(jax.random.PRNGKey(4)))
   b = np.asarray(uncached(jax.random.PRNGKey(4)))
   chex.assert_shape(a, (6, 1 + 4 + 9 + 16 + 36 + 64))
   assert a.min() >= 0 and a.max() < 32
   np.testing.assert_array_equal(a, b)
   if setting == "filters_cfg":  # the benchmark's baseline: the decoded prefix only
-    prefix = jax.jit(lambda r: p.sample_tokens_prefix(params, r, labels, **kw))
+    prefix = jax.jit(lambda r: p.sample_tokens_prefix(params, r, labels, **kw),
+                     compiler_options=opts)
     np.testing.assert_array_equal(a, np.asarray(prefix(jax.random.PRNGKey(4))))
   if kw["temperature"] > 0:  # the rng matters
     assert not np.array_equal(a, np.asarray(cached(jax.random.PRNGKey(5))))
