@@ -42,9 +42,10 @@ def test_train_resume_sample_eval(tiny_config_file, tmp_path, capsys):
   assert cli.main(args + ["--label", "11", "--out", str(tmp_path / "c.npz")]) == 2  # 10 + null
   assert "--label 11: this run has classes 0..9" in capsys.readouterr().err
   # Same seed, same samples, with any option of the paradigm by name (typed from the
-  # string) in place of the short flags, here written with --format adm: as the ADM
-  # evaluator reads them (native 28x28: the padding cropped; RGB), and as `jaxgen eval`
-  # then scores them (grey again, exactly the cropped padded samples).
+  # string) in place of the short flags (one call checks both: a misread option changes
+  # every pixel, so the 28x28 crop's equality below catches it), here written with
+  # --format adm: as the ADM evaluator reads them (native 28x28: the padding cropped;
+  # RGB), and as `jaxgen eval` then scores them (grey again, exactly the cropped samples).
   out2 = str(tmp_path / "b.npz")
   named = args[:6] + ["3", "--sample.steps=2", "--sample.cfg_scale", "2.0", "--batch-size", "8"]
   assert cli.main(named + ["--out", out2, "--format", "adm"]) == 0
@@ -58,7 +59,7 @@ def test_train_resume_sample_eval(tiny_config_file, tmp_path, capsys):
   grey, adm_labels = evaluate.check_samples(adm, adm_labels, spec, out2, log=lambda *_: 0)
   np.testing.assert_array_equal(grey, arr[:, 2:30, 2:30])
   np.testing.assert_array_equal(adm_labels, labels)
-  # An option flow does not have names flow's.
+  # An option that flow does not have: the error lists flow's options.
   assert cli.main(named + ["--sample.top_k=3"]) == 2
   assert ("the 'flow' paradigm has no sampling option 'top_k'; its options are micro_batch, "
           "cfg_scale, steps, solver, shift") in capsys.readouterr().err
