@@ -57,7 +57,10 @@ def _building(config):
   return contextlib.nullcontext()
 
 
-def measure(config, batch: int, iters: int):
+def prepare(config, batch: int):
+  """The train step of ``config`` on a random batch: ``(run, jitted, args_of)``, where
+  ``run()`` takes one step (returns the loss), ``jitted`` is the jitted step and
+  ``args_of()`` its current arguments (state, batch)."""
   with _building(config):
     exp = loop.build_abstract(config)
   step_fn, jitted = loop.make_train_step(exp)
@@ -75,13 +78,19 @@ def measure(config, batch: int, iters: int):
   data = {k: fake(v) for k, v in ex.items()}
   from jaxgen.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   batch_arr = mesh_lib.global_batch(data, exp.mesh)
-  flops = count_flops(config, batch)
   holder = {"s": state}
 
   def run():
     holder["s"], m = step_fn(holder["s"], batch_arr)
     return m["loss"]
 
+  return run, jitted, lambda: (holder["s"], batch_arr)
+
+
+def measure(config, batch: int, iters: int):
+  """Seconds per train step of ``config`` at ``batch`` and the step's FLOPs."""
+  run, _, _ = prepare(config, batch)
+  flops = count_flops(config, batch)
   sec = bench_utils.time_fn(run, iters=iters)
   return sec, flops
 

@@ -256,6 +256,8 @@ SECTIONS = dict(
         batch_size=32,            # global batch, over all processes and devices
         seed=0,
         compute_dtype="float32",  # bfloat16 on TPU/GPU; params stay float32
+        autocast=False,           # with bfloat16/float16: only matmul operands in that
+                                  # dtype, the rest float32 (torch.autocast; faster on CPU)
         log_every=50,
         sample_every=500,         # PNG grid of EMA samples in <workdir>/samples; 0 = off
         sample_grid=100,
@@ -374,6 +376,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.train.compute_dtype={t.compute_dtype!r}; use float32, "
                       "bfloat16 or float16.")
   paradigm = registry.PARADIGMS.get(config.paradigm.name)
+  if t.autocast and t.compute_dtype == "float32":
+    raise ConfigError("config.train.autocast=True rounds matmul operands to "
+                      "config.train.compute_dtype, which is float32: set compute_dtype="
+                      "bfloat16 (or float16), or autocast=False.")
+  if t.autocast and not paradigm.supports_autocast:
+    takes = [n for n in registry.PARADIGMS.names()
+             if getattr(registry.PARADIGMS.get(n), "supports_autocast", False)]
+    raise ConfigError(f"config.train.autocast is not implemented for the "
+                      f"{config.paradigm.name!r} paradigm (it is for: {', '.join(takes)}); "
+                      "set autocast=False (compute_dtype then applies to all activations).")
   paradigm.Options.from_config(config.sample, config.paradigm.name)  # typed and checked
   paradigm.validate_config(config)
   if uses_text(config):

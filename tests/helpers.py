@@ -290,3 +290,14 @@ def check_sharded_step_equals_one_device(make, n: int = 2, mesh=None):
   np.testing.assert_allclose(l1, l8, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
                jax.device_get(s1.params), jax.device_get(s8.params))
+
+
+def jaxpr_eqns(jaxpr):
+  """Every equation of a jaxpr and of its sub-jaxprs (jit, custom_vjp, scan, ...)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (list, tuple)) else (v,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from jaxpr_eqns(inner)

@@ -6,8 +6,12 @@ the Dense that multiplies (B * L, D) matrices against ``nn.Dense`` on (B, L, D);
 bf16 product accumulated in float32 against float32 arithmetic on the same bf16
 values; the float32 adaLN modulation against the formula. And, in float32, the whole
 DiT training step: three steps of a small DiT with every new formulation give the loss
-trajectory of three steps with the reference ones.
+trajectory of three steps with the reference ones. Autocast (``config.train.autocast``):
+bf16 products with float32 everywhere else (checked on the jaxpr of the DiT's training
+gradient), following the float32 trajectory within bf16 precision.
 """
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -17,6 +21,8 @@ import pytest
 
 from jaxgen.models import dit
 from jaxgen.nn import layers
+
+from helpers import jaxpr_eqns
 
 
 def test_softmax_values_and_gradient_equal_jax_nn_softmax():
@@ -72,6 +78,74 @@ def test_bf16_matmul_accumulates_in_float32_forward_and_backward():
                              rtol=2 ** -7, atol=1e-2)
 
 
+def test_bf16_batched_einsum_accumulates_in_float32_forward_and_backward():
+  """Attention's two products (`einsum_f32_accumulate`) against float64 arithmetic on
+  the same bf16 values; the gradients from the bf16-rounded incoming gradient."""
+  rng = np.random.default_rng(4)
+  q = jnp.asarray(rng.normal(0, 1, (2, 3, 5, 8)), jnp.bfloat16)
+  k = jnp.asarray(rng.normal(0, 1, (2, 3, 7, 8)), jnp.bfloat16)
+  g = jnp.asarray(rng.normal(0, 1, (2, 3, 5, 7)), jnp.float32)
+  f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+  spec = "bhqd,bhkd->bhqk"
+  y, vjp = jax.vjp(lambda a, b: layers.einsum_f32_accumulate(spec, a, b), q, k)
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(y, np.einsum(spec, f64(q), f64(k)), rtol=1e-5, atol=1e-4)
+  dq, dk = vjp(g)
+  assert dq.dtype == dk.dtype == jnp.bfloat16
+  g16 = f64(g.astype(jnp.bfloat16))
+  np.testing.assert_allclose(f64(dq), np.einsum("bhqk,bhkd->bhqd", g16, f64(k)),
+                             rtol=2 ** -8, atol=1e-2)
+  np.testing.assert_allclose(f64(dk), np.einsum("bhqd,bhqk->bhkd", f64(q), g16),
+                             rtol=2 ** -8, atol=1e-2)
+  with pytest.raises(ValueError, match="not a \\(batched\\) matrix product"):
+    layers.einsum_f32_accumulate("ij,jk->k", q[0, 0], k[0, 0].T)
+
+
+_MOVES = {"convert_element_type", "reshape", "transpose", "broadcast_in_dim", "squeeze",
+          "slice", "concatenate", "copy", "copy_p", "expand_dims", "dynamic_slice",
+          "dynamic_update_slice", "gather", "select_n", "pad"}
+
+
+def test_autocast_dit_multiplies_in_bf16_and_computes_the_rest_in_float32():
+  """Under ``layers.autocast(bf16)`` (a float32 DiT): every product of the training
+  gradient takes bf16 operands and gives float32; no arithmetic op outputs bf16 (only
+  converts and data movement do); and three training steps follow the float32
+  trajectory within bf16 precision."""
+  model = dit.DiT(input_size=8, in_channels=4, patch_size=2, hidden_size=16, depth=1,
+                  num_heads=2, num_classes=10, learn_sigma=True)
+  x = jnp.ones((2, 8, 8, 4))
+  t, y = jnp.asarray([1, 500]), jnp.asarray([0, 10])
+  params = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, y))["params"]
+
+  def grad(p):
+    with layers.autocast(jnp.bfloat16):
+      return jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x, t, y) ** 2))(p)
+
+  eqns = list(jaxpr_eqns(jax.make_jaxpr(grad)(params).jaxpr))
+  dots = [e for e in eqns if e.primitive.name == "dot_general"]
+  # 11 products forward (timestep MLP 2, adaLN 2, qkv, QK^T, PV, proj, MLP 2, final
+  # linear), about two a product backward: every one bf16 x bf16 -> float32
+  assert len(dots) >= 30
+  for e in dots:
+    assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16] * 2, e
+    assert e.outvars[0].aval.dtype == jnp.float32, e
+  arith_bf16 = [e.primitive.name for e in eqns if e.primitive.name not in _MOVES | {
+      "dot_general"} and any(getattr(v.aval, "dtype", None) == jnp.bfloat16
+                             for v in e.outvars)]
+  assert not arith_bf16, arith_bf16
+  # without autocast the same trace has no bf16 at all
+  assert not any(getattr(v.aval, "dtype", None) == jnp.bfloat16
+                 for e in jaxpr_eqns(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(model.apply(
+                     {"params": p}, x, t, y))))(params).jaxpr) for v in e.outvars)
+
+  ref, _ = _float32_trajectory()
+  with layers.autocast(jnp.bfloat16):
+    cast, _ = _dit_trajectory()
+  assert np.all(np.diff(cast) < 0)
+  np.testing.assert_allclose(cast, ref, rtol=2e-2)
+  assert not np.array_equal(cast, ref)   # the products did run in bf16
+
+
 def test_float32_norm_modulate_and_gate_equal_the_formula():
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.normal(0, 1, (2, 5, 8)), jnp.float32)
@@ -107,10 +181,11 @@ def _dit_trajectory(steps=3):
   x = jnp.asarray(rng.normal(0, 1, (4, 8, 8, 4)), jnp.float32)
   t = jnp.asarray([1, 250, 500, 999], jnp.int32)
   y = jnp.asarray([0, 3, 9, 10], jnp.int32)
-  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), x, t, y))["params"]
-  # adaLN-Zero starts at a zero output: move off it so every layer matters
-  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape),
-                        params)
+  # jitted (op by op, the init alone took seconds to compile); adaLN-Zero starts at a
+  # zero output: move off it so every layer matters
+  params = jax.jit(lambda: jax.tree.map(
+      lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape),
+      nn.meta.unbox(model.init(jax.random.PRNGKey(0), x, t, y))["params"]))()
 
   def loss(p):
     out = model.apply({"params": p}, x, t, y)
@@ -125,8 +200,14 @@ def _dit_trajectory(steps=3):
   return np.asarray(losses), params
 
 
+@functools.lru_cache(maxsize=None)
+def _float32_trajectory():
+  """`_dit_trajectory` with jaxgen's formulations in float32 (computed once a module)."""
+  return _dit_trajectory()
+
+
 def test_dit_loss_trajectory_equals_reference_formulations(monkeypatch):
-  fast, fast_params = _dit_trajectory()
+  fast, fast_params = _float32_trajectory()
   monkeypatch.setattr(layers, "Dense", _ReferenceDense)
   monkeypatch.setattr(layers, "softmax", lambda x: jax.nn.softmax(x, axis=-1))
   ref, ref_params = _dit_trajectory()

@@ -13,6 +13,8 @@ from scipy import integrate, special
 from jaxgen.losses import flow as fl
 from jaxgen.samplers import microbatch
 
+from helpers import jaxpr_eqns
+
 
 def test_interpolation_and_velocity_loss_match_numpy():
   rng = np.random.default_rng(0)
@@ -131,3 +133,28 @@ def test_micro_batched_sampling_gives_the_same_samples(make_config, monkeypatch)
   assert float(times[str(rows)]) == min(map(float, times.values())), report  # the fastest
   assert generate.needs_micro_batch(exp, 64, {}) and not generate.needs_micro_batch(
       exp, 63, {}) and not generate.needs_micro_batch(exp, 70, {"micro_batch": 35})
+
+
+def test_autocast_config_builds_a_float32_network_applied_with_bf16_products(make_config):
+  """``config.train.autocast`` with bfloat16: the paradigm builds the network in float32
+  and applies it inside `layers.autocast`: its loss has bf16 products (accumulated in
+  float32) and no bf16 activations; plain bfloat16 builds a bf16 network."""
+  from jaxgen.train import loop  # pylint: disable=g-import-not-at-top
+  batch = {"image": jnp.zeros((2, 32, 32, 1)), "label": jnp.zeros((2,), jnp.int32)}
+
+  def traced(**train):
+    exp = loop.build_abstract(make_config(**train), jax.devices()[:1])
+    p = exp.paradigm
+    jaxpr = jax.make_jaxpr(lambda q: p.loss(q, batch, jax.random.PRNGKey(0))[0])(
+        exp.abstract_state.params)
+    dots = [e for e in jaxpr_eqns(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+    return p, {str(e.invars[0].aval.dtype) for e in dots}
+
+  p, dot_dtypes = traced(compute_dtype="bfloat16", autocast=True)
+  assert p.model.dtype == jnp.float32 and p.autocast_dtype == jnp.bfloat16
+  assert dot_dtypes == {"bfloat16"}
+  p, dot_dtypes = traced(compute_dtype="bfloat16")
+  assert p.model.dtype == jnp.bfloat16 and p.autocast_dtype is None
+  p, dot_dtypes = traced()
+  assert p.autocast_dtype is None and dot_dtypes == {"float32"}
+

@@ -9,6 +9,7 @@ logical constraints, which are no-ops outside a mesh context.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -27,35 +28,97 @@ def constrain(x, axes: Tuple[Optional[str], ...]):
   return nn.with_logical_constraint(x, axes)
 
 
-def _f32_dot(a, b, contract):
-  return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
+def _einsum_f32(spec: str, a, b):
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
-@jax.custom_vjp
+def _transposed_specs(spec: str):
+  """For a (batched) matrix product ``"X,Y->Z"`` (each index in at least two of X, Y,
+  Z, at most once in each: batch indices in all three): the specs of the two
+  gradients, ``"Z,Y->X"`` and ``"X,Z->Y"``."""
+  ins, out = spec.replace(" ", "").split("->")
+  x, y = ins.split(",")
+  for ch in set(x + y + out):
+    if (ch in x) + (ch in y) + (ch in out) < 2 or max(s.count(ch) for s in (x, y, out)) > 1:
+      raise ValueError(f"einsum_f32_accumulate: {spec!r} is not a (batched) matrix product "
+                       "(each index in at least two of the three operands, once each).")
+  return f"{out},{y}->{x}", f"{x},{out}->{y}"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def einsum_f32_accumulate(spec: str, a, b):
+  """float32 ``einsum(spec, a, b)`` of two low-precision (bf16 / f16) arrays of the same
+  dtype, accumulated in float32; ``spec`` a (batched) matrix product (``"mk,kn->mn"``,
+  ``"bhqd,bhkd->bhqk"``). The gradients are products of the same kind (the incoming
+  float32 gradient rounded to the operands' dtype first), rounded to that dtype.
+  Besides the accuracy, XLA's CPU backend runs bf16 products that accumulate in float32
+  at about twice the float32 rate on CPUs with AVX512-BF16, and those that round to
+  bf16 no faster than float32. The float32 output lets a bias be added (and its
+  gradient summed) in float32 before one rounding. A ``custom_vjp``: reverse mode
+  only."""
+  _transposed_specs(spec)
+  return _einsum_f32(spec, a, b)
+
+
+def _einsum_fwd(spec, a, b):
+  return einsum_f32_accumulate(spec, a, b), (a, b)
+
+
+def _einsum_bwd(spec, res, g):
+  a, b = res
+  spec_a, spec_b = _transposed_specs(spec)
+  g = g.astype(a.dtype)
+  return _einsum_f32(spec_a, g, b).astype(a.dtype), _einsum_f32(spec_b, a, g).astype(b.dtype)
+
+
+einsum_f32_accumulate.defvjp(_einsum_fwd, _einsum_bwd)
+
+
 def matmul_f32_accumulate(x_mk, w_kn):
-  """float32 ``x @ w`` of two low-precision (bf16 / f16) matrices, accumulated in
-  float32; the gradients are products of the same kind (the incoming float32 gradient
-  rounded to ``x``'s dtype first), rounded to the dtypes of ``x`` and ``w``. Besides
-  the accuracy, XLA's CPU backend runs bf16 matmuls that accumulate in float32 at
-  about twice the float32 rate on CPUs with AVX512-BF16, and those that round to bf16
-  no faster than float32. The float32 output lets a bias be added (and its gradient
-  summed) in float32 before one rounding. A ``custom_vjp``: reverse mode only."""
-  return _f32_dot(x_mk, w_kn, ((1,), (0,)))
+  """float32 ``x @ w`` of two low-precision matrices (`einsum_f32_accumulate`)."""
+  return einsum_f32_accumulate("mk,kn->mn", x_mk, w_kn)
 
 
-def _matmul_fwd(x_mk, w_kn):
-  return matmul_f32_accumulate(x_mk, w_kn), (x_mk, w_kn)
+# Autocast (torch.autocast's CPU split): inside ``with autocast(jnp.bfloat16)``, the
+# matmuls of `Dense` and `attention_core` round their float32 operands to bf16 and
+# accumulate in float32, and every other op (norms, softmax, GELU, modulation, the
+# residual stream) stays in float32. On XLA's CPU backend elementwise ops have no bf16
+# arithmetic: with bf16 activations each of them is wrapped in converts (30% of the
+# DiT-S/2 bf16 step, benchmarks/compare_torch_dit.py). Read when a function is traced.
+_AUTOCAST = [None]
 
 
-def _matmul_bwd(res, g_mn):
-  x_mk, w_kn = res
-  g_mn = g_mn.astype(x_mk.dtype)
-  dx = _f32_dot(g_mn, w_kn, ((1,), (1,))).astype(x_mk.dtype)
-  dw = _f32_dot(x_mk, g_mn, ((0,), (0,))).astype(w_kn.dtype)
-  return dx, dw
+class autocast:  # pylint: disable=invalid-name
+  """Context manager: ``with autocast(jnp.bfloat16): model.apply(...)`` traces the
+  products of `Dense` and `attention_core` (float32 inputs) with bf16 operands and
+  float32 accumulation, float32 outputs; ``autocast(None)`` (or float32) is a no-op.
+  The model is built in float32 (its ``dtype``); the paradigms enter this for
+  ``config.train.autocast`` around every application of the network."""
+
+  def __init__(self, dtype):
+    dtype = None if dtype is None else jnp.dtype(dtype)
+    if dtype == jnp.float32:
+      dtype = None
+    if dtype is not None and dtype not in (jnp.bfloat16, jnp.float16):
+      raise ValueError(f"autocast({dtype}): use bfloat16 or float16 (None / float32: off).")
+    self.dtype = dtype
+
+  def __enter__(self):
+    self._saved = _AUTOCAST[0]
+    _AUTOCAST[0] = self.dtype
+    return self
+
+  def __exit__(self, *exc):
+    _AUTOCAST[0] = self._saved
 
 
-matmul_f32_accumulate.defvjp(_matmul_fwd, _matmul_bwd)
+def _low_precision(x):
+  """The dtype a product with operand ``x`` runs in when it is not float32 arithmetic:
+  ``x``'s own low-precision dtype, or the `autocast` dtype for float32 ``x``; None =
+  plain float32."""
+  if x.dtype in (jnp.bfloat16, jnp.float16):
+    return x.dtype
+  return _AUTOCAST[0] if x.dtype == jnp.float32 else None
 
 
 def _dense_dot_general(lhs, rhs, dimension_numbers, precision=None, **kw):
@@ -90,10 +153,12 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x):
     lead = x.shape[:-1]
+    # under `autocast` (a float32 Dense): bf16 operands, float32 product + bias and output
+    cast = _AUTOCAST[0] if jnp.dtype(self.dtype) == jnp.float32 else None
     y = nn.Dense(
         self.features,
         use_bias=self.use_bias,
-        dtype=self.dtype,
+        dtype=cast or self.dtype,
         kernel_init=nn.with_logical_partitioning(self.kernel_init, self.axes),
         bias_init=nn.with_logical_partitioning(self.bias_init, self.axes[-1:]),
         dot_general=_dense_dot_general,
@@ -340,8 +405,16 @@ def attention_core(q_blhk, k_blhk, v_blhk, mask=None, impl: str = "xla",
   backend runs about twice as fast as ``jax.nn.dot_product_attention`` (measured in
   benchmarks/). ``impl="cudnn"`` / ``"dot_product_attention"``: JAX's fused attention
   (cuDNN flash attention on NVIDIA GPUs). ``mask``: boolean, True = attend.
+  bf16 / f16 inputs (or float32 ones inside `autocast`): both products take operands
+  of that dtype and accumulate in float32 (`einsum_f32_accumulate`), the softmax runs
+  in float32, and the output has the inputs' dtype.
   """
   if impl != "xla":
+    low = _low_precision(q_blhk)
+    if low is not None and q_blhk.dtype == jnp.float32:  # autocast: fused kernel in bf16
+      out = attention_core(q_blhk.astype(low), k_blhk.astype(low), v_blhk.astype(low), mask,
+                           impl, scale)
+      return out.astype(jnp.float32)
     if mask is not None:  # cuDNN wants the mask at full (q_len, kv_len), not broadcast
       mask = jnp.broadcast_to(mask, mask.shape[:2] + (q_blhk.shape[1], k_blhk.shape[1]))
     return jax.nn.dot_product_attention(
@@ -349,11 +422,21 @@ def attention_core(q_blhk, k_blhk, v_blhk, mask=None, impl: str = "xla",
         implementation="cudnn" if impl == "cudnn" else None)
   scale = 1.0 / math.sqrt(q_blhk.shape[-1]) if scale is None else scale
   q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q_blhk, k_blhk, v_blhk))  # b h l k
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(scale, q.dtype), k)
+  q = q * jnp.asarray(scale, q.dtype)
+  low = _low_precision(q)
+  if low is None or k.dtype != q.dtype or v.dtype != q.dtype:
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
+  else:  # bf16 operands, float32 accumulation (and a float32 softmax input)
+    logits = einsum_f32_accumulate("bhqd,bhkd->bhqk", q.astype(low), k.astype(low))
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-  probs = softmax(logits.astype(jnp.float32)).astype(v.dtype)
-  return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs, v), 1, 2)
+  probs = softmax(logits.astype(jnp.float32))
+  if low is None or v.dtype != q.dtype:
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v)
+  else:
+    out = einsum_f32_accumulate("bhqk,bhkd->bhqd", probs.astype(low),
+                                v.astype(low)).astype(v.dtype)
+  return jnp.swapaxes(out, 1, 2)
 
 
 def causal_mask(length: int):

@@ -70,6 +70,8 @@ class Paradigm:
   """
 
   supports_text = False  # paradigms whose models take the text condition dict
+  # paradigms that apply their network inside `layers.autocast` (config.train.autocast)
+  supports_autocast = False
   capabilities = frozenset({"samples"})  # keys of CAPABILITIES, "prompts" aside
   # ``config.paradigm``'s fields (beside ``name``) with their defaults, declared once:
   # ``configs/common.py`` builds presets from them, `config.fill_defaults` completes
@@ -87,7 +89,12 @@ class Paradigm:
     self.config = config
     self.image_shape = preprocessed_shape(config.data.pp, dataset.image_shape)
     self.num_classes = dataset.num_classes
-    self.compute_dtype = jnp.dtype(config.train.compute_dtype)
+    # ``config.train.autocast``: the network is built in float32 and applied inside
+    # ``layers.autocast(self.autocast_dtype)`` (matmul operands in compute_dtype)
+    dtype = jnp.dtype(config.train.compute_dtype)
+    autocast = bool(config.train.get("autocast", False)) and self.supports_autocast
+    self.autocast_dtype = dtype if autocast else None
+    self.compute_dtype = jnp.dtype(jnp.float32) if autocast else dtype
     self.name = config.paradigm.name
     dropout = config.paradigm.label_dropout if "label_dropout" in self.FIELDS else 0.0
     # conditioning (class labels or text), composed: `self.conditioner.train_input`,

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from jaxgen import conditioning, registry
 from jaxgen.config import ConfigError
+from jaxgen.nn import layers
 from jaxgen.paradigms.base import Paradigm, building_shapes_only
 from jaxgen.samplers import cfg as cfg_lib
 from jaxgen.tokenizers import base as tok_base
@@ -61,6 +62,7 @@ class DenoiserParadigm(Paradigm):
   """Base of `FlowParadigm` and `DiffusionParadigm`."""
 
   supports_text = True
+  supports_autocast = True  # config.train.autocast: DiT, U-Net, video DiT
   output_channels_factor = 1  # the network's output channels per input channel
 
   @classmethod
@@ -295,7 +297,8 @@ class DenoiserParadigm(Paradigm):
     """The network's output for time input ``t_in`` (already scaled) and the model's
     condition input ``cond`` (a label array or the text dict)."""
     rngs = {"dropout": rng} if rng is not None else None
-    return self.model.apply({"params": params}, x, t_in, cond, train=train, rngs=rngs)
+    with layers.autocast(self.autocast_dtype):  # config.train.autocast (else a no-op)
+      return self.model.apply({"params": params}, x, t_in, cond, train=train, rngs=rngs)
 
   def model_summary(self) -> Dict[str, Any]:
     return dict(module=self.model, inputs=self._dummy_inputs(),
