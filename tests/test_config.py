@@ -50,11 +50,23 @@ def test_wrong_type_is_refused():
     ("sample.solver", "rk4", "config.sample.solver='rk4'"),
     ("optim.grad_accum", "3", "grad_accum=3 must be >= 1 and divide"),
     ("train.batch_size", "0", "config.train.batch_size=0 must be positive"),
+    ("train.autocast", "true", "config.train.autocast=True rounds matmul operands to "
+     "config.train.compute_dtype, which is float32"),
 ])
 def test_impossible_values_fail_validation(key, value, message):
   c = config_lib.apply_overrides(config_lib.load_config_file(QUICKSTART), [(key, value)])
   with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
     config_lib.validate(c)
+
+
+def test_autocast_is_refused_where_the_paradigm_does_not_apply_it():
+  c = config_lib.load_config_file(os.path.join(ROOT, "configs", "fmnist_maskgit.py"))
+  c = config_lib.apply_overrides(c, [("train.compute_dtype", "bfloat16"),
+                                     ("train.autocast", "true")])
+  with pytest.raises(ConfigError, match="autocast is not implemented for the 'maskgit' "
+                     r"paradigm \(it is for: .*flow"):
+    config_lib.validate(c)
+  config_lib.validate(config_lib.apply_overrides(c, [("train.autocast", "false")]))
 
 
 def test_parse_arg_literals():
@@ -99,6 +111,14 @@ def test_video_configs_take_the_latent_size_from_the_vae():
   x = jax.ShapeDtypeStruct((1, 9, 32, 32, 1), jnp.float32)
   out = jax.eval_shape(lambda x: enc.init_with_output(jax.random.PRNGKey(0), x)[0], x)
   assert out.shape == (1, 5, 16, 16, 2 * 4)   # mean and log-variance
+  # ``:ft=1``: no temporal downsampling, 9 frames -> 9 latent frames of 8x8
+  c = config_lib.load_config_file(os.path.join(cfgs, "mfmnist_video_tokenizer.py:kl=1,ft=1"))
+  enc, _ = nets.build_nets(c.model.variant, image_channels=1, **{
+      k: c.model[k] for k in fields if k in c.model})
+  out = jax.eval_shape(lambda x: enc.init_with_output(jax.random.PRNGKey(0), x)[0], x)
+  assert out.shape == (1, 9, 8, 8, 2 * 4)
+  with pytest.raises(ConfigError, match="ft=4; use 2"):
+    config_lib.load_config_file(os.path.join(cfgs, "mfmnist_video_tokenizer.py:ft=4"))
   with pytest.raises(ConfigError, match="downsample=3; use 4"):
     config_lib.load_config_file(os.path.join(cfgs, "mfmnist_video_tokenizer.py:downsample=3"))
   with tempfile.TemporaryDirectory() as d:
