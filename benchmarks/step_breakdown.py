@@ -91,7 +91,11 @@ def main():
   p.add_argument("--dtype", default="float32",
                  help="float32 | bfloat16 (bf16 activations) | bfloat16+autocast")
   args, rest = p.parse_known_args()
-  _, overrides = config_lib.split_overrides(rest)
+  if args.dtype not in ("float32", "bfloat16", "bfloat16+autocast"):
+    sys.exit(f"--dtype {args.dtype!r}: use float32, bfloat16 or bfloat16+autocast")
+  rest, overrides = config_lib.split_overrides(rest)
+  if rest:
+    sys.exit(f"unknown arguments {rest}; config fields go as --config.SECTION.FIELD=VALUE")
   config = config_lib.load_config_file(args.config)
   config.train.batch_size = args.batch
   config.train.compute_dtype, _, autocast = args.dtype.partition("+")
@@ -99,8 +103,10 @@ def main():
   if "scan_blocks" in config.model:
     config.model.scan_blocks = False   # one instruction per block: names stay apart
   config = config_lib.apply_overrides(config, overrides)
-  run, jitted, args_of = train_throughput.prepare(config, args.batch)
-  hlo = jitted.lower(*args_of()).compile().as_text()
+  run, jitted, args_of, mesh = train_throughput.prepare(config, args.batch, with_mesh=True)
+  from jaxgen.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  with mesh_lib.activate(mesh):   # traced as `run` traces it (logical constraints on)
+    hlo = jitted.lower(*args_of()).compile().as_text()
   groups = hlo_groups(hlo)
   for _ in range(2):
     jax.block_until_ready(run())
@@ -112,17 +118,20 @@ def main():
     with gzip.open(path) as f:
       trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  ms, per_op = collections.Counter(), collections.Counter()
+  ms, per_op, unmatched = collections.Counter(), collections.Counter(), 0.0
   for e in events:
     op = (e.get("args") or {}).get("hlo_op")
     if e.get("ph") == "X" and op:
-      ms[groups.get(op, "other")] += e.get("dur", 0.0) / 1e3 / args.iters
-      per_op[op] += e.get("dur", 0.0) / 1e3 / args.iters
+      t = e.get("dur", 0.0) / 1e3 / args.iters
+      ms[groups.get(op, "other")] += t
+      per_op[op] += t
+      unmatched += 0.0 if op in groups else t
   total = sum(ms.values())
   print(f"{config.model.name} {config.model.get('variant', '')}, batch {args.batch}, "
         f"{args.dtype}: {total:.0f} ms of XLA ops a step (summed over threads)")
   for g in GROUPS:
     print(f"  {g:<26} {ms[g]:8.1f} ms  {100 * ms[g] / max(total, 1e-9):5.1f}%")
+  print(f"  ({unmatched:.1f} ms of ops not found in the compiled HLO are in 'other')")
   if args.top:
     names = {m.group(1): m.group(2) for m in re.finditer(
         r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?op_name="([^"]*)"', hlo, re.M)}

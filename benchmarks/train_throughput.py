@@ -57,10 +57,11 @@ def _building(config):
   return contextlib.nullcontext()
 
 
-def prepare(config, batch: int):
-  """The train step of ``config`` on a random batch: ``(run, jitted, args_of)``, where
-  ``run()`` takes one step (returns the loss), ``jitted`` is the jitted step and
-  ``args_of()`` its current arguments (state, batch)."""
+def prepare(config, batch: int, with_mesh: bool = False):
+  """The train step of ``config`` on a random batch: ``(run, jitted, args_of)`` (and
+  the mesh, ``with_mesh``), where ``run()`` takes one step (returns the loss),
+  ``jitted`` is the jitted step and ``args_of()`` its current arguments (state,
+  batch)."""
   with _building(config):
     exp = loop.build_abstract(config)
   step_fn, jitted = loop.make_train_step(exp)
@@ -84,7 +85,8 @@ def prepare(config, batch: int):
     holder["s"], m = step_fn(holder["s"], batch_arr)
     return m["loss"]
 
-  return run, jitted, lambda: (holder["s"], batch_arr)
+  args_of = lambda: (holder["s"], batch_arr)  # noqa: E731
+  return (run, jitted, args_of, exp.mesh) if with_mesh else (run, jitted, args_of)
 
 
 def measure(config, batch: int, iters: int):

@@ -155,6 +155,7 @@ def test_autocast_config_builds_a_float32_network_applied_with_bf16_products(mak
   assert dot_dtypes == {"bfloat16"}
   p, dot_dtypes = traced(compute_dtype="bfloat16")
   assert p.model.dtype == jnp.bfloat16 and p.autocast_dtype is None
+  assert dot_dtypes == {"bfloat16"}
   p, dot_dtypes = traced()
   assert p.autocast_dtype is None and dot_dtypes == {"float32"}
 

@@ -153,7 +153,8 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x):
     lead = x.shape[:-1]
-    # under `autocast` (a float32 Dense): bf16 operands, float32 product + bias and output
+    # under `autocast` (a float32 Dense): bf16 operands (the bias too, as torch's
+    # autocast rounds it), float32 product, bias sum and output
     cast = _AUTOCAST[0] if jnp.dtype(self.dtype) == jnp.float32 else None
     y = nn.Dense(
         self.features,
