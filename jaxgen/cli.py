@@ -509,8 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="guidance scale (1 = off); = --sample.cfg_scale")
   s.add_argument("--steps", type=int, default=None, help="sampler steps; = --sample.steps")
   s.add_argument("--solver", default=None,
-                 help="flow: euler | heun | midpoint; diffusion: ddpm | ddim | dpm++2m; "
-                      "= --sample.solver")
+                 help="flow: euler | heun | midpoint | ab2 | dpm++2m; diffusion: ddpm | "
+                      "ddim | dpm++2m; = --sample.solver")
   s.add_argument("--shift", type=float, default=None,
                  help="flow: time-grid shift (1 = none); = --sample.shift")
   s.add_argument("--label", type=int, default=None, help="one class for all samples")

@@ -95,20 +95,35 @@ def test_flow_loss_falls_on_a_fixed_batch(make_config):
   assert all(b < a for a, b in zip(losses[::10], losses[10::10])), losses[::10]
 
 
-def test_flow_sampler_equals_explicit_euler(make_config):
+@pytest.mark.parametrize("solver", ["euler", "dpm++2m"])
+def test_flow_sampler_equals_explicit_python_loop(make_config, solver):
+  """The paradigm's sampler with one-step Euler, and with the multistep DPM-Solver++(2M)
+  (its carry holds the last data prediction ``D = x - t v``), against Python loops."""
   exp = _paradigm(make_config)
   p = exp.paradigm
   params = jax.tree.map(lambda x: x + 0.01, exp.init_state().params)  # non-zero output
   labels = jnp.array([0, 3])
   key = jax.random.PRNGKey(5)
-  got = jax.jit(lambda r: p.sample(params, r, labels, steps=4, cfg_scale=1.0, solver="euler",
+  got = jax.jit(lambda r: p.sample(params, r, labels, steps=4, cfg_scale=1.0, solver=solver,
                                    shift=1.0))(key)
   x = jax.random.normal(key, (2,) + p.image_shape)
   ts = np.linspace(1, 0, 5)
+  with np.errstate(divide="ignore"):
+    lam = np.log1p(-ts) - np.log(ts)
   velocity = jax.jit(p.velocity)  # the Python-loop reference: one program for 4 calls
+  d_prev = None
   for i in range(4):
     v = velocity(params, x, jnp.full((2,), ts[i], jnp.float32), labels)
-    x = x + (ts[i + 1] - ts[i]) * v
+    if solver == "euler":
+      x = x + (ts[i + 1] - ts[i]) * v
+      continue
+    d = x - ts[i] * v
+    d2 = d
+    if 0 < i < 3:  # second order inside; the first step (from t = 1) and the last first
+      k = (lam[i + 1] - lam[i]) / (2 * (lam[i] - lam[i - 1]))
+      d2 = (1 + k) * d - k * d_prev
+    x = ts[i + 1] / ts[i] * x - (1 - ts[i + 1]) * np.expm1(lam[i] - lam[i + 1]) * d2
+    d_prev = d
   np.testing.assert_allclose(got, jnp.clip(x, -1, 1), rtol=1e-4, atol=1e-5)
 
 
@@ -126,6 +141,7 @@ def test_micro_batched_sampling_gives_the_same_samples(make_config, monkeypatch)
       jax.random.PRNGKey(2))
   np.testing.assert_allclose(run(2), run(0), rtol=1e-5, atol=1e-6)
   monkeypatch.setattr(generate, "MICRO_BATCH_SMALLEST", 32)
+  monkeypatch.setattr(generate, "MICRO_BATCH_TIMED_ROWS", 20)  # 22 and 33 timed on 1 call
   assert microbatch.candidate_rows(66, 32) == [22, 33, 66]  # 66's divisors <= 32, <= 64
   rows, report = generate.pick_micro_batch(exp, params, np.arange(66) % 10)
   times = dict(re.findall(r"(\d+): (\d+) ms", report))

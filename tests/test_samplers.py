@@ -43,19 +43,25 @@ def test_time_grid_matches_numpy_with_shift():
   np.testing.assert_allclose(ode.time_grid(4), t, rtol=1e-6)
 
 
-def _integrate(solver, n):
-  """dx/dt = x * cos(t) from t=1 to t=0: x(0) = x(1) * exp(sin(0) - sin(1))."""
+def _integrate(solver, n, t_start=1.0, t_end=0.0):
+  """dx/dt = x * cos(t) from t_start to t_end: x(t_end) = x(t_start) * exp(sin(t_end) -
+  sin(t_start))."""
   vel = lambda x, t: x * jnp.cos(t)[:, None]
-  step = ode.get_solver(solver)(vel, ode.time_grid(n))
   x1 = jnp.array([[1.0, -2.0]])
-  x0 = loop.run_loop(step, x1, n)
-  exact = np.asarray(x1) * np.exp(0.0 - np.sin(1.0))
+  x0 = ode.solve(solver, vel, ode.time_grid(n, t_start=t_start, t_end=t_end), x1)
+  exact = np.asarray(x1) * np.exp(np.sin(t_end) - np.sin(t_start))
   return float(np.abs(np.asarray(x0) - exact).max())
 
 
-@pytest.mark.parametrize("solver,order", [("euler", 1), ("heun", 2), ("midpoint", 2)])
+@pytest.mark.parametrize("solver,order", [("euler", 1), ("heun", 2), ("midpoint", 2),
+                                          ("ab2", 2), ("dpm++2m", 2)])
 def test_solver_convergence_order(solver, order):
-  errs = [_integrate(solver, n) for n in (8, 16, 32)]
+  # DPM-Solver++ steps in lambda = log((1 - t) / t), which is infinite at t = 1 and t = 0:
+  # next to them its steps do not shrink with dt (exact there only for a diffusion's
+  # D, see the test below), so its order is measured on [0.9, 0.1], where lambda is
+  # smooth, with more steps (its first, Euler, step keeps it pre-asymptotic at 8).
+  span, ns = ((0.9, 0.1), (16, 32, 64)) if solver == "dpm++2m" else ((1.0, 0.0), (8, 16, 32))
+  errs = [_integrate(solver, n, *span) for n in ns]
   rates = [np.log2(errs[i] / errs[i + 1]) for i in range(2)]
   for r in rates:
     assert abs(r - order) < 0.25, (solver, errs, rates)
@@ -67,6 +73,66 @@ def test_heun_exact_on_linear_in_time_velocity():
                        ode.time_grid(3))
   x0 = loop.run_loop(step, jnp.full((1, 2), 5.0), 3)
   np.testing.assert_allclose(x0, 4.0, rtol=1e-6)
+
+
+def test_ab2_exact_on_linear_in_time_velocity_on_a_shifted_grid():
+  # v = 3 - 4t: x(0) = x(1) - (3 - 2) = x(1) - 1; AB2's linear extrapolation is exact
+  # for it whatever the step sizes (its first step, Euler, is exact for a constant).
+  vel = lambda x, t: jnp.broadcast_to((3.0 - 4.0 * t)[:, None], x.shape)
+  ts = ode.time_grid(5, shift=3.0)
+  # Euler's first step overshoots the -4t part by 2 dt^2 (dt < 0); AB2 must carry
+  # exactly that error and add none.
+  dt0 = float(ts[1] - ts[0])
+  x0 = ode.solve("ab2", vel, ts, jnp.full((1, 2), 5.0))
+  np.testing.assert_allclose(x0, 4.0 + 2.0 * dt0 ** 2, rtol=1e-5)
+
+
+def test_dpm_solver_exact_for_a_single_data_point():
+  # The flow of one data point c: x_t = (1 - t) c + t eps, v = (x - c) / t, D = c: the
+  # data-prediction exponential integrator lands on c with any grid and step count.
+  c = jnp.array([[0.3, -1.2, 2.0]])
+  vel = lambda x, t: (x - c) / t[:, None]
+  for n, shift in ((1, 1.0), (3, 1.0), (7, 3.0)):
+    x0 = ode.solve("dpm++2m", vel, ode.time_grid(n, shift), jnp.array([[1.0, 0.5, -0.7]]))
+    np.testing.assert_allclose(x0, c, rtol=1e-5, atol=1e-6)
+
+
+def _multistep_numpy(solver, vel, ts, x):
+  """Float64 loops of the textbook formulas (no tables, no carry)."""
+  ts = np.asarray(ts, np.float64)
+  with np.errstate(divide="ignore"):
+    lam = np.log1p(-ts) - np.log(ts)  # lambda = log(alpha / sigma); -inf at 1, inf at 0
+  prev = None
+  for i in range(len(ts) - 1):
+    t, tn = ts[i], ts[i + 1]
+    v = np.asarray(vel(x, t), np.float64)
+    if solver == "ab2":  # Euler, then the linear extrapolation of the last two v
+      r = 0.0 if prev is None else (tn - t) / (t - ts[i - 1])
+      x, prev = x + (tn - t) * ((1 + r / 2) * v - (r / 2) * (0 if prev is None else prev)), v
+      continue
+    d = x - t * v  # DPM-Solver++(2M): data prediction, lower order first and last
+    h = lam[i + 1] - lam[i]
+    if prev is not None and tn > 0:
+      k = h / (2 * (lam[i] - lam[i - 1]))  # 1 / (2 r); 0 after a step from t = 1
+      d, prev = (1 + k) * d - k * prev, d
+    else:
+      prev = d
+    x = (tn / t) * x - (1 - tn) * np.expm1(-h) * d
+  return x
+
+
+@pytest.mark.parametrize("solver", ["ab2", "dpm++2m"])
+def test_multistep_solvers_match_float64_loops_in_scan_and_python(solver):
+  w = np.array([[0.6, -0.3], [0.2, 0.9]])
+  vel_np = lambda x, t: np.tanh(x @ w) * (1 + t) - x
+  vel = lambda x, t: jnp.tanh(x @ jnp.asarray(w, jnp.float32)) * (1 + t[:, None]) - x
+  ts = ode.time_grid(6, shift=2.0)
+  x1 = np.array([[1.0, -2.0], [0.5, 0.1]])
+  ref = _multistep_numpy(solver, vel_np, ts, x1)
+  scanned = jax.jit(lambda x: ode.solve(solver, vel, ts, x))(jnp.asarray(x1, jnp.float32))
+  plain = ode.solve(solver, vel, ts, jnp.asarray(x1, jnp.float32), loop.run_loop_python)
+  np.testing.assert_allclose(scanned, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(plain, ref, rtol=1e-5, atol=1e-5)
 
 
 def _toy_model(x, t, y):

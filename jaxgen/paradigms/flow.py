@@ -5,8 +5,9 @@ U-Net, ...); ``cond`` is a label array, or the text dict of `jaxgen.conditioning
 text-conditioned models (``config.text.encoder`` set). Loss: velocity regression on
 straight paths with uniform / logit-normal / mode time sampling and optional weighting;
 condition dropout to the null class / null text ("") trains the unconditional model
-for CFG. Sampler: an ODE step (Euler, Heun, midpoint) run by the shared scan loop from
-noise (t=1) to data (t=0), with CFG against the null condition.
+for CFG. Sampler: an ODE step (Euler, Heun, midpoint; the multistep AB2 and
+DPM-Solver++(2M)) run by the shared scan loop from noise (t=1) to data (t=0), with CFG
+against the null condition.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from jaxgen.losses import flow as flow_losses
 from jaxgen.paradigms.denoiser import CONTEXT_FIELDS, DenoiserParadigm
 from jaxgen.samplers import cfg as cfg_lib
 from jaxgen.samplers import microbatch
-from jaxgen.samplers import loop, ode
+from jaxgen.samplers import ode
 from jaxgen.samplers import options as options_lib
 
 
@@ -109,8 +110,7 @@ class FlowParadigm(DenoiserParadigm):
     batch = cfg_lib.batch_size(cond)
     model_fn = microbatch.split_calls(cfg_lib.guided(net, null, o.cfg_scale), batch,
                                       self.micro_batch(o, context))
-    step_fn = ode.get_solver(o.solver)(lambda x, t: model_fn(x, t, cond),
-                                       ode.time_grid(o.steps, o.shift))
     noise = jax.random.normal(rng, (batch,) + tuple(self.model_shape), jnp.float32)
-    x0 = loop.run_loop(step_fn, noise, o.steps)
+    x0 = ode.solve(o.solver, lambda x, t: model_fn(x, t, cond),
+                   ode.time_grid(o.steps, o.shift), noise)
     return self.to_images(self.finish_context(x0, context))
