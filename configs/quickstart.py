@@ -16,7 +16,8 @@ def get_config(arg=None):
   del arg
   c = common.base_config()
   # Measured here (README table): on a CPU budget, more small steps beat bigger batches
-  # or a bigger network, and guidance 2.5 with 20 Euler steps beats Heun / lower scales.
+  # or a bigger network, guidance 2.5 beats lower scales, and 10 steps of the multistep
+  # AB2 (one network call a step) matched 20 Euler steps (FD 8.0 against 8.4, two seeds).
   c.model = common.ml_collections.ConfigDict(dict(name="unet", variant="tiny"))
   c.train.num_steps = 3000
   c.train.batch_size = 8
@@ -25,7 +26,7 @@ def get_config(arg=None):
   c.train.ckpt_every = 250
   c.optim.lr = 5e-4
   c.optim.ema_decay = 0.999
-  c.sample.steps = 20
-  c.sample.solver = "euler"
+  c.sample.steps = 10
+  c.sample.solver = "ab2"
   c.sample.cfg_scale = 2.5
   return c

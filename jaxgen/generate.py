@@ -256,6 +256,7 @@ def needs_micro_batch(exp, batch_size: int, sample_kwargs, cond=None) -> bool:
 
 MICRO_BATCH_SMALLEST = 8    # the smallest rows per call worth measuring
 MICRO_BATCH_MIN_CHUNK = 64  # smaller chunks run in one call without measuring
+MICRO_BATCH_TIMED_ROWS = 100  # a candidate is timed on this many rows (or its own)
 
 
 def _available_bytes(device) -> Optional[int]:
@@ -277,11 +278,18 @@ def _available_bytes(device) -> Optional[int]:
 def pick_micro_batch(exp, params, cond, **sample_kwargs):
   """``(rows, report)``: the rows per network call (`samplers.microbatch`) that run one
   sampler step over the chunk ``cond`` fastest here, among `candidate_rows` (ascending;
-  stopping once two in a row are slower than the best) whose compiled program fits in
-  the free device memory (the smallest if none is known to fit). The samples do not
-  depend on it up to float rounding (bitwise: the same ``micro_batch``; the choice is
-  printed, ``--sample.micro_batch`` fixes it). A multi-process run does not measure
-  (one call on the whole chunk: each process would stop at its own candidates)."""
+  stopping once two in a row are slower than the best) whose program fits in the free
+  device memory (the smallest if none is known to fit). The samples do not depend on
+  it up to float rounding (bitwise: the same ``micro_batch``; the choice is printed,
+  ``--sample.micro_batch`` fixes it). A multi-process run does not measure (one call
+  on the whole chunk: each process would stop at its own candidates).
+
+  A candidate's speed is a property of its calls, not of the chunk: it is timed on the
+  first ``k * rows`` rows of the chunk (``k`` calls, about `MICRO_BATCH_TIMED_ROWS`
+  rows, or one call of a larger candidate) and scaled to the chunk, so measuring costs
+  a few calls per candidate rather than two steps of the whole chunk (which took 30-60
+  s here before, a third of a 10-step quickstart sampling); its memory is the timed
+  program's scaled to the chunk (an upper bound)."""
   from jaxgen.samplers import microbatch  # pylint: disable=g-import-not-at-top
   batch = jax.tree.leaves(cond)[0].shape[0]
   if jax.process_count() > 1:
@@ -298,23 +306,24 @@ def pick_micro_batch(exp, params, cond, **sample_kwargs):
   for rows in microbatch.candidate_rows(batch, MICRO_BATCH_SMALLEST):
     if worse >= 2:  # slower twice in a row than the best so far: larger is not faster
       break
+    timed = rows * min(max(1, -(-MICRO_BATCH_TIMED_ROWS // rows)), batch // rows)
     options = base.replace(exp.config.paradigm.name, steps=1, micro_batch=rows)
     fn = exp.frozen.jit(lambda p, r, c, o=options: exp.paradigm.sample(p, r, c, o))
-    c = jax.tree.map(jnp.asarray, cond)
+    c = jax.tree.map(lambda v: jnp.asarray(v[:timed]), cond)
     with mesh_lib.activate(exp.mesh), undecoded():
       compiled = fn.lower(params, key, c).compile()
       mem = compiled.memory_analysis()
       need = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
-      if free is not None and need > free and times:
+      if free is not None and need * batch / timed > free and times:
         continue
       jax.block_until_ready(compiled(params, key, c))  # warm
       t0 = time.perf_counter()
       jax.block_until_ready(compiled(params, key, c))
-      times[rows] = time.perf_counter() - t0
+      times[rows] = (time.perf_counter() - t0) * batch / timed
       worse = worse + 1 if times[rows] > 1.05 * min(times.values()) else 0
   rows = min(times, key=times.get)
   report = ", ".join(f"{r}: {1e3 * t:.0f} ms" for r, t in sorted(times.items()))
-  return rows, f"one step takes {report}"
+  return rows, f"one step of the chunk takes {report}"
 
 
 class _StepTicker:
